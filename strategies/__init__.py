@@ -1,0 +1,23 @@
+"""Strategies, one file each. ``STRATEGIES`` maps the CLI name to the class."""
+
+from __future__ import annotations
+
+from streamkd.strategies.er import ER
+from streamkd.strategies.er_ace import ERACE
+from streamkd.strategies.mir import MIR
+from streamkd.strategies.naive import Naive
+from streamkd.strategy import Strategy
+
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (Naive, ER, ERACE, MIR)}
+
+__all__ = ["ER", "ERACE", "MIR", "STRATEGIES", "Naive", "Strategy", "get_strategy"]
+
+
+def get_strategy(name: str) -> type[Strategy]:
+    """The strategy class registered as ``name``; a clear error lists the valid names."""
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown strategy {name!r}; available: {', '.join(sorted(STRATEGIES))}"
+        ) from None

@@ -1,0 +1,269 @@
+"""ReplayBuffer: fixed-capacity memory of past samples, preallocated on the strategy's device."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from streamkd.index import VectorIndex
+
+POLICIES = ("reservoir", "class_balanced")
+
+
+@dataclass
+class Replay:
+    """Samples drawn from a buffer: inputs, labels, their slots and any stored extras."""
+
+    x: Tensor
+    y: Tensor
+    idx: Tensor
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+class ReplayBuffer:
+    """A fixed-capacity replay memory.
+
+    Storage is allocated once, on the first insertion, as tensors on ``device``; inputs keep
+    their dtype (images stay ``uint8``). Each slot also records its insertion step (the
+    stream index of the sample). ``extras`` such as logits or features are stored alongside
+    when passed to :meth:`add` (their shapes are fixed by the first call).
+
+    Insertion policies:
+      * ``reservoir`` -- reservoir sampling (Vitter 1985): every sample seen so far is in the
+        buffer with equal probability ``capacity / seen``.
+      * ``class_balanced`` -- CBRS (Chrysakis & Moens, ICML 2020): while full, a sample of a
+        class that is not among the largest replaces a random sample of a largest class;
+        otherwise it replaces a random sample of its own class with probability m_c / n_c.
+
+    Retrieval: :meth:`sample` (uniform, without replacement) and :meth:`nearest` (k-NN over a
+    stored extra through a FAISS :class:`VectorIndex`, when ``index_key`` is set).
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        *,
+        policy: str = "reservoir",
+        device: str | torch.device = "cpu",
+        generator: torch.Generator | None = None,
+        index_key: str | None = None,
+        index_metric: str = "ip",
+    ) -> None:
+        if capacity < 0:
+            raise ValueError(f"capacity must be >= 0, got {capacity}")
+        if policy not in POLICIES:
+            raise ValueError(f"unknown buffer policy {policy!r}; expected one of {POLICIES}")
+        self.capacity = int(capacity)
+        self.policy = policy
+        self.device = torch.device(device)
+        self.generator = generator if generator is not None else torch.Generator()
+        self.index_key = index_key
+        self.index_metric = index_metric
+        self.index: VectorIndex | None = None
+        self.size = 0
+        self.seen = 0
+        self.x: Tensor | None = None
+        self.y: Tensor | None = None
+        self.step: Tensor | None = None
+        self.extras: dict[str, Tensor] = {}
+        self.class_seen: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return self.size
+
+    # -- storage ---------------------------------------------------------------------------
+    def _allocate(self, x: Tensor, extras: dict[str, Tensor]) -> None:
+        cap, dev = self.capacity, self.device
+        self.x = torch.empty((cap, *x.shape[1:]), dtype=x.dtype, device=dev)
+        self.y = torch.empty(cap, dtype=torch.long, device=dev)
+        self.step = torch.empty(cap, dtype=torch.long, device=dev)
+        for key, value in extras.items():
+            self.extras[key] = torch.empty((cap, *value.shape[1:]), dtype=value.dtype, device=dev)
+
+    def _check(self, x: Tensor, y: Tensor, extras: dict[str, Tensor]) -> None:
+        if len(x) != len(y):
+            raise ValueError(f"got {len(x)} inputs but {len(y)} labels")
+        if self.x is not None and tuple(x.shape[1:]) != tuple(self.x.shape[1:]):
+            raise ValueError(
+                f"inputs of shape {tuple(x.shape[1:])} do not match the buffer's "
+                f"{tuple(self.x.shape[1:])}"
+            )
+        if self.x is not None and x.dtype != self.x.dtype:
+            raise ValueError(f"inputs of dtype {x.dtype} do not match the buffer's {self.x.dtype}")
+        for key, value in extras.items():
+            if len(value) != len(x):
+                raise ValueError(f"extra {key!r} has {len(value)} rows for {len(x)} samples")
+            if self.x is not None:
+                if key not in self.extras:
+                    raise ValueError(f"extra {key!r} was not stored from the first insertion")
+                if tuple(value.shape[1:]) != tuple(self.extras[key].shape[1:]):
+                    raise ValueError(
+                        f"extra {key!r} has shape {tuple(value.shape[1:])}, the buffer holds "
+                        f"{tuple(self.extras[key].shape[1:])}"
+                    )
+        if self.x is not None and set(extras) != set(self.extras):
+            raise ValueError(
+                f"extras {sorted(extras)} differ from those stored so far {sorted(self.extras)}"
+            )
+
+    def add(self, x: Tensor, y: Tensor, **extras: Tensor) -> list[int]:
+        """Offer a batch to the buffer; returns the slot written per sample (-1: not stored)."""
+        n = len(x)
+        self._check(x, y, extras)
+        if self.capacity == 0 or n == 0:
+            self.seen += n
+            return [-1] * n
+        if self.x is None:
+            self._allocate(x, extras)
+        slots = self._reservoir_slots(n) if self.policy == "reservoir" else self._balanced_slots(y)
+        first = self.seen
+        self.seen += n
+        # later samples win when two in one batch drew the same slot (sequential semantics)
+        chosen = {s: i for i, s in enumerate(slots) if s >= 0}
+        if not chosen:
+            return slots
+        if list(chosen) == list(range(slots[0], slots[0] + n)):
+            dst_d = slice(slots[0], slots[0] + n)  # filling phase: one contiguous copy
+            src_d: slice | Tensor = slice(None)
+            src = list(range(n))
+        else:
+            src = list(chosen.values())
+            dst_d = torch.tensor(list(chosen), dtype=torch.long, device=self.device)
+            src_d = torch.tensor(src, dtype=torch.long, device=x.device)
+        self.x[dst_d] = x[src_d].to(self.device)
+        self.y[dst_d] = y[src_d].to(self.device, torch.long)
+        self.step[dst_d] = torch.tensor([first + i for i in src], device=self.device)
+        for key, value in extras.items():
+            self.extras[key][dst_d] = value[src_d].detach().to(self.device, self.extras[key].dtype)
+        if self.index_key is not None and self.index_key in extras:
+            vectors = extras[self.index_key][src_d].detach().float().flatten(1)
+            if self.index is None:
+                self.index = VectorIndex(vectors.shape[1], metric=self.index_metric)
+            self.index.add(vectors, list(chosen))
+        return slots
+
+    def _reservoir_slots(self, n: int) -> list[int]:
+        cap, seen = self.capacity, self.seen
+        slots = []
+        draws = None
+        for i in range(n):
+            pos = seen + i
+            if pos < cap:
+                slots.append(pos)
+                continue
+            if draws is None:
+                draws = torch.rand(n - i, generator=self.generator, dtype=torch.float64).tolist()
+                offset = i
+            j = int(draws[i - offset] * (pos + 1))
+            slots.append(j if j < cap else -1)
+        self.size = min(cap, seen + n)
+        return slots
+
+    def _balanced_slots(self, y: Tensor) -> list[int]:
+        labels = y.tolist()
+        slots = []
+        y_mem = self.y
+        for label in labels:
+            self.class_seen[label] = self.class_seen.get(label, 0) + 1
+            if self.size < self.capacity:
+                slots.append(self.size)
+                y_mem[self.size] = label
+                self.size += 1
+                continue
+            counts = torch.bincount(y_mem[: self.size], minlength=max(label + 1, 1)).cpu()
+            largest = int(counts.max())
+            if int(counts[label]) < largest:
+                big = (counts == largest).nonzero().flatten()
+                cls = int(big[torch.randint(len(big), (1,), generator=self.generator)])
+            else:
+                u = float(torch.rand(1, generator=self.generator))
+                if u > int(counts[label]) / self.class_seen[label]:
+                    slots.append(-1)
+                    continue
+                cls = label
+            members = (y_mem[: self.size] == cls).nonzero().flatten().cpu()
+            slot = int(members[torch.randint(len(members), (1,), generator=self.generator)])
+            y_mem[slot] = label
+            slots.append(slot)
+        return slots
+
+    # -- retrieval -------------------------------------------------------------------------
+    def _gather(self, idx: Tensor) -> Replay:
+        idx = idx.to(self.device)
+        extras = {k: v[idx] for k, v in self.extras.items()}
+        return Replay(self.x[idx], self.y[idx], idx, extras)
+
+    def sample(self, k: int, exclude_classes: Tensor | None = None) -> Replay:
+        """Up to ``k`` distinct stored samples drawn uniformly at random."""
+        if self.size == 0:
+            raise RuntimeError("cannot sample from an empty replay buffer")
+        if exclude_classes is not None:
+            allowed = ~torch.isin(self.y[: self.size], exclude_classes.to(self.device))
+            pool = allowed.nonzero().flatten().cpu()
+            perm = torch.randperm(len(pool), generator=self.generator)[:k]
+            return self._gather(pool[perm])
+        idx = torch.randperm(self.size, generator=self.generator)[: min(k, self.size)]
+        return self._gather(idx)
+
+    def nearest(self, queries: Tensor, k: int) -> Replay:
+        """The stored samples whose ``index_key`` extra is nearest to each query (deduplicated)."""
+        if self.index is None or len(self.index) == 0:
+            raise RuntimeError(
+                "nearest-neighbour retrieval needs a buffer built with index_key=... and at least "
+                "one insertion that passed that extra"
+            )
+        _, ids = self.index.search(queries.detach().float().flatten(1), k)
+        ids = ids.flatten()
+        ids = torch.unique(ids[ids >= 0])
+        return self._gather(ids)
+
+    def all(self) -> Replay:
+        return self._gather(torch.arange(self.size))
+
+    def classes(self) -> Tensor:
+        return torch.unique(self.y[: self.size]) if self.size else torch.empty(0, dtype=torch.long)
+
+    # -- state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        n = self.size
+        return {
+            "capacity": self.capacity,
+            "policy": self.policy,
+            "size": n,
+            "seen": self.seen,
+            "x": None if self.x is None else self.x[:n].cpu().clone(),
+            "y": None if self.y is None else self.y[:n].cpu().clone(),
+            "step": None if self.step is None else self.step[:n].cpu().clone(),
+            "extras": {k: v[:n].cpu().clone() for k, v in self.extras.items()},
+            "class_seen": [[int(c), int(m)] for c, m in self.class_seen.items()],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["capacity"] != self.capacity or state["policy"] != self.policy:
+            raise ValueError(
+                f"buffer state is for capacity={state['capacity']} policy={state['policy']!r}, "
+                f"this buffer has capacity={self.capacity} policy={self.policy!r}"
+            )
+        self.size, self.seen = int(state["size"]), int(state["seen"])
+        self.class_seen = {int(c): int(m) for c, m in state["class_seen"]}
+        self.x = self.y = self.step = None
+        self.extras = {}
+        self.index = None
+        if state["x"] is None:
+            return
+        self._allocate(state["x"], state["extras"])
+        n = self.size
+        self.x[:n] = state["x"].to(self.device)
+        self.y[:n] = state["y"].to(self.device)
+        self.step[:n] = state["step"].to(self.device)
+        for key, value in state["extras"].items():
+            self.extras[key][:n] = value.to(self.device)
+        if self.index_key is not None and self.index_key in self.extras and n:
+            vectors = self.extras[self.index_key][:n].float().flatten(1)
+            self.index = VectorIndex(vectors.shape[1], metric=self.index_metric)
+            self.index.add(vectors, torch.arange(n))

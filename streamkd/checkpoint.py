@@ -1,0 +1,116 @@
+"""Checkpointer: atomic, checksummed checkpoints of a run's full state.
+
+File layout: a magic line, the SHA-256 of the payload in hex, a newline, then the payload
+(``torch.save`` of a dict of tensors and plain values). Writing goes to a temporary file in
+the same folder, is fsynced and renamed over the final name, so a crash never leaves a
+half-written checkpoint under a checkpoint's name. Loading verifies the checksum and uses
+``torch.load(weights_only=True)``, which never unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+MAGIC = b"STREAMKD-CKPT-1\n"
+FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be read (corrupt, truncated, wrong format, or none valid)."""
+
+
+class Checkpointer:
+    """Saves ``ckpt-<samples>.pt`` files in ``directory``, keeping the newest ``keep``."""
+
+    def __init__(self, directory: str | Path, keep: int = 3) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        self.directory = Path(directory)
+        self.keep = keep
+
+    def paths(self) -> list[Path]:
+        """Checkpoint files, newest (most samples) first."""
+        if not self.directory.exists():
+            return []
+        return sorted(self.directory.glob("ckpt-*.pt"), reverse=True)
+
+    def save(self, state: dict[str, Any], step: int) -> Path:
+        from streamkd import __version__
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        payload = {"format": FORMAT_VERSION, "version": __version__, "step": int(step), **state}
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        data = buf.getvalue()
+        digest = hashlib.sha256(data).hexdigest().encode()
+        final = self.directory / f"ckpt-{int(step):012d}.pt"
+        tmp = final.with_name(final.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(MAGIC + digest + b"\n" + data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        dir_fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        for old in self.paths()[self.keep :]:
+            old.unlink(missing_ok=True)
+        return final
+
+    @staticmethod
+    def load(path: str | Path) -> dict[str, Any]:
+        """Read and verify one checkpoint; raises :class:`CheckpointError` if it is bad."""
+        path = Path(path)
+        try:
+            raw = path.read_bytes()
+        except OSError as err:
+            raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+        if not raw.startswith(MAGIC):
+            raise CheckpointError(f"{path} is not a streamkd checkpoint (bad header)")
+        header_end = len(MAGIC) + 64
+        digest, data = raw[len(MAGIC) : header_end], raw[header_end + 1 :]
+        if hashlib.sha256(data).hexdigest().encode() != digest:
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt: its checksum does not match its contents "
+                "(truncated or modified file)"
+            )
+        try:
+            state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        except Exception as err:  # checksum matched, so the payload itself is malformed
+            raise CheckpointError(f"checkpoint {path} has an unreadable payload: {err}") from err
+        if state.get("format") != FORMAT_VERSION:
+            raise CheckpointError(
+                f"checkpoint {path} has format {state.get('format')!r}, expected {FORMAT_VERSION}"
+            )
+        return state
+
+    def load_latest(self) -> dict[str, Any] | None:
+        """The newest valid checkpoint, skipping (and reporting) corrupt ones.
+
+        Returns ``None`` when the folder holds no checkpoint at all; raises
+        :class:`CheckpointError` when there are checkpoints but none is valid.
+        """
+        errors = []
+        for path in self.paths():
+            try:
+                state = self.load(path)
+            except CheckpointError as err:
+                log.warning("%s; falling back to the previous checkpoint", err)
+                errors.append(str(err))
+                continue
+            if errors:
+                log.warning("resuming from %s", path)
+            return state
+        if errors:
+            raise CheckpointError(f"no valid checkpoint in {self.directory}: " + "; ".join(errors))
+        return None

@@ -1,0 +1,222 @@
+"""The ``streamkd`` command: run, compare, and list strategies and streams."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(t) for t in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"seeds must be comma-separated integers, got {text!r}"
+        ) from None
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stream", default="split-digits", help="stream name (see `streamkd streams`)")
+    p.add_argument("--memory", type=int, default=500, help="replay memory size (samples)")
+    p.add_argument("--batch-size", type=int, default=10, help="stream batch size")
+    p.add_argument("--replay-batch", type=int, default=None, help="replay batch size")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default per strategy)")
+    p.add_argument(
+        "--model",
+        default=None,
+        choices=("mlp", "resnet18"),
+        help="architecture (default: the stream's)",
+    )
+    p.add_argument("--nf", type=int, default=20, help="ResNet18 width (20 reduced, 64 full)")
+    p.add_argument("--max-samples", type=int, default=None, help="stop after this many samples")
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        default=None,
+        help="extra held-out evaluations every N samples (anytime accuracy)",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--data-dir", default=None, help="dataset folder (or set STREAMKD_DATA)")
+    p.add_argument("--json", dest="json_out", default=None, help="write the results here")
+    p.add_argument(
+        "--tracking-uri", default=None, help="MLflow store (default sqlite:///mlflow.db)"
+    )
+    p.add_argument("--experiment", default="streamkd", help="MLflow experiment name")
+    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamkd", description="Online continual learning and streaming distillation."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="run one strategy on one stream")
+    p_run.add_argument("--strategy", default="er", help="strategy name (see `streamkd strategies`)")
+    p_run.add_argument("--seed", type=int, default=0)
+    p_run.add_argument("--checkpoint-dir", default=None, help="save checkpoints here")
+    p_run.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=1000,
+        help="checkpoint every N samples (with --checkpoint-dir)",
+    )
+    p_run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest valid checkpoint in --checkpoint-dir",
+    )
+    _common(p_run)
+    p_cmp = sub.add_parser("compare", help="compare strategies over seeds on one stream")
+    p_cmp.add_argument("--strategies", type=_csv, default=["naive", "er", "er_ace", "mir"])
+    p_cmp.add_argument("--seeds", type=_seeds, default=[0])
+    _common(p_cmp)
+    sub.add_parser("strategies", help="list the available strategies")
+    sub.add_parser("streams", help="list the available streams")
+    return parser
+
+
+def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    strategy_kwargs = {"lr": args.lr, "replay_batch": args.replay_batch}
+    model_kwargs: dict[str, Any] = {"nf": args.nf}
+    if args.model:
+        model_kwargs["arch"] = args.model
+    return dict(
+        memory=args.memory,
+        batch_size=args.batch_size,
+        device=args.device,
+        data_dir=args.data_dir,
+        max_samples=args.max_samples,
+        eval_every=args.eval_every,
+        strategy_kwargs=strategy_kwargs,
+        model_kwargs=model_kwargs,
+        progress=not args.quiet,
+    )
+
+
+def _tracker(args: argparse.Namespace):
+    if args.no_track:
+        return None
+    from streamkd.tracking import Tracker
+
+    return Tracker(args.tracking_uri, experiment=args.experiment)
+
+
+def _public(result: dict[str, Any]) -> dict[str, Any]:
+    keys = (
+        "strategy",
+        "seed",
+        "final_avg_acc",
+        "avg_forgetting",
+        "anytime_acc",
+        "bwt",
+        "prequential_acc",
+        "acc_matrix",
+        "row_segments",
+        "samples",
+        "train_seconds",
+        "samples_per_s",
+        "peak_mem_mb",
+        "mlflow_run_id",
+        "resumed_from",
+        "curve",
+    )
+    return {k: result.get(k) for k in keys}
+
+
+def _write_json(path: str | None, payload: dict[str, Any]) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(payload, indent=1))
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from streamkd.experiment import format_table, run_one, summarize_runs
+
+    result = run_one(
+        args.strategy,
+        args.stream,
+        seed=args.seed,
+        tracker=_tracker(args),
+        checkpoint_dir=args.checkpoint_dir,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        **_run_kwargs(args),
+    )
+    print(format_table(summarize_runs([result])))
+    if result["acc_matrix"] and any(v is not None for v in result["acc_matrix"][-1]):
+        print("accuracy matrix (rows: after segment i; columns: segment j):")
+        for row in result["acc_matrix"]:
+            print("  " + " ".join("  -  " if v is None else f"{v:.3f}" for v in row))
+    _write_json(args.json_out, {"stream": args.stream, "runs": [_public(result)]})
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from streamkd.experiment import compare, format_table
+
+    out = compare(
+        args.strategies, args.stream, seeds=args.seeds, tracker=_tracker(args), **_run_kwargs(args)
+    )
+    print(f"stream {args.stream}, memory {args.memory}, seeds {args.seeds}")
+    print(format_table(out["summary"]))
+    if out["mlflow_parent_run_id"]:
+        print(f"MLflow parent run {out['mlflow_parent_run_id']}")
+    _write_json(
+        args.json_out,
+        {
+            "stream": out["stream"],
+            "mlflow_parent_run_id": out["mlflow_parent_run_id"],
+            "summary": out["summary"],
+            "runs": [_public(r) for r in out["runs"]],
+        },
+    )
+
+
+def cmd_strategies(_: argparse.Namespace) -> None:
+    from streamkd.strategies import STRATEGIES
+
+    for name, cls in STRATEGIES.items():
+        print(f"{name:<10} {cls.help}")
+
+
+def cmd_streams(_: argparse.Namespace) -> None:
+    from streamkd.streams import STREAMS
+
+    for name, (_fn, help_text) in STREAMS.items():
+        print(f"{name:<16} {help_text}")
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "compare": cmd_compare,
+    "strategies": cmd_strategies,
+    "streams": cmd_streams,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from streamkd.checkpoint import CheckpointError
+    from streamkd.data import DataNotFoundError
+    from streamkd.types import InvalidBatchError
+
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except (ValueError, DataNotFoundError, CheckpointError, InvalidBatchError) as err:
+        print(f"streamkd: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("streamkd: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

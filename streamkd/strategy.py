@@ -1,0 +1,200 @@
+"""The Strategy base: what every online learner shares (device, optimizer, buffer, RNG, state).
+
+A concrete strategy overrides :meth:`Strategy.observe` so that it reads like its paper's
+algorithm box::
+
+    def observe(self, batch):
+        x, y = self.prepare(batch)          # validate, move to device, grow the head
+        ...                                 # the method's own loss, replay, distillation
+        self.step(loss)                     # one optimizer update
+        self.buffer.add(x, y)
+        return StepResult(loss.detach(), len(y))
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from streamkd.buffer import ReplayBuffer
+from streamkd.models import Classifier
+from streamkd.types import Batch, InvalidBatchError, StepResult, validate_batch
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; anything else is passed to torch."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {device!r}; expected auto, cpu or cuda[:N]") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available here")
+    return dev
+
+
+class Strategy:
+    """Base of all online strategies: one ``observe(batch)`` per mini-batch, task-free."""
+
+    name: ClassVar[str] = "base"
+    help: ClassVar[str] = ""
+    uses_memory: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        model: Classifier,
+        *,
+        lr: float = 0.1,
+        optimizer: str = "sgd",
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        memory: int = 500,
+        replay_batch: int = 10,
+        buffer_policy: str = "reservoir",
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+    ) -> None:
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {OPTIMIZERS}")
+        if lr <= 0:
+            raise ValueError(f"lr must be positive, got {lr}")
+        if replay_batch < 0 or memory < 0:
+            raise ValueError(f"memory and replay_batch must be >= 0, got {memory}, {replay_batch}")
+        self.device = resolve_device(device)
+        self.model = model.to(self.device)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.hparams: dict[str, Any] = {
+            "lr": lr,
+            "optimizer": optimizer,
+            "momentum": momentum,
+            "weight_decay": weight_decay,
+            "memory": memory if self.uses_memory else 0,
+            "replay_batch": replay_batch,
+            "buffer_policy": buffer_policy,
+            "seed": seed,
+        }
+        self.optimizer = self._make_optimizer(self.model.parameters())
+        self.buffer = ReplayBuffer(
+            memory if self.uses_memory else 0,
+            policy=buffer_policy,
+            device=self.device,
+            generator=self.generator,
+        )
+        self.replay_batch = replay_batch
+        self.samples_seen = 0
+        self._training: bool | None = None
+
+    def _make_optimizer(self, params) -> torch.optim.Optimizer:
+        h = self.hparams
+        if h["optimizer"] == "sgd":
+            return torch.optim.SGD(
+                params, lr=h["lr"], momentum=h["momentum"], weight_decay=h["weight_decay"]
+            )
+        return torch.optim.Adam(params, lr=h["lr"], weight_decay=h["weight_decay"])
+
+    # -- the per-batch contract -----------------------------------------------------------------
+    def observe(self, batch: Batch) -> StepResult:
+        raise NotImplementedError
+
+    def prepare(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Validate a labelled batch, move it to the device and grow the head for new labels."""
+        validate_batch(batch, self.model.input_shape)
+        if batch.y is None:
+            raise InvalidBatchError("observe() needs labels: batch.y is None (use predict())")
+        x = batch.x.to(self.device, non_blocking=True)
+        y = batch.y.to(self.device, torch.long, non_blocking=True)
+        self.ensure_classes(int(batch.y.max()) + 1)
+        self.train_mode(True)
+        self.samples_seen += len(y)
+        return x, y
+
+    def step(self, loss: Tensor) -> None:
+        """One optimizer update on ``loss``."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def train_mode(self, training: bool) -> None:
+        if self._training is not training:
+            self.model.train(training)
+            self._training = training
+
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> Tensor:
+        """Class scores (logits) for a batch of raw inputs, shape ``(n, n_classes)``."""
+        if self.model.input_shape is not None and tuple(x.shape[1:]) != self.model.input_shape:
+            raise InvalidBatchError(
+                f"predict() got per-sample shape {tuple(x.shape[1:])}, expected "
+                f"{self.model.input_shape}"
+            )
+        self.train_mode(False)
+        return self.model(x.to(self.device, non_blocking=True))
+
+    # -- growing heads --------------------------------------------------------------------------
+    def ensure_classes(self, n_classes: int) -> None:
+        """Grow the classifier to ``n_classes`` outputs, keeping optimizer state aligned."""
+        head = self.model.head
+        if n_classes <= head.out_features:
+            return
+        old = list(head.parameters())
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=self.generator)))
+            head.grow(n_classes)
+        head.to(self.device)
+        for before, after in zip(old, head.parameters(), strict=True):
+            self._swap_param(before, after)
+
+    def _swap_param(self, before: torch.nn.Parameter, after: torch.nn.Parameter) -> None:
+        for group in self.optimizer.param_groups:
+            group["params"] = [after if p is before else p for p in group["params"]]
+        state = self.optimizer.state.pop(before, None)
+        if state:
+            for key, value in state.items():
+                if isinstance(value, Tensor) and value.shape == before.shape:
+                    pad = value.new_zeros((after.shape[0] - before.shape[0], *value.shape[1:]))
+                    state[key] = torch.cat([value, pad])
+            self.optimizer.state[after] = state
+
+    # -- state ----------------------------------------------------------------------------------
+    def extra_state(self) -> dict:
+        """Strategy-specific state beyond model, optimizer and buffer (override when needed)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {
+            "strategy": self.name,
+            "hparams": dict(self.hparams),
+            "n_classes": self.model.n_classes,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "buffer": self.buffer.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "samples_seen": self.samples_seen,
+            "extra": self.extra_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["strategy"] != self.name:
+            raise ValueError(f"state is for strategy {state['strategy']!r}, this is {self.name!r}")
+        self.ensure_classes(int(state["n_classes"]))
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.buffer.load_state_dict(state["buffer"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.samples_seen = int(state["samples_seen"])
+        self.load_extra_state(state["extra"])
+        self._training = None
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v}" for k, v in self.hparams.items())
+        return f"{type(self).__name__}({params})"

@@ -1,0 +1,181 @@
+"""MLflow tracking: a parent run per comparison, a nested run per strategy x seed.
+
+Metrics are buffered and sent with ``log_batch`` (one request per 1,000 values and at the
+end), so logging never dominates the step time; ``step`` is always the number of samples
+seen. Default store: ``sqlite:///mlflow.db`` in the working directory.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_EXPERIMENT = "streamkd"
+FLUSH_AT = 1000
+
+
+class Tracker:
+    """A handle on one MLflow store and experiment."""
+
+    def __init__(
+        self, tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT
+    ) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri = tracking_uri or DEFAULT_TRACKING_URI
+        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        found = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = (
+            found.experiment_id if found is not None else self.client.create_experiment(experiment)
+        )
+
+    def start_run(
+        self,
+        name: str,
+        params: dict[str, Any] | None = None,
+        parent: RunLogger | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> RunLogger:
+        all_tags = dict(tags or {})
+        if parent is not None:
+            all_tags["mlflow.parentRunId"] = parent.run_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        logger = RunLogger(self.client, run.info.run_id)
+        if params:
+            logger.log_params(params)
+        return logger
+
+    def resume_run(self, run_id: str) -> RunLogger:
+        """Reopen a run (e.g. after a restart from a checkpoint) to keep logging into it."""
+        self.client.update_run(run_id, status="RUNNING")
+        return RunLogger(self.client, run_id)
+
+
+class RunLogger:
+    """Logs params, buffered metrics and artifacts into one MLflow run."""
+
+    def __init__(self, client, run_id: str) -> None:
+        self.client, self.run_id = client, run_id
+        self._pending: list = []
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(str(k), str(v)) for k, v in params.items() if v is not None]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        for key, value in metrics.items():
+            if value is not None:
+                self._pending.append(Metric(key, float(value), now, int(step)))
+        if len(self._pending) >= FLUSH_AT:
+            self.flush()
+
+    def flush(self) -> None:
+        while self._pending:
+            chunk, self._pending = self._pending[:FLUSH_AT], self._pending[FLUSH_AT:]
+            self.client.log_batch(self.run_id, metrics=chunk)
+
+    def log_result(self, result: dict[str, Any], step: int) -> None:
+        """Final metrics, the accuracy matrix (JSON + PNG heatmap) and learning curves (PNG)."""
+        finals = {
+            k: result.get(k)
+            for k in (
+                "final_avg_acc",
+                "avg_forgetting",
+                "bwt",
+                "anytime_acc",
+                "prequential_acc",
+                "samples_per_s",
+                "train_seconds",
+                "peak_mem_mb",
+            )
+        }
+        self.log_metrics({k: v for k, v in finals.items() if v is not None}, step=step)
+        self.flush()
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp)
+            (out / "acc_matrix.json").write_text(
+                json.dumps(
+                    {"acc_matrix": result["acc_matrix"], "row_segments": result["row_segments"]},
+                    indent=1,
+                )
+            )
+            (out / "result.json").write_text(json.dumps(result, indent=1, default=str))
+            if any(v is not None for row in result["acc_matrix"] for v in row):
+                plot_acc_matrix(result["acc_matrix"], out / "acc_matrix.png")
+            if result.get("curve"):
+                plot_curves(result, out / "learning_curves.png")
+            for file in sorted(out.iterdir()):
+                self.client.log_artifact(self.run_id, str(file))
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.flush()
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def plot_acc_matrix(acc_matrix: list[list[float | None]], path: Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    data = np.array([[np.nan if v is None else v for v in row] for row in acc_matrix], float)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * data.shape[1], 1.0 + 0.6 * data.shape[0]))
+    im = ax.imshow(data, vmin=0, vmax=1, cmap="viridis")
+    for (i, j), v in np.ndenumerate(data):
+        if not np.isnan(v):
+            ax.text(
+                j,
+                i,
+                f"{v:.2f}",
+                ha="center",
+                va="center",
+                color="white" if v < 0.6 else "black",
+                fontsize=8,
+            )
+    ax.set_xlabel("evaluated on segment")
+    ax.set_ylabel("after training segment")
+    ax.set_title(title or "accuracy matrix")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_curves(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = result["curve"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    xs = [p[0] for p in curve]
+    ax1.plot(xs, [p[1] for p in curve], label="prequential (window)")
+    if result.get("anytime"):
+        ax1.plot(
+            [p[0] for p in result["anytime"]],
+            [p[1] for p in result["anytime"]],
+            "o-",
+            label="held-out, seen segments",
+        )
+    ax1.set_xlabel("samples seen")
+    ax1.set_ylabel("accuracy")
+    ax1.set_ylim(0, 1)
+    ax1.legend(fontsize=8)
+    ax2.plot(xs, [p[2] for p in curve])
+    ax2.set_xlabel("samples seen")
+    ax2.set_ylabel("training loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

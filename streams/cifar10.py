@@ -1,0 +1,81 @@
+"""Split CIFAR-10: 5 segments of 2 classes, uint8 (3, 32, 32) images.
+
+Reads the offline JPEG pack (``cifar10/train-*.npz`` and ``test.npz``: arrays ``jpeg``,
+``offsets``, ``labels``) under the data directory, decoding once per process into memory;
+or torchvision's ``cifar-10-batches-py`` folder when a user has the official binaries.
+"""
+
+from __future__ import annotations
+
+import io
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from streamkd.data import find_data
+from streamkd.streams.split import SegmentedStream, split_by_class
+
+Arrays = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _decode_pack(file: Path) -> tuple[np.ndarray, np.ndarray]:
+    from PIL import Image
+
+    with np.load(file) as d:
+        jpeg, offsets, labels = d["jpeg"], d["offsets"], d["labels"]
+    images = np.empty((len(labels), 32, 32, 3), dtype=np.uint8)
+    for i in range(len(labels)):
+        buf = jpeg[offsets[i] : offsets[i + 1]].tobytes()
+        images[i] = np.asarray(Image.open(io.BytesIO(buf)).convert("RGB"))
+    return images, labels.astype(np.int64)
+
+
+@lru_cache(maxsize=2)
+def _load(path: str) -> Arrays:
+    p = Path(path)
+    if p.name == "cifar-10-batches-py":
+        from torchvision.datasets import CIFAR10
+
+        tr, te = CIFAR10(str(p.parent), train=True), CIFAR10(str(p.parent), train=False)
+        parts = [(tr.data, np.asarray(tr.targets)), (te.data, np.asarray(te.targets))]
+    else:
+        train_files = sorted(p.glob("train-*.npz"))
+        if not train_files or not (p / "test.npz").exists():
+            raise FileNotFoundError(f"expected train-*.npz and test.npz in {p}")
+        packs = [_decode_pack(f) for f in train_files]
+        parts = [
+            (np.concatenate([a for a, _ in packs]), np.concatenate([b for _, b in packs])),
+            _decode_pack(p / "test.npz"),
+        ]
+    out = []
+    for images, labels in parts:
+        out += [
+            torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+            torch.from_numpy(labels.astype(np.int64)),
+        ]
+    return tuple(out)  # type: ignore[return-value]
+
+
+def load_cifar10(data_dir: str | Path | None = None) -> Arrays:
+    """Train and test images (uint8, N x 3 x 32 x 32) and labels (int64)."""
+    return _load(str(find_data("cifar10", data_dir, markers=("cifar-10-batches-py",))))
+
+
+def split_cifar10(
+    seed: int = 0, batch_size: int = 10, data_dir=None, n_segments: int = 5, order="seeded", **_
+) -> SegmentedStream:
+    x, y, xt, yt = load_cifar10(data_dir)
+    return split_by_class(
+        "split-cifar10",
+        x,
+        y,
+        xt,
+        yt,
+        n_segments=n_segments,
+        order=order,
+        seed=seed,
+        batch_size=batch_size,
+        default_arch="resnet18",
+    )

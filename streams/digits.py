@@ -1,0 +1,47 @@
+"""Split-Digits: scikit-learn's 1,797 8x8 handwritten digits, 5 segments of 2 classes.
+
+The zero-setup default stream: the data ships inside scikit-learn. Pixels (0-16) are
+rescaled to uint8 (0-255) images of shape (1, 8, 8). A fixed stratified 75/25 train/test
+split (independent of the seed) keeps the held-out set identical across runs.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from streamkd.streams.split import SegmentedStream, split_by_class
+
+
+@lru_cache(maxsize=1)
+def load_digits_arrays() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    images = np.clip(np.rint(data.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)[:, None]
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        images, data.target, test_size=0.25, stratify=data.target, random_state=0
+    )
+    as_long = lambda a: torch.from_numpy(np.asarray(a, dtype=np.int64))  # noqa: E731
+    return torch.from_numpy(x_tr), as_long(y_tr), torch.from_numpy(x_te), as_long(y_te)
+
+
+def split_digits(
+    seed: int = 0, batch_size: int = 10, n_segments: int = 5, order: str = "seeded", **_
+) -> SegmentedStream:
+    x, y, xt, yt = load_digits_arrays()
+    return split_by_class(
+        "split-digits",
+        x,
+        y,
+        xt,
+        yt,
+        n_segments=n_segments,
+        order=order,
+        seed=seed,
+        batch_size=batch_size,
+        default_arch="mlp",
+    )

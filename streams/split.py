@@ -1,0 +1,176 @@
+"""Segmented streams over in-memory tensors, and the class-incremental split of any dataset.
+
+Every benchmark stream here is a :class:`SegmentedStream`: an ordered list of segments
+(tasks, for evaluation only), each with its training samples, shuffled once under the
+seed, and an optional held-out set. Batches never straddle two segments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from streamkd.types import Batch, Segment
+
+
+@dataclass
+class SegmentData:
+    """One segment's samples. ``transform`` (if any) is applied to each batch and test set."""
+
+    name: str
+    x: Tensor
+    y: Tensor
+    x_test: Tensor | None = None
+    y_test: Tensor | None = None
+    transform: Callable[[Tensor], Tensor] | None = None
+
+
+class SegmentedStream:
+    """A single-pass stream over segments of tensors, with ``position()`` / ``seek()``.
+
+    Attributes describe the inputs so models can be built for them: ``input_shape`` (per
+    sample), ``n_classes``, ``mean`` / ``std`` (normalisation), ``default_arch``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        segments: Sequence[SegmentData],
+        *,
+        batch_size: int = 10,
+        seed: int = 0,
+        shuffle: bool = True,
+        n_classes: int | None = None,
+        mean: Sequence[float] = (0.0,),
+        std: Sequence[float] = (1.0,),
+        default_arch: str = "mlp",
+    ) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if not segments:
+            raise ValueError("a stream needs at least one segment")
+        self.name = name
+        self.batch_size = batch_size
+        self.seed = seed
+        self._data = list(segments)
+        if shuffle:
+            rng = np.random.default_rng(seed)
+            for seg in self._data:
+                perm = torch.from_numpy(rng.permutation(len(seg.y)))
+                seg.x, seg.y = seg.x[perm], seg.y[perm]
+        self.segments = [
+            Segment(s.name, len(s.y), tuple(sorted(set(s.y.tolist())))) for s in self._data
+        ]
+        labels = torch.cat([s.y for s in self._data])
+        self.n_classes = int(n_classes if n_classes is not None else int(labels.max()) + 1)
+        self.input_shape = tuple(self._first_input().shape[1:])
+        self.mean, self.std, self.default_arch = tuple(mean), tuple(std), default_arch
+        self._bounds: list[tuple[int, int, int]] = [
+            (i, start, min(start + batch_size, len(seg.y)))
+            for i, seg in enumerate(self._data)
+            for start in range(0, len(seg.y), batch_size)
+        ]
+        self._pos = 0
+        self._test_cache: dict[int, tuple[Tensor, Tensor] | None] = {}
+
+    def _first_input(self) -> Tensor:
+        seg = self._data[0]
+        x = seg.x[:1]
+        return seg.transform(x) if seg.transform else x
+
+    def __len__(self) -> int:
+        """Number of batches in one pass."""
+        return len(self._bounds)
+
+    @property
+    def n_samples(self) -> int:
+        return sum(s.n_train for s in self.segments)
+
+    def position(self) -> int:
+        return self._pos
+
+    def seek(self, position: int) -> None:
+        if not 0 <= position <= len(self._bounds):
+            raise ValueError(f"position {position} is outside the stream (0..{len(self._bounds)})")
+        self._pos = int(position)
+
+    def __iter__(self) -> Iterator[Batch]:
+        bounds, data = self._bounds, self._data
+        while self._pos < len(bounds):
+            seg_id, start, end = bounds[self._pos]
+            seg = data[seg_id]
+            x = seg.x[start:end]
+            if seg.transform is not None:
+                x = seg.transform(x)
+            self._pos += 1
+            yield Batch(x=x, y=seg.y[start:end], segment=seg_id)
+
+    def test_set(self, segment: int) -> tuple[Tensor, Tensor] | None:
+        """The held-out inputs and labels of one segment (``None`` if it has none)."""
+        if segment not in self._test_cache:
+            seg = self._data[segment]
+            if seg.x_test is None or seg.y_test is None:
+                self._test_cache[segment] = None
+            else:
+                x = seg.transform(seg.x_test) if seg.transform else seg.x_test
+                self._test_cache[segment] = (x, seg.y_test)
+        return self._test_cache[segment]
+
+    def describe(self) -> dict:
+        return {
+            "stream": self.name,
+            "segments": len(self.segments),
+            "samples": self.n_samples,
+            "batch_size": self.batch_size,
+            "input_shape": list(self.input_shape),
+            "n_classes": self.n_classes,
+        }
+
+
+def class_order(n_classes: int, order: str | Sequence[int], seed: int) -> list[int]:
+    """``"seeded"``: a permutation drawn from ``seed``; ``"fixed"``: 0..n-1; or an explicit list."""
+    if isinstance(order, str):
+        if order == "fixed":
+            return list(range(n_classes))
+        if order == "seeded":
+            return np.random.default_rng(seed).permutation(n_classes).tolist()
+        raise ValueError(f"unknown class order {order!r}; expected 'seeded', 'fixed' or a list")
+    order = [int(c) for c in order]
+    if sorted(order) != list(range(n_classes)):
+        raise ValueError(f"class order {order} is not a permutation of 0..{n_classes - 1}")
+    return order
+
+
+def split_by_class(
+    name: str,
+    x: Tensor,
+    y: Tensor,
+    x_test: Tensor,
+    y_test: Tensor,
+    *,
+    n_segments: int,
+    order: str | Sequence[int] = "seeded",
+    seed: int = 0,
+    batch_size: int = 10,
+    **stream_kwargs,
+) -> SegmentedStream:
+    """Class-incremental split: the classes, in a seeded order, are dealt into ``n_segments``
+    equal groups; each segment holds the train (and test) samples of its classes."""
+    n_classes = int(y.max()) + 1
+    if n_segments <= 0 or n_classes % n_segments:
+        raise ValueError(f"{n_classes} classes cannot be split into {n_segments} equal segments")
+    classes = class_order(n_classes, order, seed)
+    per = n_classes // n_segments
+    segments = []
+    for i in range(n_segments):
+        group = torch.tensor(classes[i * per : (i + 1) * per])
+        tr, te = torch.isin(y, group), torch.isin(y_test, group)
+        label = "-".join(str(c) for c in group.tolist())
+        segments.append(SegmentData(f"classes {label}", x[tr], y[tr], x_test[te], y_test[te]))
+    return SegmentedStream(
+        name, segments, batch_size=batch_size, seed=seed, n_classes=n_classes, **stream_kwargs
+    )
