@@ -13,6 +13,7 @@ algorithm box::
 
 from __future__ import annotations
 
+import copy
 from typing import Any, ClassVar
 
 import torch
@@ -169,12 +170,13 @@ class Strategy:
         pass
 
     def state_dict(self) -> dict:
+        """A snapshot (copies, not live references) of everything a resumed run needs."""
         return {
             "strategy": self.name,
             "hparams": dict(self.hparams),
             "n_classes": self.model.n_classes,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "buffer": self.buffer.state_dict(),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
