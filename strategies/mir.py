@@ -48,7 +48,7 @@ class MIR(Strategy):
             post_logits = functional_call(self.model, {**virtual, **buffers}, (pool.x,))
             post = F.cross_entropy(post_logits, pool.y, reduction="none")
         top = torch.topk(post - pre, self.replay_batch).indices
-        return self.buffer._gather(pool.idx[top])
+        return self.buffer.gather(pool.idx[top])
 
     def observe(self, batch: Batch) -> StepResult:
         x, y = self.prepare(batch)

@@ -193,7 +193,8 @@ class ReplayBuffer:
         return slots
 
     # -- retrieval -------------------------------------------------------------------------
-    def _gather(self, idx: Tensor) -> Replay:
+    def gather(self, idx: Tensor) -> Replay:
+        """The stored samples at slots ``idx``."""
         idx = idx.to(self.device)
         extras = {k: v[idx] for k, v in self.extras.items()}
         return Replay(self.x[idx], self.y[idx], idx, extras)
@@ -206,9 +207,9 @@ class ReplayBuffer:
             allowed = ~torch.isin(self.y[: self.size], exclude_classes.to(self.device))
             pool = allowed.nonzero().flatten().cpu()
             perm = torch.randperm(len(pool), generator=self.generator)[:k]
-            return self._gather(pool[perm])
+            return self.gather(pool[perm])
         idx = torch.randperm(self.size, generator=self.generator)[: min(k, self.size)]
-        return self._gather(idx)
+        return self.gather(idx)
 
     def nearest(self, queries: Tensor, k: int) -> Replay:
         """The stored samples whose ``index_key`` extra is nearest to each query (deduplicated)."""
@@ -220,10 +221,10 @@ class ReplayBuffer:
         _, ids = self.index.search(queries.detach().float().flatten(1), k)
         ids = ids.flatten()
         ids = torch.unique(ids[ids >= 0])
-        return self._gather(ids)
+        return self.gather(ids)
 
     def all(self) -> Replay:
-        return self._gather(torch.arange(self.size))
+        return self.gather(torch.arange(self.size))
 
     def classes(self) -> Tensor:
         return torch.unique(self.y[: self.size]) if self.size else torch.empty(0, dtype=torch.long)
