@@ -26,9 +26,8 @@ import argparse
 import json
 import platform
 import time
-from pathlib import Path
-
 import warnings
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -60,8 +59,9 @@ def fresh_model(stream, arch: str, nf: int):
 
 
 def bench_streamkd(stream, batches, arch, nf) -> float:
-    er = make_strategy("er", fresh_model(stream, arch, nf), memory=MEMORY, replay_batch=REPLAY,
-                       lr=LR, seed=0)
+    er = make_strategy(
+        "er", fresh_model(stream, arch, nf), memory=MEMORY, replay_batch=REPLAY, lr=LR, seed=0
+    )
     n = sum(len(b) for b in batches)
     t0 = time.perf_counter()
     for batch in batches:
@@ -153,9 +153,16 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
     results: dict = {
-        "config": {"memory": MEMORY, "batch": BATCH, "replay_batch": REPLAY, "lr": LR,
-                   "repeats": args.repeats, "torch": torch.__version__,
-                   "threads": torch.get_num_threads(), "machine": platform.processor()}
+        "config": {
+            "memory": MEMORY,
+            "batch": BATCH,
+            "replay_batch": REPLAY,
+            "lr": LR,
+            "repeats": args.repeats,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "machine": platform.processor(),
+        }
     }
     for setting in [s.strip() for s in args.settings.split(",") if s.strip()]:
         cfg = SETTINGS[setting]
@@ -171,10 +178,14 @@ def main(argv: list[str] | None = None) -> dict:
         for other in ("bare", "avalanche"):
             if "streamkd" in best and other in best:
                 ratios[f"streamkd_vs_{other}"] = best["streamkd"] / best[other]
-        results[setting] = {"samples": sum(len(b) for b in batches), "samples_per_s": best,
-                            "all_runs": speeds, "ratios": ratios}
+        results[setting] = {
+            "samples": sum(len(b) for b in batches),
+            "samples_per_s": best,
+            "all_runs": speeds,
+            "ratios": ratios,
+        }
         print(f"\n{setting}: {cfg['stream']}, {cfg['arch']}, {results[setting]['samples']} samples")
-        print("| contender | samples/s (best of %d) |" % args.repeats)
+        print(f"| contender | samples/s (best of {args.repeats}) |")
         print("|---|---|")
         for name, value in best.items():
             print(f"| {name} | {value:,.0f} |")
