@@ -10,9 +10,23 @@ def test_overhead_benchmark_smoke(tmp_path, data_dir):
     """The benchmark runs end to end on a tiny slice and writes its JSON schema."""
     out = tmp_path / "overhead.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "overhead.py"), "--settings", "mlp",
-         "--samples", "300", "--repeats", "1", "--data-dir", str(data_dir), "--json", str(out)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "overhead.py"),
+            "--settings",
+            "mlp",
+            "--samples",
+            "300",
+            "--repeats",
+            "1",
+            "--data-dir",
+            str(data_dir),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.read_text())
