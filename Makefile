@@ -2,15 +2,15 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip install --disable-pip-version-check -q
+PIP := $(PY) -m pip install --disable-pip-version-check --no-compile -q
 TORCH := torch==2.14.1 torchvision==0.29.1
 
 .PHONY: demo test lint bench install install-full clean
 
+# .core: what the demo needs; .full: + test, lint and Avalanche tools (one resolver run each)
 $(VENV)/.core: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) $(TORCH)
-	$(PIP) -e ".[dev]" $(TORCH)
+	$(PIP) -e . $(TORCH)
 	touch $@
 
 $(VENV)/.full: $(VENV)/.core
@@ -28,7 +28,7 @@ demo: $(VENV)/.core
 test: $(VENV)/.full
 	$(PY) -m pytest -m "not slow" -q
 
-lint: $(VENV)/.core
+lint: $(VENV)/.full
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 
 bench: $(VENV)/.full

@@ -6,11 +6,26 @@ from streamkd.strategies.er import ER
 from streamkd.strategies.er_ace import ERACE
 from streamkd.strategies.mir import MIR
 from streamkd.strategies.naive import Naive
+from streamkd.strategies.pcr import HPCR, PCR
+from streamkd.strategies.scr import SCR
 from streamkd.strategy import Strategy
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (Naive, ER, ERACE, MIR)}
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls for cls in (Naive, ER, ERACE, MIR, SCR, PCR, HPCR)
+}
 
-__all__ = ["ER", "ERACE", "MIR", "STRATEGIES", "Naive", "Strategy", "get_strategy"]
+__all__ = [
+    "ER",
+    "ERACE",
+    "HPCR",
+    "MIR",
+    "PCR",
+    "SCR",
+    "STRATEGIES",
+    "Naive",
+    "Strategy",
+    "get_strategy",
+]
 
 
 def get_strategy(name: str) -> type[Strategy]:

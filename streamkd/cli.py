@@ -34,8 +34,25 @@ def _common(p: argparse.ArgumentParser) -> None:
         choices=("mlp", "resnet18"),
         help="architecture (default: the stream's)",
     )
-    p.add_argument("--nf", type=int, default=20, help="ResNet18 width (20 reduced, 64 full)")
+    p.add_argument(
+        "--nf",
+        type=int,
+        default=None,
+        help="ResNet18 width (20 reduced, 64 full; default: the strategy's)",
+    )
     p.add_argument("--max-samples", type=int, default=None, help="stop after this many samples")
+    p.add_argument(
+        "--per-segment",
+        type=int,
+        default=None,
+        help="train on a seeded subset of N samples per segment (test sets stay whole)",
+    )
+    p.add_argument(
+        "--class-order",
+        default=None,
+        choices=("seeded", "fixed"),
+        help="class order of split streams (default seeded by --seed)",
+    )
     p.add_argument(
         "--eval-every",
         type=int,
@@ -97,6 +114,11 @@ def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         eval_every=args.eval_every,
         strategy_kwargs=strategy_kwargs,
         model_kwargs=model_kwargs,
+        stream_kwargs={
+            k: v
+            for k, v in (("max_per_segment", args.per_segment), ("order", args.class_order))
+            if v is not None
+        },
         progress=not args.quiet,
     )
 

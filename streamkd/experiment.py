@@ -24,10 +24,24 @@ def make_stream(name: str, *, seed: int = 0, batch_size: int = 10, data_dir=None
 
 
 def make_model(
-    stream, *, seed: int = 0, arch: str | None = None, nf: int = 20, head: str = "linear"
+    stream,
+    *,
+    seed: int = 0,
+    arch: str | None = None,
+    nf: int | None = None,
+    head: str = "linear",
+    head_scale: float = 1.0,
+    strategy: str | None = None,
 ) -> Classifier:
     """The stream's default architecture (MLP for vectors and digits/MNIST, reduced ResNet18
-    for CIFAR-10), initialised under ``seed``."""
+    for CIFAR-10), initialised under ``seed``. Naming the ``strategy`` takes the head and
+    ResNet width it expects (e.g. PCR's cosine head, OnPro's nf=64)."""
+    if strategy is not None:
+        from streamkd.strategies import get_strategy
+
+        cls = get_strategy(strategy)
+        head, head_scale = cls.head, cls.head_scale
+        nf = nf or cls.default_nf
     torch.manual_seed(seed)
     arch = arch or stream.default_arch
     return build_model(
@@ -35,8 +49,9 @@ def make_model(
         stream.input_shape,
         mean=stream.mean,
         std=stream.std,
-        nf=nf,
+        nf=nf or 20,
         head=head,
+        head_scale=head_scale,
         hidden=MLP_HIDDEN.get(stream.name, (256, 256)),
     )
 
@@ -77,7 +92,7 @@ def run_one(
         stream_name, seed=seed, batch_size=batch_size, data_dir=data_dir, **(stream_kwargs or {})
     )
     dev = resolve_device(device)
-    model = make_model(stream, seed=seed, **(model_kwargs or {}))
+    model = make_model(stream, seed=seed, strategy=strategy_name, **(model_kwargs or {}))
     strategy = make_strategy(
         strategy_name, model, memory=memory, seed=seed, device=dev, **(strategy_kwargs or {})
     )

@@ -45,6 +45,9 @@ class Strategy:
     name: ClassVar[str] = "base"
     help: ClassVar[str] = ""
     uses_memory: ClassVar[bool] = True
+    head: ClassVar[str] = "linear"  # the classifier head the strategy expects ("cosine": PCR)
+    head_scale: ClassVar[float] = 1.0
+    default_nf: ClassVar[int] = 20  # ResNet18 width when the stream's default model is a ResNet
 
     def __init__(
         self,
@@ -54,6 +57,7 @@ class Strategy:
         optimizer: str = "sgd",
         momentum: float = 0.0,
         weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
         memory: int = 500,
         replay_batch: int = 10,
         buffer_policy: str = "reservoir",
@@ -74,6 +78,7 @@ class Strategy:
             "optimizer": optimizer,
             "momentum": momentum,
             "weight_decay": weight_decay,
+            "betas": tuple(betas),
             "memory": memory if self.uses_memory else 0,
             "replay_batch": replay_batch,
             "buffer_policy": buffer_policy,
@@ -88,7 +93,17 @@ class Strategy:
         )
         self.replay_batch = replay_batch
         self.samples_seen = 0
+        self.seen_classes = torch.zeros(self.model.n_classes, dtype=torch.bool, device=self.device)
+        self.extra_modules: dict[str, torch.nn.Module] = {}
         self._training: bool | None = None
+
+    def add_trainable(self, name: str, module: torch.nn.Module) -> torch.nn.Module:
+        """Register a module trained beside the model (e.g. a projection head): it moves to
+        the device, joins the optimizer and is saved in ``state_dict``."""
+        module = module.to(self.device)
+        self.extra_modules[name] = module
+        self.optimizer.add_param_group({"params": list(module.parameters())})
+        return module
 
     def _make_optimizer(self, params) -> torch.optim.Optimizer:
         h = self.hparams
@@ -96,7 +111,9 @@ class Strategy:
             return torch.optim.SGD(
                 params, lr=h["lr"], momentum=h["momentum"], weight_decay=h["weight_decay"]
             )
-        return torch.optim.Adam(params, lr=h["lr"], weight_decay=h["weight_decay"])
+        return torch.optim.Adam(
+            params, lr=h["lr"], betas=h["betas"], weight_decay=h["weight_decay"]
+        )
 
     # -- the per-batch contract -----------------------------------------------------------------
     def observe(self, batch: Batch) -> StepResult:
@@ -110,6 +127,7 @@ class Strategy:
         x = batch.x.to(self.device, non_blocking=True)
         y = batch.y.to(self.device, torch.long, non_blocking=True)
         self.ensure_classes(int(batch.y.max()) + 1)
+        self.seen_classes[y] = True
         self.train_mode(True)
         self.samples_seen += len(y)
         return x, y
@@ -123,18 +141,29 @@ class Strategy:
     def train_mode(self, training: bool) -> None:
         if self._training is not training:
             self.model.train(training)
+            for module in self.extra_modules.values():
+                module.train(training)
             self._training = training
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Tensor:
-        """Class scores (logits) for a batch of raw inputs, shape ``(n, n_classes)``."""
+        """Class scores for a batch of raw inputs, shape ``(n, n_classes)``.
+
+        Classes never seen in training score ``-inf``: a class-incremental learner cannot
+        know them, and untrained rows (e.g. PCR's unused proxies) must not win.
+        """
         if self.model.input_shape is not None and tuple(x.shape[1:]) != self.model.input_shape:
             raise InvalidBatchError(
                 f"predict() got per-sample shape {tuple(x.shape[1:])}, expected "
                 f"{self.model.input_shape}"
             )
         self.train_mode(False)
-        return self.model(x.to(self.device, non_blocking=True))
+        scores = self.scores(x.to(self.device, non_blocking=True))
+        return scores.masked_fill(~self.seen_classes, float("-inf"))
+
+    def scores(self, x: Tensor) -> Tensor:
+        """Raw class scores in eval mode; override for non-parametric classifiers (NCM)."""
+        return self.model(x)
 
     # -- growing heads --------------------------------------------------------------------------
     def ensure_classes(self, n_classes: int) -> None:
@@ -149,6 +178,9 @@ class Strategy:
         head.to(self.device)
         for before, after in zip(old, head.parameters(), strict=True):
             self._swap_param(before, after)
+        grown = torch.zeros(n_classes, dtype=torch.bool, device=self.device)
+        grown[: len(self.seen_classes)] = self.seen_classes
+        self.seen_classes = grown
 
     def _swap_param(self, before: torch.nn.Parameter, after: torch.nn.Parameter) -> None:
         for group in self.optimizer.param_groups:
@@ -176,6 +208,11 @@ class Strategy:
             "hparams": dict(self.hparams),
             "n_classes": self.model.n_classes,
             "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "extra_modules": {
+                name: {k: v.detach().clone() for k, v in m.state_dict().items()}
+                for name, m in self.extra_modules.items()
+            },
+            "seen_classes": self.seen_classes.cpu().clone(),
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "buffer": self.buffer.state_dict(),
             "generator": self.generator.get_state(),
@@ -189,6 +226,9 @@ class Strategy:
             raise ValueError(f"state is for strategy {state['strategy']!r}, this is {self.name!r}")
         self.ensure_classes(int(state["n_classes"]))
         self.model.load_state_dict(state["model"])
+        for name, module in self.extra_modules.items():
+            module.load_state_dict(state["extra_modules"][name])
+        self.seen_classes = state["seen_classes"].to(self.device)
         self.optimizer.load_state_dict(state["optimizer"])
         self.buffer.load_state_dict(state["buffer"])
         self.generator.set_state(state["generator"])

@@ -64,7 +64,12 @@ def load_cifar10(data_dir: str | Path | None = None) -> Arrays:
 
 
 def split_cifar10(
-    seed: int = 0, batch_size: int = 10, data_dir=None, n_segments: int = 5, order="seeded", **_
+    seed: int = 0,
+    batch_size: int = 10,
+    data_dir=None,
+    n_segments: int = 5,
+    order="seeded",
+    **kwargs,
 ) -> SegmentedStream:
     x, y, xt, yt = load_cifar10(data_dir)
     return split_by_class(
@@ -78,4 +83,5 @@ def split_cifar10(
         seed=seed,
         batch_size=batch_size,
         default_arch="resnet18",
+        **kwargs,
     )

@@ -32,8 +32,14 @@ def load_digits_arrays() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torc
 
 
 def split_digits(
-    seed: int = 0, batch_size: int = 10, n_segments: int = 5, order: str = "seeded", **_
+    seed: int = 0,
+    batch_size: int = 10,
+    n_segments: int = 5,
+    order: str = "seeded",
+    data_dir=None,
+    **kwargs,
 ) -> SegmentedStream:
+    """``data_dir`` is accepted for symmetry and ignored: the data ships with scikit-learn."""
     x, y, xt, yt = load_digits_arrays()
     return split_by_class(
         "split-digits",
@@ -48,4 +54,5 @@ def split_digits(
         default_arch="mlp",
         mean=(0.3053,),
         std=(0.3758,),
+        **kwargs,
     )

@@ -47,7 +47,12 @@ def load_mnist(data_dir: str | Path | None = None) -> Arrays:
 
 
 def split_mnist(
-    seed: int = 0, batch_size: int = 10, data_dir=None, n_segments: int = 5, order="seeded", **_
+    seed: int = 0,
+    batch_size: int = 10,
+    data_dir=None,
+    n_segments: int = 5,
+    order="seeded",
+    **kwargs,
 ) -> SegmentedStream:
     x, y, xt, yt = load_mnist(data_dir)
     return split_by_class(
@@ -61,6 +66,7 @@ def split_mnist(
         seed=seed,
         batch_size=batch_size,
         default_arch="mlp",
+        **kwargs,
     )
 
 

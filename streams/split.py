@@ -34,6 +34,8 @@ class SegmentedStream:
 
     Attributes describe the inputs so models can be built for them: ``input_shape`` (per
     sample), ``n_classes``, ``mean`` / ``std`` (normalisation), ``default_arch``.
+    ``max_per_segment`` keeps that many training samples of each segment (held-out sets stay
+    whole): a faithful small slice of a long benchmark.
     """
 
     def __init__(
@@ -48,6 +50,7 @@ class SegmentedStream:
         mean: Sequence[float] = (0.0,),
         std: Sequence[float] = (1.0,),
         default_arch: str = "mlp",
+        max_per_segment: int | None = None,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -62,6 +65,11 @@ class SegmentedStream:
             for seg in self._data:
                 perm = torch.from_numpy(rng.permutation(len(seg.y)))
                 seg.x, seg.y = seg.x[perm], seg.y[perm]
+        if max_per_segment is not None:
+            if max_per_segment <= 0:
+                raise ValueError(f"max_per_segment must be positive, got {max_per_segment}")
+            for seg in self._data:  # a seeded random subset when shuffled, else the first ones
+                seg.x, seg.y = seg.x[:max_per_segment], seg.y[:max_per_segment]
         self.segments = [
             Segment(s.name, len(s.y), tuple(sorted(set(s.y.tolist())))) for s in self._data
         ]

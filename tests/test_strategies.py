@@ -7,24 +7,29 @@ from streamkd.strategies import STRATEGIES
 from streamkd.types import Batch
 
 
-def _run(name, seed=0, **kw):
-    stream = make_stream("split-digits", seed=seed)
-    strategy = make_strategy(name, make_model(stream, seed=seed), memory=200, seed=seed, **kw)
-    return run(strategy, stream), strategy
+def _run(name, seed=0, stream="split-digits", memory=200, **kw):
+    stream_kw = {"max_per_segment": 500} if stream == "split-mnist" else {}
+    s = make_stream(stream, seed=seed, **stream_kw)
+    model = make_model(s, seed=seed, strategy=name)
+    strategy = make_strategy(name, model, memory=memory, seed=seed, **kw)
+    return run(strategy, s), strategy
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
-def test_each_strategy_learns_and_is_deterministic(name):
-    first, strategy = _run(name)
-    again, _ = _run(name)
+def test_each_strategy_learns_and_is_deterministic(name, data_dir):
+    """Split-MNIST, 500 samples per segment, memory 100 (naive ends near 0.2 here)."""
+    first, strategy = _run(name, stream="split-mnist", memory=100)
+    again, _ = _run(name, stream="split-mnist", memory=100)
     assert first["acc_matrix"] == again["acc_matrix"]
     assert first["prequential_acc"] == again["prequential_acc"]
-    # learning happens: the first segment is learnt, and test-then-train accuracy is far
-    # above chance
-    assert first["acc_matrix"][0][0] > 0.9
-    assert first["prequential_acc"] > 0.3, first["prequential_acc"]
+    # learning happens: the first segment is learnt, test-then-train accuracy is far above
+    # chance, and with a memory the old segments are still recognised at the end
+    assert first["acc_matrix"][0][0] > 0.8
+    assert first["prequential_acc"] > 0.35, first["prequential_acc"]
+    if strategy.uses_memory:
+        assert first["final_avg_acc"] > 0.5, first["final_avg_acc"]
     assert strategy.model.n_classes == 10
-    other, _ = _run(name, seed=1)
+    other, _ = _run(name, seed=1, stream="split-mnist", memory=100)
     assert other["acc_matrix"] != first["acc_matrix"]
 
 

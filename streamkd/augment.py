@@ -1,0 +1,203 @@
+"""Batched image augmentation on the model's device, with per-sample random parameters.
+
+The official code of SCR/PCR/OnPro augments with kornia or sample by sample with PIL on the
+host. Here every op is a handful of batched tensor ops, parameters are drawn per sample from
+the strategy's ``torch.Generator`` (so runs are reproducible and resumable), and the whole
+pipeline stays on the device. Inputs are ``uint8`` images or floats in [0, 1]; outputs are
+floats in [0, 1], which the model's :class:`~streamkd.models.InputNormalizer` accepts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def to_float(x: Tensor) -> Tensor:
+    return x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
+
+
+def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> Tensor:
+    return torch.rand(n, generator=g, dtype=torch.float64).mul_(hi - lo).add_(lo).float()
+
+
+def resized_crop_flip(
+    x: Tensor,
+    g: torch.Generator,
+    scale: Sequence[float] = (0.2, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+    flip_p: float = 0.5,
+) -> Tensor:
+    """RandomResizedCrop (area fraction in ``scale``, aspect ratio in ``ratio``, resized back
+    to the input size, bilinear) and a horizontal flip with probability ``flip_p``, fused in
+    one ``grid_sample``. Simplification: where the drawn crop does not fit, its sides are
+    clipped to the image instead of redrawn (torchvision retries 10 times)."""
+    n = x.shape[0]
+    area = _uniform(n, scale[0], scale[1], g)
+    log_r = _uniform(n, math.log(ratio[0]), math.log(ratio[1]), g)
+    r = torch.exp(log_r)
+    w = torch.sqrt(area * r).clamp(max=1.0)  # fraction of the width
+    h = torch.sqrt(area / r).clamp(max=1.0)
+    cx = (torch.rand(n, generator=g) * 2 - 1) * (1 - w)  # centre in [-1, 1] coordinates
+    cy = (torch.rand(n, generator=g) * 2 - 1) * (1 - h)
+    flip = torch.where(torch.rand(n, generator=g) < flip_p, -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = w * flip
+    theta[:, 0, 2] = cx
+    theta[:, 1, 1] = h
+    theta[:, 1, 2] = cy
+    grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def grayscale(x: Tensor) -> Tensor:
+    """ITU-R 601 luma, kept with the input's channel count."""
+    if x.shape[1] == 1:
+        return x
+    gray = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+    return gray.expand_as(x)
+
+
+def rgb_to_hsv(x: Tensor) -> Tensor:
+    r, g, b = x.unbind(1)
+    maxc, _ = x.max(1)
+    minc, _ = x.min(1)
+    delta = maxc - minc
+    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
+    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
+    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    h = torch.where(delta > 0, (h / 6.0) % 1.0, torch.zeros_like(h))
+    s = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), maxc * 0)
+    return torch.stack([h, s, maxc], 1)
+
+
+def hsv_to_rgb(x: Tensor) -> Tensor:
+    h, s, v = x.unbind(1)
+    i = torch.floor(h * 6.0)
+    f = h * 6.0 - i
+    i = i.long() % 6
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    choices = torch.stack(
+        [
+            torch.stack(c, 1)
+            for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))
+        ],
+        0,
+    )  # (6, N, 3, H, W)
+    idx = i.unsqueeze(0).unsqueeze(2).expand(1, -1, 3, -1, -1)
+    return choices.gather(0, idx).squeeze(0)
+
+
+def color_jitter(
+    x: Tensor,
+    g: torch.Generator,
+    brightness: float = 0.4,
+    contrast: float = 0.4,
+    saturation: float = 0.4,
+    hue: float = 0.1,
+    p: float = 0.8,
+) -> Tensor:
+    """torchvision-style ColorJitter applied to each sample with probability ``p``.
+
+    Factors are drawn per sample (brightness, contrast, saturation in [1 - v, 1 + v], hue
+    shift in [-hue, hue]). Simplification: the four ops run in a fixed order (brightness,
+    contrast, saturation, hue); torchvision shuffles the order per call."""
+    n = x.shape[0]
+    apply = (torch.rand(n, generator=g) < p).to(x.device).view(n, 1, 1, 1)
+    shape = (n, 1, 1, 1)
+    bf = _uniform(n, 1 - brightness, 1 + brightness, g).to(x.device).view(shape)
+    cf = _uniform(n, 1 - contrast, 1 + contrast, g).to(x.device).view(shape)
+    sf = _uniform(n, 1 - saturation, 1 + saturation, g).to(x.device).view(shape)
+    hf = _uniform(n, -hue, hue, g).to(x.device).view(n, 1, 1)
+    out = (x * bf).clamp(0, 1)
+    mean = grayscale(out).mean(dim=(1, 2, 3), keepdim=True)
+    out = ((out - mean) * cf + mean).clamp(0, 1)
+    gray = grayscale(out)
+    out = ((out - gray) * sf + gray).clamp(0, 1)
+    if hue > 0 and x.shape[1] == 3:
+        hsv = rgb_to_hsv(out)
+        hsv = torch.stack([(hsv[:, 0] + hf) % 1.0, hsv[:, 1], hsv[:, 2]], 1)
+        out = hsv_to_rgb(hsv).clamp(0, 1)
+    return torch.where(apply, out, x)
+
+
+def random_grayscale(x: Tensor, g: torch.Generator, p: float = 0.2) -> Tensor:
+    apply = (torch.rand(x.shape[0], generator=g) < p).to(x.device).view(-1, 1, 1, 1)
+    return torch.where(apply, grayscale(x), x)
+
+
+class SimCLRAugment:
+    """The augmentation of SCR, PCR and HPCR's official code (SimCLR's recipe):
+    RandomResizedCrop(scale 0.2-1) + horizontal flip + ColorJitter(0.4, 0.4, 0.4, 0.1) with
+    p 0.8 + RandomGrayscale(p 0.2)."""
+
+    def __init__(
+        self,
+        scale: Sequence[float] = (0.2, 1.0),
+        jitter: Sequence[float] = (0.4, 0.4, 0.4, 0.1),
+        jitter_p: float = 0.8,
+        gray_p: float = 0.2,
+    ) -> None:
+        self.scale, self.jitter, self.jitter_p, self.gray_p = (
+            tuple(scale),
+            tuple(jitter),
+            jitter_p,
+            gray_p,
+        )
+
+    def __call__(self, x: Tensor, g: torch.Generator) -> Tensor:
+        x = resized_crop_flip(to_float(x), g, self.scale)
+        x = color_jitter(x, g, *self.jitter, p=self.jitter_p)
+        return random_grayscale(x, g, self.gray_p)
+
+
+class OnProAugment:
+    """OnPro's second view: horizontal flip, random grayscale (p 0.25), RandomResizedCrop
+    (scale 0.3-1); no colour jitter (as in the official code)."""
+
+    def __init__(self, scale: Sequence[float] = (0.3, 1.0), gray_p: float = 0.25) -> None:
+        self.scale, self.gray_p = tuple(scale), gray_p
+
+    def __call__(self, x: Tensor, g: torch.Generator) -> Tensor:
+        x = random_grayscale(to_float(x), g, self.gray_p)
+        return resized_crop_flip(x, g, self.scale)
+
+
+def rotation_views(x: Tensor, copies: int = 16) -> Tensor:
+    """OCM's rotation augmentation: ``copies`` transformed copies of the batch, stacked
+    copy-major (copy i of sample b is row ``i * n + b``), so pseudo-labels are ``y + C * i``.
+
+    16 = four rotations (0, 180, 90, 270 degrees) of each of four "inner" variants (the
+    image; its left half rotated 180 degrees in place; both halves; its right half);
+    4 = the four rotations only; 1 = the batch itself.
+    """
+    if copies not in (1, 4, 16):
+        raise ValueError(f"rotation copies must be 1, 4 or 16, got {copies}")
+    if copies == 1:
+        return x
+    if copies == 16:
+        w = x.shape[-1] // 2
+        left, right = x[..., :w], x[..., w:]
+        rot_l, rot_r = torch.rot90(left, 2, (2, 3)), torch.rot90(right, 2, (2, 3))
+        base = torch.cat(
+            [
+                x,
+                torch.cat([rot_l, right], -1),
+                torch.cat([rot_l, rot_r], -1),
+                torch.cat([left, rot_r], -1),
+            ]
+        )
+    else:
+        base = x
+    return torch.cat(
+        [
+            base,
+            torch.rot90(base, 2, (2, 3)),
+            torch.rot90(base, 1, (2, 3)),
+            torch.rot90(base, 3, (2, 3)),
+        ]
+    )
