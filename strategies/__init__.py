@@ -6,12 +6,13 @@ from streamkd.strategies.er import ER
 from streamkd.strategies.er_ace import ERACE
 from streamkd.strategies.mir import MIR
 from streamkd.strategies.naive import Naive
+from streamkd.strategies.onpro import OnPro
 from streamkd.strategies.pcr import HPCR, PCR
 from streamkd.strategies.scr import SCR
 from streamkd.strategy import Strategy
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (Naive, ER, ERACE, MIR, SCR, PCR, HPCR)
+    cls.name: cls for cls in (Naive, ER, ERACE, MIR, SCR, PCR, HPCR, OnPro)
 }
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "ERACE",
     "HPCR",
     "MIR",
+    "OnPro",
     "PCR",
     "SCR",
     "STRATEGIES",

@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from streamkd.augment import SimCLRAugment
+from streamkd.augment import SimCLRAugment, to_float
 from streamkd.losses import (
     cosine_cycle,
     logit_distillation_mse,
@@ -81,7 +81,8 @@ class PCR(Strategy):
     def observe(self, batch: Batch) -> StepResult:
         x, y = self.prepare(batch)
         n = len(y)
-        stream_in = torch.cat([x, self.augment(x, self.generator)])
+        xf = to_float(x)  # [0, 1] floats, like the augmented view (never cat uint8 with float)
+        stream_in = torch.cat([xf, self.augment(xf, self.generator)])
         if len(self.buffer) == 0:
             with torch.no_grad():
                 feats = self.model.features(stream_in)
@@ -89,7 +90,8 @@ class PCR(Strategy):
             return StepResult(torch.zeros((), device=self.device), n)
         feats = self.model.features(stream_in)
         mem = self.buffer.sample(self.replay_batch)
-        mem_in = torch.cat([mem.x, self.augment(mem.x, self.generator)])
+        mx = to_float(mem.x)
+        mem_in = torch.cat([mx, self.augment(mx, self.generator)])
         mem_feats = self.model.features(mem_in)
         labels = torch.cat([mem.y, mem.y, y, y])
         all_feats = torch.cat([mem_feats, feats])

@@ -48,6 +48,12 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="train on a seeded subset of N samples per segment (test sets stay whole)",
     )
     p.add_argument(
+        "--test-per-segment",
+        type=int,
+        default=None,
+        help="evaluate on a seeded subset of N held-out samples per segment (default: all)",
+    )
+    p.add_argument(
         "--class-order",
         default=None,
         choices=("seeded", "fixed"),
@@ -116,7 +122,11 @@ def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         model_kwargs=model_kwargs,
         stream_kwargs={
             k: v
-            for k, v in (("max_per_segment", args.per_segment), ("order", args.class_order))
+            for k, v in (
+                ("max_per_segment", args.per_segment),
+                ("max_test_per_segment", args.test_per_segment),
+                ("order", args.class_order),
+            )
             if v is not None
         },
         progress=not args.quiet,

@@ -35,7 +35,8 @@ class SegmentedStream:
     Attributes describe the inputs so models can be built for them: ``input_shape`` (per
     sample), ``n_classes``, ``mean`` / ``std`` (normalisation), ``default_arch``.
     ``max_per_segment`` keeps that many training samples of each segment (held-out sets stay
-    whole): a faithful small slice of a long benchmark.
+    whole unless ``max_test_per_segment`` also cuts them, to a seeded random subset): a
+    faithful small slice of a long benchmark.
     """
 
     def __init__(
@@ -51,6 +52,7 @@ class SegmentedStream:
         std: Sequence[float] = (1.0,),
         default_arch: str = "mlp",
         max_per_segment: int | None = None,
+        max_test_per_segment: int | None = None,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -82,6 +84,7 @@ class SegmentedStream:
             for i, seg in enumerate(self._data)
             for start in range(0, len(seg.y), batch_size)
         ]
+        self.max_test_per_segment = max_test_per_segment
         self._pos = 0
         self._test_cache: dict[int, tuple[Tensor, Tensor] | None] = {}
 
@@ -124,8 +127,13 @@ class SegmentedStream:
             if seg.x_test is None or seg.y_test is None:
                 self._test_cache[segment] = None
             else:
-                x = seg.transform(seg.x_test) if seg.transform else seg.x_test
-                self._test_cache[segment] = (x, seg.y_test)
+                x, y = seg.x_test, seg.y_test
+                if self.max_test_per_segment is not None and len(y) > self.max_test_per_segment:
+                    rng = np.random.default_rng(self.seed + 1000 + segment)
+                    keep = torch.from_numpy(rng.permutation(len(y))[: self.max_test_per_segment])
+                    x, y = x[keep], y[keep]
+                x = seg.transform(x) if seg.transform else x
+                self._test_cache[segment] = (x, y)
         return self._test_cache[segment]
 
     def describe(self) -> dict:

@@ -1,0 +1,99 @@
+"""The contrastive / prototype strategies: their extra machinery, on tiny real slices."""
+
+import torch
+
+from streamkd.experiment import make_model, make_strategy, make_stream
+
+
+def _setup(name, stream="split-mnist", per_segment=60, memory=40, batch_size=10, **kw):
+    s = make_stream(
+        stream, seed=0, max_per_segment=per_segment, batch_size=batch_size, order="fixed"
+    )
+    model = make_model(s, seed=0, strategy=name, **kw.pop("model_kwargs", {}))
+    return s, make_strategy(name, model, memory=memory, seed=0, **kw)
+
+
+def test_hpcr_distillation_switches_on_with_old_classes_in_memory(data_dir):
+    s, hpcr = _setup("hpcr", replay_batch=10)
+    parts_by_segment: dict[int, set] = {}
+    for batch in s:
+        result = hpcr.observe(batch)
+        parts_by_segment.setdefault(batch.segment, set()).update(result.parts)
+        if batch.segment == 1 and len(parts_by_segment[1]) > 1 and "pcd" in parts_by_segment[1]:
+            break
+    assert "pcd" not in parts_by_segment[0]  # only the first classes: nothing to distil
+    assert {"pcr", "pcd", "scd"} <= parts_by_segment[1]
+    assert hpcr.buffer.extras["logits"].shape[1] == hpcr.model.n_classes
+    assert hpcr.buffer.extras["features"].shape[1] == hpcr.model.head.in_features
+
+
+def test_pcr_uses_a_cosine_head_and_predicts_only_seen_classes(data_dir):
+    s, pcr = _setup("pcr")
+    assert type(pcr.model.head).__name__ == "CosineHead"
+    assert abs(pcr.model.head.scale - 1 / 0.09) < 1e-9
+    batches = iter(s)
+    for _ in range(3):
+        pcr.observe(next(batches))
+    scores = pcr.predict(s.test_set(0)[0][:5])
+    seen = pcr.seen_classes
+    assert torch.isinf(scores[:, ~seen]).all() and torch.isfinite(scores[:, seen]).all()
+
+
+def test_scr_predicts_by_nearest_class_mean_of_memory(data_dir):
+    s, scr = _setup("scr", replay_batch=20)
+    for batch in s:
+        scr.observe(batch)
+        if batch.segment == 1:
+            break
+    x = s.test_set(0)[0][:8]
+    scores = scr.predict(x)
+    in_memory = scr.buffer.classes()
+    assert torch.isfinite(scores[:, in_memory]).all()
+    # the score is minus the squared distance to the normalised class mean
+    scr.train_mode(False)
+    with torch.no_grad():
+        f = torch.nn.functional.normalize(scr.model.features(x), dim=1)
+        c = int(in_memory[0])
+        expected = -((f - scr.class_means()[c]) ** 2).sum(1)
+    assert torch.allclose(scores[:, c], expected, atol=1e-5)
+
+
+def test_onpro_full_configuration_on_a_tiny_cifar_slice(data_dir):
+    """16 rotation copies, full ResNet18 (nf=64), every loss term and APF, kept tiny."""
+    s, onpro = _setup(
+        "onpro", stream="split-cifar10", per_segment=3, memory=8, batch_size=3, max_replay=4
+    )
+    assert onpro.rotations == 16 and onpro.model.head.in_features == 512
+    seen_parts: dict[int, dict] = {}
+    for batch in s:
+        result = onpro.observe(batch)
+        assert torch.isfinite(result.loss)
+        seen_parts[batch.segment] = {k: float(v) for k, v in result.parts.items()}
+        if batch.segment == 2:
+            break
+    assert seen_parts[2]["ope_seen"] > 0 and seen_parts[2]["ins"] > 0
+    assert onpro.prototypes is not None and len(onpro.prototype_classes) >= 2  # APF has pairs
+    state = onpro.state_dict()
+    _, other = _setup(
+        "onpro", stream="split-cifar10", per_segment=3, memory=8, batch_size=3, max_replay=4
+    )
+    other.load_state_dict(state)
+    batch = next(iter(s))
+    rng = torch.get_rng_state()  # APF's Beta draws use torch's global RNG, which a checkpoint
+    first = onpro.observe(batch).loss_value  # restores; two live learners share it, so reset
+    torch.set_rng_state(rng)
+    assert first == other.observe(batch).loss_value
+
+
+def test_onpro_apf_mixes_confusable_pairs(data_dir):
+    s, onpro = _setup("onpro", per_segment=40, memory=40, rotations=4)
+    for batch in s:
+        onpro.observe(batch)
+        if batch.segment == 2:
+            break
+    mem = onpro.buffer.sample(16)
+    x, y_a, y_b, lam = onpro.apf(onpro._float(mem.x), mem.y.clone())
+    assert x.shape == mem.x.shape and len(y_a) == len(y_b) == len(lam) == 16
+    assert ((lam >= 0) & (lam <= 1)).all()
+    pair_part = slice(int(16 * 0.75), 16)
+    assert (y_a[pair_part] != y_b[pair_part]).all()  # the pair part mixes two classes
