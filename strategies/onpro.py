@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from streamkd.augment import OnProAugment, rotation_views
+from streamkd.augment import OnProAugment, rotation_views, to_float
 from streamkd.losses import (
     mixup_cross_entropy,
     nt_xent_pseudo,
@@ -117,7 +117,7 @@ class OnPro(Strategy):
         return feats, self.projector(feats)
 
     def two_views(self, x: torch.Tensor) -> torch.Tensor:
-        rot = rotation_views(x.float().div(255) if x.dtype == torch.uint8 else x, self.rotations)
+        rot = rotation_views(to_float(x), self.rotations)
         return torch.cat([rot, self.augment(rot, self.generator)])
 
     def instance_loss(self, feats, proj, labels, scale: float, mask_self: bool) -> torch.Tensor:
@@ -133,7 +133,7 @@ class OnPro(Strategy):
     def seen_prototype_loss(self) -> torch.Tensor:
         """OPE on a replay batch (up to 64); refreshes the prototypes APF samples pairs by."""
         mem = self.buffer.sample(self.max_replay)
-        x = mem.x.float().div(255) if mem.x.dtype == torch.uint8 else mem.x
+        x = to_float(mem.x)
         _, z = self.embed(torch.cat([x, self.augment(x, self.generator)]))
         n = len(mem)
         loss, means, classes = prototype_infonce(z[:n].float(), z[n:].float(), mem.y, self.proto_t)
@@ -180,15 +180,11 @@ class OnPro(Strategy):
                 mixed, torch.distributions.Beta(beta, beta).sample((n_pair,)).float(), 0.0
             )
             lp = lam_pair.to(dev)[:, None, None, None]
-            x_out[n_base:] = (1 - lp) * self._float(x1.x) + lp * self._float(x2.x)
+            x_out[n_base:] = (1 - lp) * to_float(x1.x) + lp * to_float(x2.x)
             y[n_base:] = x1.y
             y_b[n_base:] = x2.y
             lam[n_base:] = lam_pair
         return x_out, y, y_b, lam.to(dev)
-
-    @staticmethod
-    def _float(x: torch.Tensor) -> torch.Tensor:
-        return x.float().div(255) if x.dtype == torch.uint8 else x
 
     # -- the step -----------------------------------------------------------------------------
     def observe(self, batch: Batch) -> StepResult:
@@ -205,7 +201,7 @@ class OnPro(Strategy):
                 n_seen = int(self.seen_classes.sum())
                 size = min(self.max_replay, self.replay_per_class * n_seen)
                 mem = self.buffer.sample(size)
-                mx, y_a, y_b, lam = self.apf(self._float(mem.x), mem.y.clone())
+                mx, y_a, y_b, lam = self.apf(to_float(mem.x), mem.y.clone())
                 m = len(y_a)
                 feats, proj = self.embed(torch.cat([self.two_views(x), self.two_views(mx)]))
                 s = 2 * r * n

@@ -2,6 +2,7 @@
 
 import torch
 
+from streamkd.augment import to_float
 from streamkd.experiment import make_model, make_strategy, make_stream
 
 
@@ -92,7 +93,7 @@ def test_onpro_apf_mixes_confusable_pairs(data_dir):
         if batch.segment == 2:
             break
     mem = onpro.buffer.sample(16)
-    x, y_a, y_b, lam = onpro.apf(onpro._float(mem.x), mem.y.clone())
+    x, y_a, y_b, lam = onpro.apf(to_float(mem.x), mem.y.clone())
     assert x.shape == mem.x.shape and len(y_a) == len(y_b) == len(lam) == 16
     assert ((lam >= 0) & (lam <= 1)).all()
     pair_part = slice(int(16 * 0.75), 16)
