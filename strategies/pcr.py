@@ -149,22 +149,15 @@ class HPCR(PCR):
         with torch.no_grad():
             logits = self.model.head(feats)
         # stored at the head's current width; padded if classes arrive later
-        return {"logits": self._pad_logits(logits), "features": feats.detach()}
-
-    def _pad_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        width = (
-            self.model.n_classes if self.buffer.x is None else self.buffer.extras["logits"].shape[1]
-        )
-        if logits.shape[1] < width:
-            logits = F.pad(logits, (0, width - logits.shape[1]))
-        return logits
+        return {"logits": logits, "features": feats.detach()}
 
     def ensure_classes(self, n_classes: int) -> None:
         super().ensure_classes(n_classes)
         stored = self.buffer.extras.get("logits")
         if stored is not None and stored.shape[1] < n_classes:
             # new classes had no logit when those samples were stored: PCD only reads the
-            # columns of classes in the batch, whose stored values are then 0
+            # columns of classes in the batch, whose stored values are then 0. This keeps the
+            # stored width equal to the head's, so fresh logits always fit.
             self.buffer.extras["logits"] = F.pad(stored, (0, n_classes - stored.shape[1]))
 
     def loss(self, feats, labels, mem, mem_feats):
