@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
     extra = json.loads(args.strategy_args)
     out: dict = {"stream": "split-cifar10", "protocol": vars(args), "runs": []}
     for memory in [int(m) for m in args.memory.split(",")]:
-        for name in [s.strip() for s in args.strategies.split(",") if s.strip()]:
-            for seed in [int(s) for s in args.seeds.split(",")]:
+        for seed in [int(s) for s in args.seeds.split(",")]:  # seed-major: partial runs pair up
+            for name in [s.strip() for s in args.strategies.split(",") if s.strip()]:
                 result = run_one(
                     name,
                     "split-cifar10",

@@ -25,6 +25,47 @@ def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> Tensor:
     return torch.rand(n, generator=g, dtype=torch.float64).mul_(hi - lo).add_(lo).float()
 
 
+def crop_boxes(
+    n: int,
+    height: int,
+    width: int,
+    g: torch.Generator,
+    scale: Sequence[float] = (0.2, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+    attempts: int = 10,
+) -> Tensor:
+    """``n`` RandomResizedCrop boxes ``(top, left, h, w)`` in pixels, drawn as torchvision's
+    ``RandomResizedCrop.get_params`` draws them: up to ``attempts`` tries of (area fraction in
+    ``scale``, log-uniform aspect ratio in ``ratio``) rounded to whole pixels, the first that
+    fits the image wins, and samples with no fitting try fall back to the central crop with
+    the ratio clamped to ``ratio``. All samples and tries are drawn at once."""
+    area = _uniform(n * attempts, scale[0], scale[1], g).view(attempts, n) * (height * width)
+    r = torch.exp(_uniform(n * attempts, math.log(ratio[0]), math.log(ratio[1]), g))
+    r = r.view(attempts, n)
+    w = torch.round(torch.sqrt(area * r))
+    h = torch.round(torch.sqrt(area / r))
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = torch.where(fits.any(0), fits.float().argmax(0), -1)  # first fitting try
+    pick = first.clamp(min=0).unsqueeze(0)
+    w, h = w.gather(0, pick)[0], h.gather(0, pick)[0]
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        fw, fh = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        fw, fh = round(height * ratio[1]), height
+    else:
+        fw, fh = width, height
+    fallback = first < 0
+    w = torch.where(fallback, float(fw), w)
+    h = torch.where(fallback, float(fh), h)
+    # top/left uniform over the integer positions that keep the box inside the image
+    top = torch.floor(torch.rand(n, generator=g) * (height - h + 1))
+    left = torch.floor(torch.rand(n, generator=g) * (width - w + 1))
+    top = torch.where(fallback, torch.div(height - h, 2, rounding_mode="floor"), top)
+    left = torch.where(fallback, torch.div(width - w, 2, rounding_mode="floor"), left)
+    return torch.stack([top, left, h, w], 1)
+
+
 def resized_crop_flip(
     x: Tensor,
     g: torch.Generator,
@@ -32,33 +73,27 @@ def resized_crop_flip(
     ratio: Sequence[float] = (3 / 4, 4 / 3),
     flip_p: float = 0.5,
 ) -> Tensor:
-    """RandomResizedCrop (area fraction in ``scale``, aspect ratio in ``ratio``, resized back
-    to the input size, bilinear) and a horizontal flip with probability ``flip_p``, fused in
-    one ``grid_sample``. Simplification: where the drawn crop does not fit, its sides are
-    clipped to the image instead of redrawn (torchvision retries 10 times)."""
-    n = x.shape[0]
-    area = _uniform(n, scale[0], scale[1], g)
-    log_r = _uniform(n, math.log(ratio[0]), math.log(ratio[1]), g)
-    r = torch.exp(log_r)
-    w = torch.sqrt(area * r).clamp(max=1.0)  # fraction of the width
-    h = torch.sqrt(area / r).clamp(max=1.0)
-    cx = (torch.rand(n, generator=g) * 2 - 1) * (1 - w)  # centre in [-1, 1] coordinates
-    cy = (torch.rand(n, generator=g) * 2 - 1) * (1 - h)
+    """RandomResizedCrop (boxes from :func:`crop_boxes`, i.e. torchvision's sampling, resized
+    back to the input size with bilinear interpolation) and a horizontal flip with
+    probability ``flip_p``, per sample, fused in one ``grid_sample`` on ``x``'s device.
+    Crops never shrink the image, so torchvision's antialiasing would not apply either."""
+    n, _, height, width = x.shape
+    top, left, h, w = crop_boxes(n, height, width, g, scale, ratio).unbind(1)
     flip = torch.where(torch.rand(n, generator=g) < flip_p, -1.0, 1.0)
     theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = w * flip
-    theta[:, 0, 2] = cx
-    theta[:, 1, 1] = h
-    theta[:, 1, 2] = cy
+    theta[:, 0, 0] = w / width * flip  # half-extent of the box in [-1, 1] coordinates
+    theta[:, 0, 2] = (2 * left + w) / width - 1  # centre of the box
+    theta[:, 1, 1] = h / height
+    theta[:, 1, 2] = (2 * top + h) / height - 1
     grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def grayscale(x: Tensor) -> Tensor:
-    """ITU-R 601 luma, kept with the input's channel count."""
+    """ITU-R 601 luma with torchvision's weights, kept with the input's channel count."""
     if x.shape[1] == 1:
         return x
-    gray = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+    gray = 0.2989 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
     return gray.expand_as(x)
 
 
@@ -92,6 +127,31 @@ def hsv_to_rgb(x: Tensor) -> Tensor:
     return choices.gather(0, idx).squeeze(0)
 
 
+def _adjust_brightness(x: Tensor, f: Tensor) -> Tensor:
+    return (x * f).clamp(0, 1)
+
+
+def _adjust_contrast(x: Tensor, f: Tensor) -> Tensor:
+    mean = grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
+    return ((x - mean) * f + mean).clamp(0, 1)
+
+
+def _adjust_saturation(x: Tensor, f: Tensor) -> Tensor:
+    gray = grayscale(x)
+    return ((x - gray) * f + gray).clamp(0, 1)
+
+
+def _adjust_hue(x: Tensor, f: Tensor) -> Tensor:
+    if x.shape[1] != 3:
+        return x
+    hsv = rgb_to_hsv(x)
+    hsv = torch.stack([(hsv[:, 0] + f[:, 0]) % 1.0, hsv[:, 1], hsv[:, 2]], 1)
+    return hsv_to_rgb(hsv).clamp(0, 1)
+
+
+_JITTER_OPS = (_adjust_brightness, _adjust_contrast, _adjust_saturation, _adjust_hue)
+
+
 def color_jitter(
     x: Tensor,
     g: torch.Generator,
@@ -101,27 +161,30 @@ def color_jitter(
     hue: float = 0.1,
     p: float = 0.8,
 ) -> Tensor:
-    """torchvision-style ColorJitter applied to each sample with probability ``p``.
-
-    Factors are drawn per sample (brightness, contrast, saturation in [1 - v, 1 + v], hue
-    shift in [-hue, hue]). Simplification: the four ops run in a fixed order (brightness,
-    contrast, saturation, hue); torchvision shuffles the order per call."""
+    """torchvision's ColorJitter applied to each sample with probability ``p``, as the
+    official code applies it image by image: per sample, factors for brightness, contrast
+    and saturation in [1 - v, 1 + v], a hue shift in [-hue, hue], and the four ops in a
+    random order. Batched: at each of the four positions every op runs once, on the samples
+    whose permutation puts it there."""
     n = x.shape[0]
     apply = (torch.rand(n, generator=g) < p).to(x.device).view(n, 1, 1, 1)
     shape = (n, 1, 1, 1)
-    bf = _uniform(n, 1 - brightness, 1 + brightness, g).to(x.device).view(shape)
-    cf = _uniform(n, 1 - contrast, 1 + contrast, g).to(x.device).view(shape)
-    sf = _uniform(n, 1 - saturation, 1 + saturation, g).to(x.device).view(shape)
-    hf = _uniform(n, -hue, hue, g).to(x.device).view(n, 1, 1)
-    out = (x * bf).clamp(0, 1)
-    mean = grayscale(out).mean(dim=(1, 2, 3), keepdim=True)
-    out = ((out - mean) * cf + mean).clamp(0, 1)
-    gray = grayscale(out)
-    out = ((out - gray) * sf + gray).clamp(0, 1)
-    if hue > 0 and x.shape[1] == 3:
-        hsv = rgb_to_hsv(out)
-        hsv = torch.stack([(hsv[:, 0] + hf) % 1.0, hsv[:, 1], hsv[:, 2]], 1)
-        out = hsv_to_rgb(hsv).clamp(0, 1)
+    factors = [
+        _uniform(n, 1 - brightness, 1 + brightness, g).to(x.device).view(shape),
+        _uniform(n, 1 - contrast, 1 + contrast, g).to(x.device).view(shape),
+        _uniform(n, 1 - saturation, 1 + saturation, g).to(x.device).view(shape),
+        _uniform(n, -hue, hue, g).to(x.device).view(shape),
+    ]
+    order = torch.rand(n, 4, generator=g).argsort(1).to(x.device)  # a permutation per sample
+    enabled = (brightness > 0, contrast > 0, saturation > 0, hue > 0)
+    out = x
+    for position in range(4):
+        for op_id, op in enumerate(_JITTER_OPS):
+            if not enabled[op_id]:
+                continue
+            idx = (order[:, position] == op_id).nonzero().flatten()
+            if len(idx):
+                out = out.index_copy(0, idx, op(out[idx], factors[op_id][idx]))
     return torch.where(apply, out, x)
 
 

@@ -40,7 +40,13 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 class Strategy:
-    """Base of all online strategies: one ``observe(batch)`` per mini-batch, task-free."""
+    """Base of all online strategies: one ``observe(batch)`` per mini-batch, task-free.
+
+    Common arguments: optimizer (``lr``, ``optimizer``, ``momentum``, ``weight_decay``,
+    ``betas``), replay (``memory``, ``replay_batch``, ``buffer_policy``), ``device``, ``seed``
+    (buffer sampling and augmentation draws) and ``channels_last`` (NHWC weights; default on
+    for convolutional models, where it is ~10% faster on CPU and lets cuDNN use tensor cores).
+    """
 
     name: ClassVar[str] = "base"
     help: ClassVar[str] = ""
@@ -63,6 +69,7 @@ class Strategy:
         buffer_policy: str = "reservoir",
         device: str | torch.device = "cpu",
         seed: int = 0,
+        channels_last: bool | None = None,
     ) -> None:
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {OPTIMIZERS}")
@@ -72,6 +79,12 @@ class Strategy:
             raise ValueError(f"memory and replay_batch must be >= 0, got {memory}, {replay_batch}")
         self.device = resolve_device(device)
         self.model = model.to(self.device)
+        if channels_last is None:  # convolutional models train faster in NHWC (oneDNN, cuDNN)
+            channels_last = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+        if channels_last:
+            # weights in NHWC make every convolution produce NHWC activations; the numbers are
+            # those of the default layout up to float rounding
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.generator = torch.Generator().manual_seed(seed)
         self.hparams: dict[str, Any] = {
             "lr": lr,
@@ -83,6 +96,7 @@ class Strategy:
             "replay_batch": replay_batch,
             "buffer_policy": buffer_policy,
             "seed": seed,
+            "channels_last": bool(channels_last),
         }
         self.optimizer = self._make_optimizer(self.model.parameters())
         self.buffer = ReplayBuffer(
