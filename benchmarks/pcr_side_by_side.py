@@ -7,7 +7,8 @@ torchvision's binaries), ``--agent`` accepts PCR/HPCR (its argparse choices omit
 the time spent in ``agent.train_learner`` is printed (its own "train time" includes
 evaluation), and ``--max-tasks`` stops both sides after that many tasks (a speed check on
 task 1 takes minutes instead of the full run's ~20 on a 2-core CPU). Both sides then run
-the README's CIFAR-10 setting: 5 tasks of 2 classes in the fixed order 0-1, ..., 8-9, memory 200, batch 10 + 10, SGD 0.1, one pass, in this venv.
+the README's CIFAR-10 setting: 5 tasks of 2 classes in the fixed order 0-1, ..., 8-9,
+memory 200, batch 10 + 10, SGD 0.1, one pass, in this venv.
 
     pip install scikit-image kornia   # the official code imports them
     python benchmarks/pcr_side_by_side.py --official ~/src/PCR --agents PCR --json out.json
