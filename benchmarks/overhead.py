@@ -10,7 +10,11 @@ ER with stream batch 10 + replay batch 10, memory 200, SGD lr 0.1, one pass, in 
                      (experience size 10). Avalanche's default storage policy balances memory
                      per experience; online, where every mini-batch is an experience, it stops
                      storing after 200 mini-batches and slows down sharply, so it is not used.
-All three train the same architecture on the same samples in the same order.
+  * ``wrapped``   -- streamkd's ``er`` wrapped by ``as_avalanche`` and driven by Avalanche's
+                     ``train()`` on the same ``split_online_stream``;
+  * ``plugin``    -- Avalanche's ``Naive`` + streamkd's ``StreamkdReplayPlugin`` (the same
+                     reservoir buffer, without Avalanche's per-experience data loaders).
+All train the same architecture on the same samples in the same order.
 
 Settings: ``mlp`` (Split-MNIST, 2-layer MLP 256-256, first 10,000 samples: framework
 overhead dominates) and ``resnet`` (Split-CIFAR-10, reduced ResNet18, first 2,000 samples:
@@ -99,20 +103,11 @@ def bench_bare(stream, batches, arch, nf) -> float:
 
 
 def bench_avalanche(stream, batches, arch, nf) -> float:
-    from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
-    from avalanche.benchmarks.scenarios.online import split_online_stream
-    from avalanche.benchmarks.utils.classification_dataset import (
-        _make_taskaware_tensor_classification_dataset,
-    )
     from avalanche.training import Naive
     from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
     from avalanche.training.storage_policy import ReservoirSamplingBuffer
 
-    x = torch.cat([b.x for b in batches])
-    y = torch.cat([b.y for b in batches])
-    data = _make_taskaware_tensor_classification_dataset(x, y)
-    bench = benchmark_from_datasets(train=[data])
-    online = split_online_stream(bench.train_stream, experience_size=BATCH, shuffle=False)
+    online, n = _online_stream(batches)
     model = fresh_model(stream, arch, nf)
     strategy = Naive(
         model=model,
@@ -135,10 +130,75 @@ def bench_avalanche(stream, batches, arch, nf) -> float:
         t0 = time.perf_counter()
         strategy.train(online)
         elapsed = time.perf_counter() - t0
-    return len(y) / elapsed
+    return n / elapsed
 
 
-CONTENDERS = {"streamkd": bench_streamkd, "bare": bench_bare, "avalanche": bench_avalanche}
+def _online_stream(batches):
+    from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
+    from avalanche.benchmarks.scenarios.online import split_online_stream
+    from avalanche.benchmarks.utils.classification_dataset import (
+        _make_taskaware_tensor_classification_dataset,
+    )
+
+    x = torch.cat([b.x for b in batches])
+    y = torch.cat([b.y for b in batches])
+    bench = benchmark_from_datasets(train=[_make_taskaware_tensor_classification_dataset(x, y)])
+    return split_online_stream(bench.train_stream, experience_size=BATCH, shuffle=False), len(y)
+
+
+def bench_wrapped(stream, batches, arch, nf) -> float:
+    """streamkd's ER driven by Avalanche's ``train()`` through ``as_avalanche``."""
+    from avalanche.training.plugins import EvaluationPlugin
+
+    from streamkd.integrations.avalanche import as_avalanche
+
+    er = make_strategy(
+        "er", fresh_model(stream, arch, nf), memory=MEMORY, replay_batch=REPLAY, lr=LR, seed=0
+    )
+    wrapped = as_avalanche(er, train_mb_size=BATCH, evaluator=EvaluationPlugin(loggers=[]))
+    online, n = _online_stream(batches)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t0 = time.perf_counter()
+        wrapped.train(online)
+        elapsed = time.perf_counter() - t0
+    return n / elapsed
+
+
+def bench_plugin(stream, batches, arch, nf) -> float:
+    """Avalanche's ``Naive`` + streamkd's ``StreamkdReplayPlugin`` (reservoir, memory 200)."""
+    from avalanche.training import Naive
+    from avalanche.training.plugins import EvaluationPlugin
+
+    from streamkd.integrations.avalanche import StreamkdReplayPlugin
+
+    model = fresh_model(stream, arch, nf)
+    strategy = Naive(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=LR),
+        criterion=torch.nn.CrossEntropyLoss(),
+        train_mb_size=BATCH,
+        train_epochs=1,
+        device="cpu",
+        evaluator=EvaluationPlugin(loggers=[]),
+        plugins=[StreamkdReplayPlugin(memory=MEMORY, replay_batch=REPLAY)],
+    )
+    online, n = _online_stream(batches)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t0 = time.perf_counter()
+        strategy.train(online)
+        elapsed = time.perf_counter() - t0
+    return n / elapsed
+
+
+CONTENDERS = {
+    "streamkd": bench_streamkd,
+    "bare": bench_bare,
+    "avalanche": bench_avalanche,
+    "wrapped": bench_wrapped,
+    "plugin": bench_plugin,
+}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -175,9 +235,14 @@ def main(argv: list[str] | None = None) -> dict:
                 speeds[name].append(CONTENDERS[name](stream, batches, cfg["arch"], args.nf))
         best = {name: max(v) for name, v in speeds.items()}
         ratios = {}
-        for other in ("bare", "avalanche"):
-            if "streamkd" in best and other in best:
-                ratios[f"streamkd_vs_{other}"] = best["streamkd"] / best[other]
+        for ours, other in (
+            ("streamkd", "bare"),
+            ("streamkd", "avalanche"),
+            ("wrapped", "avalanche"),
+            ("plugin", "avalanche"),
+        ):
+            if ours in best and other in best:
+                ratios[f"{ours}_vs_{other}"] = best[ours] / best[other]
         results[setting] = {
             "samples": sum(len(b) for b in batches),
             "samples_per_s": best,

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from streamkd.drift import DETECTORS, SIGNALS
+
 
 def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
@@ -64,6 +66,18 @@ def _common(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="extra held-out evaluations every N samples (anytime accuracy)",
+    )
+    p.add_argument(
+        "--drift",
+        default=None,
+        choices=tuple(DETECTORS),
+        help="watch for concept drift with this river detector (events go to JSON and MLflow)",
+    )
+    p.add_argument(
+        "--drift-signal",
+        default="error",
+        choices=SIGNALS,
+        help="what the drift detector watches: per-sample prequential error or batch loss",
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--data-dir", default=None, help="dataset folder (or set STREAMKD_DATA)")
@@ -130,6 +144,8 @@ def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             if v is not None
         },
         progress=not args.quiet,
+        drift=args.drift,
+        drift_signal=args.drift_signal,
     )
 
 
@@ -160,7 +176,10 @@ def _public(result: dict[str, Any]) -> dict[str, Any]:
         "resumed_from",
         "curve",
     )
-    return {k: result.get(k) for k in keys}
+    out = {k: result.get(k) for k in keys}
+    if "drift_events" in result:
+        out["drift_events"] = result["drift_events"]
+    return out
 
 
 def _write_json(path: str | None, payload: dict[str, Any]) -> None:
@@ -187,6 +206,9 @@ def cmd_run(args: argparse.Namespace) -> None:
         print("accuracy matrix (rows: after segment i; columns: segment j):")
         for row in result["acc_matrix"]:
             print("  " + " ".join("  -  " if v is None else f"{v:.3f}" for v in row))
+    if "drift_events" in result:
+        at = [e["index"] for e in result["drift_events"]]
+        print(f"drift ({args.drift} on {args.drift_signal}): {len(at)} events at samples {at}")
     _write_json(args.json_out, {"stream": args.stream, "runs": [_public(result)]})
 
 

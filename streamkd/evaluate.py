@@ -12,6 +12,11 @@ after training through segment i):
   * prequential accuracy   = accuracy of predictions made on each batch before training on it
   * samples/s counts ``observe()`` time only; peak memory is CUDA's peak allocation on GPU and
     the process's peak resident set size on CPU.
+
+With a :class:`~streamkd.drift.DriftMonitor` (``drift=``), each sample's prequential error (from
+the prediction already made for accuracy: no extra forward pass) or each batch's loss is fed
+to a drift detector; its events land in ``result["drift_events"]`` and in MLflow (metric
+``drift`` = 1 at step = the event's sample index, and the final count ``drift_events``).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from streamkd.types import validate_batch
 
 if TYPE_CHECKING:
     from streamkd.checkpoint import Checkpointer
+    from streamkd.drift import DriftMonitor
     from streamkd.streams.split import SegmentedStream
     from streamkd.tracking import RunLogger
 
@@ -84,8 +90,11 @@ class Evaluator:
         eval_chunk: int = 500,
         log_every: int = 500,
         window: int = 1000,
+        drift: DriftMonitor | None = None,
     ) -> None:
         self.stream = stream
+        self.drift = drift
+        self._drift_logged = 0  # events already handed to the logger
         self.eval_every, self.eval_chunk = eval_every, eval_chunk
         self.log_every, self.window = log_every, window
         self.n_segments = len(stream.segments)
@@ -137,7 +146,13 @@ class Evaluator:
 
     # -- per batch --------------------------------------------------------------------------
     def record_prediction(self, scores: torch.Tensor, y: torch.Tensor) -> None:
-        hits = 0 if scores.shape[1] == 0 else int((scores.argmax(1).cpu() == y).sum())
+        if scores.shape[1] == 0:
+            hit = torch.zeros(len(y), dtype=torch.bool)
+        else:
+            hit = scores.argmax(1).cpu() == y
+        hits = int(hit.sum())
+        if self.drift is not None and self.drift.signal == "error":
+            self.drift.update_many((~hit).float(), start_index=self.samples)
         self.correct += hits
         self.predicted += len(y)
         self._win_correct += hits
@@ -147,6 +162,10 @@ class Evaluator:
         self.samples += n
         self._loss_sum = self._loss_sum + loss.detach().cpu()
         self._loss_n += 1
+        if self.drift is not None:
+            if self.drift.signal == "loss":
+                self.drift.update(float(loss), index=self.samples - 1)
+            self.log_drift(logger)
         if self.samples >= self._next_log:
             self._next_log += self.log_every
             loss_avg = float(self._loss_sum) / max(self._loss_n, 1)
@@ -160,6 +179,14 @@ class Evaluator:
             self._win_correct = self._win_n = 0
             self._loss_sum = torch.zeros(())
             self._loss_n = 0
+
+    def log_drift(self, logger: RunLogger | None) -> None:
+        """Log drift events not logged yet: metric ``drift`` = 1 at step = sample index."""
+        events = self.drift.events
+        if logger is not None:
+            for event in events[self._drift_logged :]:
+                logger.log_metrics({"drift": 1.0}, step=event["index"])
+        self._drift_logged = len(events)
 
     # -- results ----------------------------------------------------------------------------
     def result(self, strategy: Strategy) -> dict[str, Any]:
@@ -178,10 +205,12 @@ class Evaluator:
                 "anytime": self.anytime,
             }
         )
+        if self.drift is not None:
+            out["drift_events"] = [dict(e) for e in self.drift.events]
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "acc_matrix": [[(-1.0 if v is None else v) for v in row] for row in self.acc_matrix],
             "row_segments": list(self.row_segments),
             "anytime": self.anytime,
@@ -200,6 +229,9 @@ class Evaluator:
             "loss_sum": self._loss_sum.clone(),
             "train_seconds": self.train_seconds,
         }
+        if self.drift is not None:
+            state["drift"] = self.drift.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.acc_matrix = [[(None if v == -1.0 else v) for v in row] for row in state["acc_matrix"]]
@@ -220,6 +252,9 @@ class Evaluator:
         ) = (int(v) for v in state["counts"])
         self._loss_sum = state["loss_sum"].clone()
         self.train_seconds = float(state["train_seconds"])
+        if self.drift is not None and "drift" in state:
+            self.drift.load_state_dict(state["drift"])
+            self._drift_logged = len(self.drift.events)  # logged before the checkpoint
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -242,15 +277,19 @@ def run(
     resume_state: dict[str, Any] | None = None,
     progress: bool = False,
     prequential: bool = True,
+    drift: DriftMonitor | None = None,
 ) -> dict[str, Any]:
     """Drive ``strategy`` over ``stream`` once and return the evaluation as a plain dict.
 
     With a ``checkpointer``, the full state (strategy, evaluator, stream position, MLflow run
     id) is saved every ``checkpoint_every`` samples and at the end; ``resume_state`` (a
     checkpoint's contents, e.g. ``Checkpointer.load_latest()``) restores a run first, so it
-    continues where it stopped.
+    continues where it stopped. ``drift`` watches the run for concept drift (see the module
+    docstring); its state is part of the checkpoint.
     """
-    ev = Evaluator(stream, eval_every=eval_every, log_every=log_every)
+    if drift is not None and drift.signal == "error" and not prequential:
+        raise ValueError("the drift signal 'error' needs prequential=True (it uses its errors)")
+    ev = Evaluator(stream, eval_every=eval_every, log_every=log_every, drift=drift)
     if resume_state is not None:
         strategy.load_state_dict(resume_state["strategy"])
         ev.load_state_dict(resume_state["evaluator"])
@@ -316,6 +355,8 @@ def run(
     ):
         ev.end_segment(strategy, ev.current_segment, logger)
     result = ev.result(strategy)
+    if drift is not None and logger is not None:
+        logger.log_metrics({"drift_events": len(drift.events)}, step=ev.samples)
     if not math.isfinite(result["train_seconds"]):
         result["train_seconds"] = None
     return result

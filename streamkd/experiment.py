@@ -83,11 +83,19 @@ def run_one(
     checkpoint_every: int | None = None,
     resume: bool = False,
     progress: bool = False,
+    drift: str | None = None,
+    drift_signal: str = "error",
 ) -> dict[str, Any]:
-    """One strategy x seed on one stream; returns the evaluation dict (plus run metadata)."""
+    """One strategy x seed on one stream; returns the evaluation dict (plus run metadata).
+
+    ``drift`` names a river drift detector (``adwin``, ``page_hinkley``, ``kswin``) that
+    watches ``drift_signal`` (``error`` or ``loss``); each run gets a fresh one.
+    """
+    from streamkd.drift import DriftMonitor
     from streamkd.strategies import get_strategy
 
     get_strategy(strategy_name)  # fail fast with the list of names, before loading data
+    monitor = DriftMonitor(drift, signal=drift_signal) if drift is not None else None
     stream = make_stream(
         stream_name, seed=seed, batch_size=batch_size, data_dir=data_dir, **(stream_kwargs or {})
     )
@@ -110,6 +118,7 @@ def run_one(
                 "batch_size": batch_size,
                 **strategy.hparams,
                 **stream.describe(),
+                **(monitor.describe() if monitor is not None else {}),
             }
             logger = tracker.start_run(f"{strategy_name}-seed{seed}", params, parent=parent)
     try:
@@ -123,6 +132,7 @@ def run_one(
             checkpoint_every=checkpoint_every,
             resume_state=state,
             progress=progress,
+            drift=monitor,
         )
     except BaseException:
         if logger is not None:

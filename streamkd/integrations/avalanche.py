@@ -1,0 +1,372 @@
+"""streamkd strategies inside Avalanche (avalanche-lib 0.6): a strategy wrapper and plugins.
+
+``as_avalanche(strategy)`` returns an Avalanche ``SupervisedTemplate`` whose training
+iteration is the streamkd strategy's ``observe()``: it takes Avalanche benchmarks (including
+the online streams of ``split_online_stream``), reports through Avalanche's
+``EvaluationPlugin`` and loggers, and ``eval(stream)`` returns Avalanche's metric dict::
+
+    from avalanche.training.plugins import EvaluationPlugin
+    from avalanche.evaluation.metrics import accuracy_metrics, forgetting_metrics
+
+    hpcr = make_strategy("hpcr", make_model(...), memory=200)
+    wrapped = as_avalanche(hpcr, evaluator=EvaluationPlugin(accuracy_metrics(stream=True)))
+    for exp in split_online_stream(benchmark.train_stream, experience_size=10):
+        wrapped.train(exp)
+    metrics = wrapped.eval(benchmark.test_stream)
+
+What stays streamkd's: the replay buffer, augmentation, optimiser and head growth (the
+template never resets the optimiser or adapts the model). What is Avalanche's: the
+experience loop, the callbacks that metrics and loggers listen to, and evaluation.
+
+Speed: Avalanche builds a ``DataLoader`` for every experience, which dominates online runs
+where an experience is one mini-batch (Avalanche issues #967, #1082, #892). The wrapper
+reads each experience's samples straight into tensors (the dataset's own transforms still
+apply) and cuts them into ``train_mb_size`` mini-batches, so the framework cost per
+experience is Avalanche's sub-experience creation plus a few callbacks.
+
+Semantics to know:
+  * ``mb_output`` during training is the prediction made *before* the update on that
+    mini-batch (test-then-train), so Avalanche's training accuracy is prequential accuracy.
+    It costs one extra forward pass and is skipped when no plugin could read it
+    (``train_outputs="auto"``: only when the evaluator has metrics or other plugins exist).
+  * Plugins that change Avalanche's data loading or loss (``ReplayPlugin``, ``LwFPlugin``,
+    ...) do not apply: the loss is computed inside ``observe()``. Use streamkd's own
+    strategies, or :class:`StreamkdReplayPlugin` on Avalanche's strategies.
+  * Classes the learner has not seen score ``-1000`` in evaluation (Avalanche's own
+    ``IncrementalClassifier`` mask value), so accuracy and a finite loss are reported.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from avalanche.core import SupervisedPlugin
+from avalanche.training.templates import SupervisedTemplate
+from torch import Tensor
+
+from streamkd.buffer import ReplayBuffer
+from streamkd.strategy import Strategy
+from streamkd.types import Batch
+
+UNSEEN_SCORE = -1000.0
+
+
+def _label_map(transform) -> list | bool | None:
+    """A transform group's effect, if it is one we can apply to whole tensors: ``None``
+    (identity), a lookup table for the labels (Avalanche's ``partial(lookup, table)``, which
+    its class-incremental generators install), or ``False`` (anything else)."""
+    if transform is None:
+        return None
+    inner = getattr(transform, "transforms", None)  # TupleTransform: one per element
+    if inner is None or any(t is not None for t in inner[:1] + inner[2:]):
+        return False
+    if len(inner) < 2 or inner[1] is None:
+        return None
+    target = inner[1]
+    if isinstance(target, functools.partial) and target.func.__name__ == "lookup":
+        return target.args[0]
+    return False
+
+
+_TABLES: dict[int, tuple[list, Tensor]] = {}
+
+
+def _table_tensor(table: list) -> Tensor:
+    """A label lookup table as a tensor, converted once per table object."""
+    hit = _TABLES.get(id(table))
+    if hit is None or hit[0] is not table:
+        if len(_TABLES) > 64:
+            _TABLES.clear()
+        hit = _TABLES[id(table)] = (table, torch.as_tensor(table, dtype=torch.long))
+    return hit[1]
+
+
+def _tensor_rows(dataset, order: list[int]):
+    """``(TensorDataset, rows, label maps)`` when ``dataset`` is subsetting/concatenation of
+    one tensor dataset whose only transforms are label lookups, else ``None``. Reads
+    Avalanche 0.6's flat-data layout; any surprise falls back to ``__getitem__``."""
+    try:
+        from avalanche.benchmarks.utils.flat_data import FlatData
+
+        node = dataset._flat_data
+        group = node._transform_groups.current_group
+    except (AttributeError, ImportError):
+        return None
+    idx, maps = order, []
+    while isinstance(node, FlatData):
+        level = []
+        for attr in ("_frozen_transform_groups", "_transform_groups"):
+            groups = getattr(node, attr, None)
+            table = None if groups is None else _label_map(groups.transform_groups[group])
+            if table is False:
+                return None
+            if table is not None:
+                level.append(table)
+        maps.append(level)
+        try:
+            if len(node._datasets) == 1:  # plain subset: what _get_idx does, minus the calls
+                if node._indices is not None:
+                    idx = [node._indices[i] for i in idx]
+                node = node._datasets[0]
+                continue
+            pairs = [node._get_idx(i) for i in idx]
+        except (AttributeError, IndexError, TypeError):
+            return None
+        parts = {d for d, _ in pairs}
+        if len(parts) != 1:
+            return None
+        node = node._datasets[parts.pop()]
+        idx = [i for _, i in pairs]
+    if isinstance(node, torch.utils.data.TensorDataset) and len(node.tensors) >= 2:
+        # transforms run innermost level first (frozen, then current group) on the way out
+        return node, idx, [table for level in reversed(maps) for table in level]
+    return None
+
+
+def experience_tensors(dataset, order: list[int] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """All samples of an Avalanche classification dataset, in ``order``, as stacked tensors
+    ``(x, y, task_labels)`` without a ``DataLoader``.
+
+    Datasets that are subsets of one tensor dataset without transforms (what
+    ``split_online_stream`` makes of tensor benchmarks) are read with one indexing op;
+    anything else goes through the dataset's ``__getitem__`` (its transforms apply)."""
+    order = list(range(len(dataset))) if order is None else list(order)
+    if not order:
+        raise ValueError("the experience's dataset is empty")
+    found = _tensor_rows(dataset, order)
+    if found is not None:
+        root, rows, label_maps = found
+        rows_t = torch.tensor(rows, dtype=torch.long)
+        y = root.tensors[1][rows_t].long()
+        for table in label_maps:
+            y = _table_tensor(table)[y]
+        tasks = getattr(dataset, "targets_task_labels", None)
+        if tasks is None:
+            t = torch.zeros(len(rows), dtype=torch.long)
+        elif len(tasks.uniques) == 1:  # the usual case: one task label for all samples
+            t = torch.full((len(rows),), int(next(iter(tasks.uniques))), dtype=torch.long)
+        else:
+            t = torch.as_tensor([tasks[i] for i in order], dtype=torch.long)
+        return root.tensors[0][rows_t], y, t
+    items = [dataset[i] for i in order]
+    collate = getattr(dataset, "collate_fn", None) or torch.utils.data.default_collate
+    x, y, *rest = collate(items)
+    t = rest[0] if rest else torch.zeros(len(y), dtype=torch.long)
+    return x, y, t
+
+
+class StreamkdTemplate(SupervisedTemplate):
+    """An Avalanche strategy whose training iteration is ``strategy.observe()``."""
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        *,
+        train_mb_size: int = 10,
+        eval_mb_size: int = 256,
+        plugins=None,
+        evaluator: Any = None,
+        eval_every: int = -1,
+        shuffle: bool = True,
+        train_outputs: str | bool = "auto",
+        **kwargs: Any,
+    ) -> None:
+        from avalanche.training.plugins import EvaluationPlugin
+
+        if not isinstance(strategy, Strategy):
+            raise TypeError(
+                f"as_avalanche() wraps a streamkd Strategy, got {type(strategy).__name__}; "
+                "build one with streamkd.experiment.make_strategy"
+            )
+        if train_outputs not in ("auto", True, False):
+            raise ValueError(f"train_outputs must be 'auto', True or False, got {train_outputs!r}")
+        if "train_epochs" in kwargs and kwargs["train_epochs"] != 1:
+            raise ValueError("streamkd strategies learn online: train_epochs must be 1")
+        kwargs.pop("train_epochs", None)
+        for name in ("model", "optimizer", "criterion", "device"):
+            if name in kwargs:
+                raise ValueError(f"{name!r} comes from the streamkd strategy; do not pass it")
+        super().__init__(
+            model=strategy.model,
+            optimizer=strategy.optimizer,
+            criterion=torch.nn.CrossEntropyLoss(),
+            train_mb_size=train_mb_size,
+            train_epochs=1,
+            eval_mb_size=eval_mb_size,
+            device=strategy.device,
+            plugins=plugins,
+            evaluator=evaluator if evaluator is not None else EvaluationPlugin(loggers=[]),
+            eval_every=eval_every,
+            **kwargs,
+        )
+        self.streamkd = strategy
+        self.shuffle = shuffle
+        self._order_gen = torch.Generator().manual_seed(int(strategy.hparams.get("seed", 0)))
+        if train_outputs == "auto":
+            # PeriodicEval and Clock are always installed by Avalanche and read no outputs
+            others = [
+                p
+                for p in self.plugins
+                if p is not self.evaluator and type(p).__name__ not in ("PeriodicEval", "Clock")
+            ]
+            train_outputs = bool(self.evaluator.metrics) or bool(others)
+        self.train_outputs = bool(train_outputs)
+
+    # -- training: experiences -> tensors -> observe() ------------------------------------
+    def train(self, experiences, eval_streams=None, **kwargs):
+        """Avalanche's ``train``; the eval streams are only grouped (a full pass over a lazy
+        online stream) when periodic evaluation needs them."""
+        if self.eval_every >= 0 or eval_streams is not None:
+            return super().train(experiences, eval_streams, **kwargs)
+        from avalanche.training.templates.base import _experiences_parameter_as_iterable
+
+        self.is_training = True
+        self._stop_training = False
+        self.model.train()
+        self._eval_streams = []
+        self._before_training(**kwargs)
+        for self.experience in _experiences_parameter_as_iterable(experiences):
+            self._before_training_exp(**kwargs)
+            self._train_exp(self.experience, [], **kwargs)
+            self._after_training_exp(**kwargs)
+        self._after_training(**kwargs)
+        self._train_cleanup()
+        return self.evaluator.get_last_metrics()
+
+    def train_dataset_adaptation(self, **kwargs) -> None:
+        dataset = self.experience.dataset
+        try:  # .train() copies the dataset; online sub-experiences are in "train" already
+            in_train = dataset._flat_data._transform_groups.current_group == "train"
+        except AttributeError:
+            in_train = False
+        self.adapted_dataset = dataset if in_train else dataset.train()
+
+    def make_train_dataloader(self, **kwargs) -> None:
+        n = len(self.adapted_dataset)
+        order = torch.randperm(n, generator=self._order_gen).tolist() if self.shuffle else None
+        tensors = experience_tensors(self.adapted_dataset, order)
+        mb = self.train_mb_size
+        self.dataloader = [tuple(t[i : i + mb] for t in tensors) for i in range(0, n, mb)]
+
+    def check_model_and_optimizer(self, **kwargs) -> None:
+        """No model adaptation or optimiser reset: the streamkd strategy owns both."""
+
+    def model_adaptation(self, model=None):
+        return self.model
+
+    def make_optimizer(self, **kwargs) -> None:
+        pass
+
+    def training_epoch(self, **kwargs) -> None:
+        for mbatch in self.dataloader:
+            if self._stop_training:
+                break
+            self.mbatch = mbatch
+            self._unpack_minibatch()
+            self._before_training_iteration(**kwargs)
+            x, y = self.mb_x, self.mb_y
+            if self.train_outputs:
+                self.mb_output = self._scores(x, y)
+            step = self.streamkd.observe(Batch(x, y))
+            self.loss = step.loss
+            self._after_training_iteration(**kwargs)
+
+    # -- evaluation: Avalanche's loop, streamkd's predict() ---------------------------------
+    def forward(self) -> Tensor:
+        return self._scores(self.mb_x, self.mb_y)
+
+    def _scores(self, x: Tensor, y: Tensor) -> Tensor:
+        """``strategy.predict`` with unseen classes at -1000 and room for every label."""
+        scores = self.streamkd.predict(x)
+        scores = scores.masked_fill(torch.isneginf(scores), UNSEEN_SCORE)
+        width = max(scores.shape[1], int(y.max()) + 1 if len(y) else 0)
+        if width > scores.shape[1]:
+            scores = F.pad(scores, (0, width - scores.shape[1]), value=UNSEEN_SCORE)
+        return scores
+
+    def eval(self, exp_list, **kwargs):
+        result = super().eval(exp_list, **kwargs)
+        self.streamkd.train_mode(True)  # keep streamkd's cached mode in step with the model
+        return result
+
+
+def as_avalanche(strategy: Strategy, **template_kwargs: Any) -> StreamkdTemplate:
+    """Wrap a streamkd strategy as an Avalanche strategy (see :class:`StreamkdTemplate`)."""
+    return StreamkdTemplate(strategy, **template_kwargs)
+
+
+class StreamkdReplayPlugin(SupervisedPlugin):
+    """Experience replay with streamkd's buffer, for Avalanche's own strategies.
+
+    Before each forward pass, ``replay_batch`` samples drawn from the buffer are appended to
+    the mini-batch; after the update, the mini-batch's own samples enter the buffer
+    (reservoir or class-balanced). Unlike Avalanche's ``ReplayPlugin`` nothing is rebuilt per
+    experience, so it stays fast when every experience is one mini-batch.
+
+    ``logit_distill`` > 0 adds HPCR's proxy-based contrastive distillation (PCD) to the
+    loss: that weight times the MSE between the replayed samples' current logits and the
+    logits stored when they entered the buffer, on the columns of the batch's classes.
+    """
+
+    def __init__(
+        self,
+        memory: int = 200,
+        replay_batch: int = 10,
+        policy: str = "reservoir",
+        logit_distill: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if memory <= 0 or replay_batch <= 0:
+            raise ValueError(f"memory and replay_batch must be > 0, got {memory}, {replay_batch}")
+        if logit_distill < 0:
+            raise ValueError(f"logit_distill must be >= 0, got {logit_distill}")
+        self.generator = torch.Generator().manual_seed(seed)
+        self.buffer = ReplayBuffer(memory, policy=policy, generator=self.generator)
+        self.replay_batch, self.logit_distill = replay_batch, logit_distill
+        self._n_new = 0
+        self._new: tuple[Tensor, Tensor] | None = None
+        self._stored_logits: Tensor | None = None
+
+    def before_training_iteration(self, strategy, **kwargs) -> None:
+        x, y = strategy.mbatch[0], strategy.mbatch[1]
+        self._new, self._n_new = (x.detach(), y.detach()), len(y)
+        self._stored_logits = None
+        if len(self.buffer) == 0:
+            return
+        mem = self.buffer.sample(self.replay_batch)
+        mx, my = mem.x.to(x.device), mem.y.to(y.device)
+        rest = [
+            torch.cat([t, torch.zeros(len(my), dtype=t.dtype, device=t.device)])
+            for t in strategy.mbatch[2:]
+        ]  # task labels: class-incremental, task 0
+        strategy.mbatch = [torch.cat([x, mx.to(x.dtype)]), torch.cat([y, my]), *rest]
+        if self.logit_distill > 0 and "logits" in mem.extras:
+            self._stored_logits = mem.extras["logits"].to(x.device)
+
+    def before_backward(self, strategy, **kwargs) -> None:
+        if self._stored_logits is None:
+            return
+        current = strategy.mb_output[self._n_new :]
+        stored = self._stored_logits
+        cols = min(current.shape[1], stored.shape[1])
+        labels = strategy.mb_y[strategy.mb_y < cols]
+        pcd = F.mse_loss(current[:, :cols][:, labels], stored[:, :cols][:, labels])
+        strategy.loss = strategy.loss + self.logit_distill * pcd
+
+    def after_training_iteration(self, strategy, **kwargs) -> None:
+        x, y = self._new
+        extras = {}
+        if self.logit_distill > 0:
+            # the logits of the forward pass before this update, as HPCR stores them
+            logits = strategy.mb_output[: self._n_new].detach().cpu()
+            stored = self.buffer.extras.get("logits")
+            if stored is not None and stored.shape[1] < logits.shape[1]:  # the head grew
+                self.buffer.extras["logits"] = F.pad(stored, (0, logits.shape[1] - stored.shape[1]))
+            elif stored is not None and stored.shape[1] > logits.shape[1]:
+                logits = F.pad(logits, (0, stored.shape[1] - logits.shape[1]))
+            extras["logits"] = logits
+        self.buffer.add(x.cpu(), y.cpu(), **extras)
