@@ -52,6 +52,7 @@ PSEUDO_OFFSET = 1 << 20  # pseudo-label of rotation copy i: y + PSEUDO_OFFSET * 
 
 class OnPro(Strategy):
     name = "onpro"
+    needs_images = True
     help = "online prototype equilibrium + adaptive prototypical feedback (rotations, mixup)"
     default_nf = 64
 

@@ -64,6 +64,7 @@ def anchor_sample_loss(features: torch.Tensor, labels: torch.Tensor, temperature
 
 class PCR(Strategy):
     name = "pcr"
+    needs_images = True
     help = "proxy-based contrastive replay (cosine classifier, anchors vs. batch proxies)"
     head = "cosine"
     head_scale = 1.0 / PCR_TEMPERATURE

@@ -25,6 +25,7 @@ from streamkd.types import Batch, StepResult
 
 class SCR(Strategy):
     name = "scr"
+    needs_images = True
     help = "supervised contrastive replay with a nearest-class-mean classifier"
 
     def __init__(

@@ -54,6 +54,7 @@ class Strategy:
     head: ClassVar[str] = "linear"  # the classifier head the strategy expects ("cosine": PCR)
     head_scale: ClassVar[float] = 1.0
     default_nf: ClassVar[int] = 20  # ResNet18 width when the stream's default model is a ResNet
+    needs_images: ClassVar[bool] = False  # augments images: inputs must be (C, H, W)
 
     def __init__(
         self,
@@ -77,6 +78,12 @@ class Strategy:
             raise ValueError(f"lr must be positive, got {lr}")
         if replay_batch < 0 or memory < 0:
             raise ValueError(f"memory and replay_batch must be >= 0, got {memory}, {replay_batch}")
+        shape = getattr(model, "input_shape", None)
+        if self.needs_images and shape is not None and len(shape) != 3:
+            raise ValueError(
+                f"{self.name} augments images and needs inputs shaped (C, H, W); this model "
+                f"takes {tuple(shape)}. For feature vectors use naive, er, er_ace or mir."
+            )
         self.device = resolve_device(device)
         self.model = model.to(self.device)
         if channels_last is None:  # convolutional models train faster in NHWC (oneDNN, cuDNN)

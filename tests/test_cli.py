@@ -22,6 +22,10 @@ def test_lists(capsys):
         (["compare", "--strategies", "er,gdumb", "--no-track"], "unknown strategy 'gdumb'"),
         (["run", "--stream", "river:NoSuchSet", "--no-track"], "unknown river dataset"),
         (["run", "--device", "tpu", "--no-track"], "unknown device 'tpu'"),
+        (
+            ["run", "--stream", "elec2", "--strategy", "scr", "--no-track"],
+            "scr augments images and needs inputs shaped (C, H, W)",
+        ),
     ],
 )
 def test_bad_names_get_clear_errors(capsys, argv, expected):

@@ -253,12 +253,6 @@ class RiverClassifier(base.MiniBatchClassifier):
             raise ValueError(
                 f"strategy {self.strategy!r} does not accept strategy_kwargs {kwargs}: {err}"
             ) from err
-        if getattr(strategy, "augment", None) is not None:
-            raise ValueError(
-                f"strategy {self.strategy!r} trains on image augmentations, which need "
-                "(C, H, W) inputs; river features are a flat vector, so use a strategy without "
-                "augmentation (naive, er, er_ace, mir)"
-            )
         self._strategy = strategy
 
     def _observe(self, x: torch.Tensor, y: list[int]) -> None:
