@@ -167,6 +167,6 @@ def test_bad_constructor_arguments():
     with pytest.raises(ValueError, match="does not accept strategy_kwargs"):
         model.learn_one(*phishing(1)[0])
     model = RiverClassifier("scr")
-    with pytest.raises(ValueError, match=r"scr augments images and needs inputs shaped \(C, H, W\)"):
+    with pytest.raises(ValueError, match=r"scr augments images and needs inputs shaped"):
         model.learn_one(*phishing(1)[0])
     assert model.learner is None
