@@ -129,7 +129,7 @@ def run_official(checkout: Path, agent: str, memory: int, seed: int, max_tasks: 
     }
 
 
-def run_streamkd(agent: str, memory: int, seed: int, max_tasks: int) -> dict:
+def run_streamkd(agent: str, memory: int, seed: int, max_tasks: int, channels_last: bool) -> dict:
     from streamkd.experiment import run_one
 
     r = run_one(
@@ -139,6 +139,7 @@ def run_streamkd(agent: str, memory: int, seed: int, max_tasks: int) -> dict:
         memory=memory,
         device="cpu",
         max_samples=10000 * max_tasks if max_tasks < 5 else None,
+        strategy_kwargs={"channels_last": channels_last},
         stream_kwargs={"order": "fixed"},
     )
     return {
@@ -155,19 +156,30 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sides", default="official,streamkd")
     p.add_argument("--max-tasks", type=int, default=5, help="stop both sides after N tasks")
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="streamkd side in NHWC (opt-in on CPU, see streamkd.strategy.Strategy)",
+    )
     p.add_argument("--json", dest="json_out", default=None)
     args = p.parse_args(argv)
-    results: dict = {"memory": args.memory, "seed": args.seed, "max_tasks": args.max_tasks}
+    results: dict = {
+        "memory": args.memory,
+        "seed": args.seed,
+        "max_tasks": args.max_tasks,
+        "channels_last": args.channels_last,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         checkout = Path(tmp) / "PCR"
         prepare_official(Path(args.official), checkout)
         for agent in args.agents.split(","):
             for side in args.sides.split(","):
-                res = (
-                    run_official(checkout, agent, args.memory, args.seed, args.max_tasks)
-                    if side == "official"
-                    else run_streamkd(agent, args.memory, args.seed, args.max_tasks)
-                )
+                if side == "official":
+                    res = run_official(checkout, agent, args.memory, args.seed, args.max_tasks)
+                else:
+                    res = run_streamkd(
+                        agent, args.memory, args.seed, args.max_tasks, args.channels_last
+                    )
                 results[f"{agent}/{side}"] = res
                 print(
                     f"{agent} {side}: final avg acc {res['final_avg_acc']:.3f} forgetting "

@@ -58,3 +58,22 @@ def test_growing_head_keeps_adam_state_aligned():
     assert not any(p is w for g in er.optimizer.param_groups for p in g["params"])
     assert er.optimizer.state[new_w]["exp_avg"].shape == (4, 8)
     assert exp_avg.abs().sum() > 0
+
+
+def test_channels_last_is_opt_in_on_cpu_and_gives_the_same_numbers():
+    from streamkd.types import Batch
+
+    x = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
+    y = torch.tensor([0, 1, 0, 1, 2, 2])
+    params = []
+    for channels_last in (True, None):
+        torch.manual_seed(0)
+        model = build_model("resnet18", (3, 16, 16), nf=8)
+        er = ER(model, memory=10, seed=0, channels_last=channels_last)
+        conv = er.model.backbone.conv1.weight
+        assert conv.is_contiguous(memory_format=torch.channels_last) is bool(channels_last)
+        assert er.hparams["channels_last"] is bool(channels_last)  # CPU default: off
+        for _ in range(3):
+            er.observe(Batch(x, y))
+        params.append(torch.cat([p.detach().flatten() for p in er.model.parameters()]))
+    assert torch.allclose(params[0], params[1], atol=1e-4)
