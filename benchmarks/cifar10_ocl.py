@@ -89,6 +89,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--no-track", action="store_true")
     p.add_argument("--json", dest="json_out", default=None)
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the runs already in --json and run only the missing (strategy, memory, seed)",
+    )
     p.add_argument("--markdown", default=None)
     args = p.parse_args(argv)
     tracker = None
@@ -103,9 +108,14 @@ def main(argv: list[str] | None = None) -> dict:
         stream_kwargs["max_test_per_segment"] = args.test_per_segment
     extra = json.loads(args.strategy_args)
     out: dict = {"stream": "split-cifar10", "protocol": vars(args), "runs": []}
+    if args.keep and args.json_out and Path(args.json_out).exists():
+        out["runs"] = json.loads(Path(args.json_out).read_text())["runs"]
+    done = {(r["strategy"], r["memory"], r["seed"]) for r in out["runs"]}
     for memory in [int(m) for m in args.memory.split(",")]:
         for seed in [int(s) for s in args.seeds.split(",")]:  # seed-major: partial runs pair up
             for name in [s.strip() for s in args.strategies.split(",") if s.strip()]:
+                if (name, memory, seed) in done:
+                    continue
                 result = run_one(
                     name,
                     "split-cifar10",
