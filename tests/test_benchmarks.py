@@ -31,6 +31,14 @@ def test_overhead_benchmark_smoke(tmp_path, data_dir):
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.read_text())
     speeds = data["mlp"]["samples_per_s"]
-    assert set(speeds) == {"streamkd", "bare", "avalanche"} and all(v > 0 for v in speeds.values())
-    assert data["mlp"]["ratios"]["streamkd_vs_bare"] > 0
+    assert set(speeds) == {"streamkd", "bare", "avalanche", "wrapped", "plugin"}
+    assert all(v > 0 for v in speeds.values())
+    ratios = data["mlp"]["ratios"]
+    assert set(ratios) == {
+        "streamkd_vs_bare",
+        "streamkd_vs_avalanche",
+        "wrapped_vs_avalanche",
+        "plugin_vs_avalanche",
+    }
+    assert ratios["wrapped_vs_avalanche"] == speeds["wrapped"] / speeds["avalanche"]
     assert data["mlp"]["samples"] == 300
