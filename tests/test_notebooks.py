@@ -12,7 +12,7 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("STREAMKD_NOTEBOOK_ROWS", "5000")  # river_elec2: a slice of the stream
     nb = nbformat.read(path, as_version=4)
     NotebookClient(
-        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+        nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     ).execute()
     errors = [
         o
