@@ -103,9 +103,19 @@ def bench_bare(stream, batches, arch, nf) -> float:
 
 
 def bench_avalanche(stream, batches, arch, nf) -> float:
-    from avalanche.training import Naive
-    from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
+    from avalanche.training.plugins import ReplayPlugin
     from avalanche.training.storage_policy import ReservoirSamplingBuffer
+
+    replay = ReplayPlugin(
+        mem_size=MEMORY, batch_size_mem=REPLAY, storage_policy=ReservoirSamplingBuffer(MEMORY)
+    )
+    return _train_naive(stream, batches, arch, nf, replay)
+
+
+def _train_naive(stream, batches, arch, nf, plugin) -> float:
+    """Avalanche's ``Naive`` with one replay ``plugin``, trained on the online stream."""
+    from avalanche.training import Naive
+    from avalanche.training.plugins import EvaluationPlugin
 
     online, n = _online_stream(batches)
     model = fresh_model(stream, arch, nf)
@@ -117,14 +127,13 @@ def bench_avalanche(stream, batches, arch, nf) -> float:
         train_epochs=1,
         device="cpu",
         evaluator=EvaluationPlugin(loggers=[]),
-        plugins=[
-            ReplayPlugin(
-                mem_size=MEMORY,
-                batch_size_mem=REPLAY,
-                storage_policy=ReservoirSamplingBuffer(MEMORY),
-            )
-        ],
+        plugins=[plugin],
     )
+    return _time_train(strategy, online, n)
+
+
+def _time_train(strategy, online, n: int) -> float:
+    """Samples/s of one ``strategy.train(online)`` call."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Avalanche warns once per mini-batch experience
         t0 = time.perf_counter()
@@ -157,39 +166,15 @@ def bench_wrapped(stream, batches, arch, nf) -> float:
     )
     wrapped = as_avalanche(er, train_mb_size=BATCH, evaluator=EvaluationPlugin(loggers=[]))
     online, n = _online_stream(batches)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        t0 = time.perf_counter()
-        wrapped.train(online)
-        elapsed = time.perf_counter() - t0
-    return n / elapsed
+    return _time_train(wrapped, online, n)
 
 
 def bench_plugin(stream, batches, arch, nf) -> float:
     """Avalanche's ``Naive`` + streamkd's ``StreamkdReplayPlugin`` (reservoir, memory 200)."""
-    from avalanche.training import Naive
-    from avalanche.training.plugins import EvaluationPlugin
-
     from streamkd.integrations.avalanche import StreamkdReplayPlugin
 
-    model = fresh_model(stream, arch, nf)
-    strategy = Naive(
-        model=model,
-        optimizer=torch.optim.SGD(model.parameters(), lr=LR),
-        criterion=torch.nn.CrossEntropyLoss(),
-        train_mb_size=BATCH,
-        train_epochs=1,
-        device="cpu",
-        evaluator=EvaluationPlugin(loggers=[]),
-        plugins=[StreamkdReplayPlugin(memory=MEMORY, replay_batch=REPLAY)],
-    )
-    online, n = _online_stream(batches)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        t0 = time.perf_counter()
-        strategy.train(online)
-        elapsed = time.perf_counter() - t0
-    return n / elapsed
+    plugin = StreamkdReplayPlugin(memory=MEMORY, replay_batch=REPLAY)
+    return _train_naive(stream, batches, arch, nf, plugin)
 
 
 CONTENDERS = {
