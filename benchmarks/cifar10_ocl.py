@@ -17,7 +17,7 @@ import json
 import statistics
 from pathlib import Path
 
-from streamkd.experiment import run_one
+from streamkd.experiment import run_one, write_json
 
 KEYS = (
     "strategy",
@@ -139,9 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
                     f"{result['samples_per_s']:.1f} samples/s",
                     flush=True,
                 )
-                if args.json_out:
-                    Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-                    Path(args.json_out).write_text(json.dumps(out, indent=1))
+                write_json(args.json_out, out)
     md = table(out["runs"])
     print(md)
     if args.markdown:

@@ -27,16 +27,14 @@ compute dominates). Prints a table; ``--json OUT`` writes
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 import warnings
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from streamkd.experiment import make_model, make_strategy, make_stream
+from streamkd.experiment import make_model, make_strategy, make_stream, write_json
 
 SETTINGS = {
     "mlp": {"stream": "split-mnist", "arch": "mlp", "samples": 10_000},
@@ -241,9 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"| {name} | {value:,.0f} |")
         for key, value in ratios.items():
             print(f"{key}: {value:.2f}x")
-    if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(results, indent=1))
+    write_json(args.json_out, results)
     return results
 
 

@@ -17,7 +17,6 @@ memory 200, batch 10 + 10, SGD 0.1, one pass, in this venv.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -26,6 +25,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from streamkd.experiment import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -189,9 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
                     f"({res['samples_per_s']:.1f} samples/s)",
                     flush=True,
                 )
-                if args.json_out:
-                    Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-                    Path(args.json_out).write_text(json.dumps(results, indent=1))
+                write_json(args.json_out, results)
     return results
 
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from streamkd.drift import DETECTORS, SIGNALS
@@ -182,14 +180,8 @@ def _public(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _write_json(path: str | None, payload: dict[str, Any]) -> None:
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(payload, indent=1))
-
-
 def cmd_run(args: argparse.Namespace) -> None:
-    from streamkd.experiment import format_table, run_one, summarize_runs
+    from streamkd.experiment import format_table, run_one, summarize_runs, write_json
 
     result = run_one(
         args.strategy,
@@ -209,11 +201,11 @@ def cmd_run(args: argparse.Namespace) -> None:
     if "drift_events" in result:
         at = [e["index"] for e in result["drift_events"]]
         print(f"drift ({args.drift} on {args.drift_signal}): {len(at)} events at samples {at}")
-    _write_json(args.json_out, {"stream": args.stream, "runs": [_public(result)]})
+    write_json(args.json_out, {"stream": args.stream, "runs": [_public(result)]})
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from streamkd.experiment import compare, format_table
+    from streamkd.experiment import compare, format_table, write_json
 
     out = compare(
         args.strategies, args.stream, seeds=args.seeds, tracker=_tracker(args), **_run_kwargs(args)
@@ -222,7 +214,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(format_table(out["summary"]))
     if out["mlflow_parent_run_id"]:
         print(f"MLflow parent run {out['mlflow_parent_run_id']}")
-    _write_json(
+    write_json(
         args.json_out,
         {
             "stream": out["stream"],

@@ -327,8 +327,8 @@ def run(
         if ev.current_segment is not None and seg != ev.current_segment:
             ev.end_segment(strategy, ev.current_segment, logger)
         ev.current_segment = seg
-        validate_batch(batch, strategy.model.input_shape)
-        if prequential and batch.y is not None:
+        if prequential and batch.y is not None:  # observe() validates; predict-first must too
+            validate_batch(batch, strategy.model.input_shape)
             ev.record_prediction(strategy.predict(batch.x), batch.y)
         t0 = time.perf_counter()
         step = strategy.observe(batch)

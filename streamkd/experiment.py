@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +17,20 @@ from streamkd.models import Classifier, build_model
 from streamkd.strategy import Strategy, resolve_device
 
 MLP_HIDDEN = {"split-digits": (100, 100)}
+
+
+def write_json(path: str | Path | None, payload: Any) -> None:
+    """Write ``payload`` as indented JSON, atomically (a killed run keeps the previous file).
+
+    ``None`` writes nothing, so callers can pass an optional ``--json`` argument straight in.
+    """
+    if path is None:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=str))
+    os.replace(tmp, path)
 
 
 def make_stream(name: str, *, seed: int = 0, batch_size: int = 10, data_dir=None, **kwargs):

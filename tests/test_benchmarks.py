@@ -42,3 +42,44 @@ def test_overhead_benchmark_smoke(tmp_path, data_dir):
     }
     assert ratios["wrapped_vs_avalanche"] == speeds["wrapped"] / speeds["avalanche"]
     assert data["mlp"]["samples"] == 300
+
+
+def _cifar10_ocl(tmp_path, data_dir, *extra):
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "cifar10_ocl.py"),
+        "--strategies",
+        "er",
+        "--memory",
+        "40",
+        "--per-segment",
+        "20",
+        "--test-per-segment",
+        "20",
+        "--data-dir",
+        str(data_dir),
+        "--no-track",
+        "--json",
+        str(tmp_path / "ocl.json"),
+        "--markdown",
+        str(tmp_path / "ocl.md"),
+        *extra,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads((tmp_path / "ocl.json").read_text())
+
+
+def test_cifar10_ocl_benchmark_keeps_finished_runs(tmp_path, data_dir):
+    """The OCL benchmark writes the compare schema; --keep resumes without redoing runs."""
+    first = _cifar10_ocl(tmp_path, data_dir, "--seeds", "0")
+    (run0,) = first["runs"]
+    assert (run0["strategy"], run0["memory"], run0["seed"]) == ("er", 40, 0)
+    assert len(run0["acc_matrix"]) == 5 and all(len(r) == 5 for r in run0["acc_matrix"])
+    assert run0["samples"] == 100 and run0["samples_per_s"] > 0
+    kept = _cifar10_ocl(tmp_path, data_dir, "--seeds", "0,1", "--keep")
+    assert [r["seed"] for r in kept["runs"]] == [0, 1]
+    assert kept["runs"][0] == run0  # the finished run was kept, not redone
+    assert "| er | 40 | 0,1 |" in (tmp_path / "ocl.md").read_text()
+    again = _cifar10_ocl(tmp_path, data_dir, "--seeds", "0")  # without --keep: a fresh run
+    assert again["runs"][0]["acc_matrix"] == run0["acc_matrix"]  # deterministic under a seed

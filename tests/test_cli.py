@@ -104,3 +104,14 @@ def test_run_prints_the_accuracy_matrix(capsys):
     assert main(["run", "--strategy", "er", "--no-track", "--quiet", "--max-samples", "300"]) == 0
     out = capsys.readouterr().out
     assert "accuracy matrix" in out
+
+
+def test_write_json_is_atomic_and_optional(tmp_path):
+    from streamkd.experiment import write_json
+
+    path = tmp_path / "deep" / "out.json"
+    write_json(path, {"runs": [1]})
+    write_json(path, {"runs": [1, 2]})
+    assert json.loads(path.read_text()) == {"runs": [1, 2]}
+    assert [p.name for p in path.parent.iterdir()] == ["out.json"]  # no temp file left behind
+    write_json(None, {"ignored": True})  # an absent --json writes nothing
