@@ -59,6 +59,17 @@ def table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def strategy_kwargs(extra: dict, name: str) -> dict:
+    """The arguments for one strategy: the shared ones, then those under its own name."""
+    from streamkd.strategies import STRATEGIES
+
+    shared = {k: v for k, v in extra.items() if k not in STRATEGIES}
+    own = extra.get(name, {})
+    if not isinstance(own, dict):
+        raise SystemExit(f"--strategy-args: the value under {name!r} must be an object")
+    return {**shared, **own}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--strategies", default="er,scr,pcr,hpcr,onpro")
@@ -84,7 +95,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument(
         "--strategy-args",
         default="{}",
-        help="JSON of extra strategy arguments, e.g. '{\"rotations\": 4}'",
+        help="JSON of extra strategy arguments for every strategy; a key naming a strategy "
+        'holds arguments for it alone, e.g. \'{"channels_last": true, "onpro": '
+        '{"rotations": 4}}\'',
     )
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--no-track", action="store_true")
@@ -106,16 +119,20 @@ def main(argv: list[str] | None = None) -> dict:
         stream_kwargs["max_per_segment"] = args.per_segment
     if args.test_per_segment:
         stream_kwargs["max_test_per_segment"] = args.test_per_segment
+    names = [s.strip() for s in args.strategies.split(",") if s.strip()]
     extra = json.loads(args.strategy_args)
+    if not isinstance(extra, dict):
+        raise SystemExit(f"--strategy-args must be a JSON object, got {args.strategy_args!r}")
     out: dict = {"stream": "split-cifar10", "protocol": vars(args), "runs": []}
     if args.keep and args.json_out and Path(args.json_out).exists():
         out["runs"] = json.loads(Path(args.json_out).read_text())["runs"]
     done = {(r["strategy"], r["memory"], r["seed"]) for r in out["runs"]}
     for memory in [int(m) for m in args.memory.split(",")]:
         for seed in [int(s) for s in args.seeds.split(",")]:  # seed-major: partial runs pair up
-            for name in [s.strip() for s in args.strategies.split(",") if s.strip()]:
+            for name in names:
                 if (name, memory, seed) in done:
                     continue
+                kwargs = strategy_kwargs(extra, name)
                 result = run_one(
                     name,
                     "split-cifar10",
@@ -124,13 +141,13 @@ def main(argv: list[str] | None = None) -> dict:
                     device=args.device,
                     data_dir=args.data_dir,
                     max_samples=args.max_samples,
-                    strategy_kwargs=extra,
+                    strategy_kwargs=kwargs,
                     model_kwargs={"nf": args.nf},
                     stream_kwargs=stream_kwargs,
                     tracker=tracker,
                 )
                 result["memory"] = memory
-                out["runs"].append({k: result.get(k) for k in KEYS})
+                out["runs"].append({**{k: result.get(k) for k in KEYS}, "strategy_args": kwargs})
                 last = result["acc_matrix"][-1]
                 print(
                     f"{name} memory={memory} seed={seed}: final avg acc "

@@ -51,13 +51,15 @@ PATCHES = [
     (
         "experiment/run.py",
         """                agent.train_learner(x_train, y_train)
-                acc_array = agent.evaluate(test_loaders)""",
+                acc_array = agent.evaluate(test_loaders)
+                tmp_acc.append(acc_array)""",
         """                _t0 = time.time()
                 agent.train_learner(x_train, y_train)
                 train_only = locals().get("train_only", 0.0) + time.time() - _t0
                 print("PATCH train-only seconds: {:.3f}".format(train_only))
                 acc_array = agent.evaluate(test_loaders)
                 print("PATCH acc row: {}".format(" ".join(str(float(a)) for a in acc_array)))
+                tmp_acc.append(acc_array)
                 if i + 1 >= int(__import__("os").environ.get("PATCH_MAX_TASKS", "5")):
                     break""",
     ),

@@ -63,6 +63,8 @@ def _cifar10_ocl(tmp_path, data_dir, *extra):
         str(tmp_path / "ocl.json"),
         "--markdown",
         str(tmp_path / "ocl.md"),
+        "--strategy-args",
+        '{"lr": 0.05, "er": {"replay_batch": 5}, "pcr": {"temperature": 0.2}}',
         *extra,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -77,6 +79,7 @@ def test_cifar10_ocl_benchmark_keeps_finished_runs(tmp_path, data_dir):
     assert (run0["strategy"], run0["memory"], run0["seed"]) == ("er", 40, 0)
     assert len(run0["acc_matrix"]) == 5 and all(len(r) == 5 for r in run0["acc_matrix"])
     assert run0["samples"] == 100 and run0["samples_per_s"] > 0
+    assert run0["strategy_args"] == {"lr": 0.05, "replay_batch": 5}  # shared + its own only
     kept = _cifar10_ocl(tmp_path, data_dir, "--seeds", "0,1", "--keep")
     assert [r["seed"] for r in kept["runs"]] == [0, 1]
     assert kept["runs"][0] == run0  # the finished run was kept, not redone
