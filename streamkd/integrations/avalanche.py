@@ -70,6 +70,16 @@ def _no_op_callbacks() -> set:
 _NO_OP_CALLBACKS = _no_op_callbacks()
 
 
+def _dispatch(event: str):
+    """A template hook (``_before_training`` etc.) that fires ``event`` through ``_trigger``."""
+
+    def hook(self, **kwargs):
+        self._trigger(event, **kwargs)
+
+    hook.__name__ = f"_{event}"
+    return hook
+
+
 def _label_map(transform) -> list | bool | None:
     """A transform group's effect, if it is one we can apply to whole tensors: ``None``
     (identity), a lookup table for the labels (Avalanche's ``partial(lookup, table)``, which
@@ -257,11 +267,8 @@ class StreamkdTemplate(SupervisedTemplate):
             if handler is not None and handler not in _NO_OP_CALLBACKS:
                 getattr(plugin, event)(self, **kwargs)
 
-    def _before_training(self, **kwargs):
-        self._trigger("before_training", **kwargs)
-
-    def _after_training(self, **kwargs):
-        self._trigger("after_training", **kwargs)
+    _before_training = _dispatch("before_training")
+    _after_training = _dispatch("after_training")
 
     def _before_training_exp(self, **kwargs):
         self._trigger("before_train_dataset_adaptation", **kwargs)
@@ -270,20 +277,11 @@ class StreamkdTemplate(SupervisedTemplate):
         self.make_train_dataloader(**kwargs)
         self._trigger("before_training_exp", **kwargs)
 
-    def _after_training_exp(self, **kwargs):
-        self._trigger("after_training_exp", **kwargs)
-
-    def _before_training_epoch(self, **kwargs):
-        self._trigger("before_training_epoch", **kwargs)
-
-    def _after_training_epoch(self, **kwargs):
-        self._trigger("after_training_epoch", **kwargs)
-
-    def _before_training_iteration(self, **kwargs):
-        self._trigger("before_training_iteration", **kwargs)
-
-    def _after_training_iteration(self, **kwargs):
-        self._trigger("after_training_iteration", **kwargs)
+    _after_training_exp = _dispatch("after_training_exp")
+    _before_training_epoch = _dispatch("before_training_epoch")
+    _after_training_epoch = _dispatch("after_training_epoch")
+    _before_training_iteration = _dispatch("before_training_iteration")
+    _after_training_iteration = _dispatch("after_training_iteration")
 
     # -- training: experiences -> tensors -> observe() ------------------------------------
     def train(self, experiences, eval_streams=None, **kwargs):
