@@ -18,6 +18,7 @@ import statistics
 from pathlib import Path
 
 from streamkd.experiment import run_one, write_json
+from streamkd.strategies import STRATEGIES
 
 KEYS = (
     "strategy",
@@ -61,8 +62,6 @@ def table(runs: list[dict]) -> str:
 
 def strategy_kwargs(extra: dict, name: str) -> dict:
     """The arguments for one strategy: the shared ones, then those under its own name."""
-    from streamkd.strategies import STRATEGIES
-
     shared = {k: v for k, v in extra.items() if k not in STRATEGIES}
     own = extra.get(name, {})
     if not isinstance(own, dict):
@@ -123,6 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     extra = json.loads(args.strategy_args)
     if not isinstance(extra, dict):
         raise SystemExit(f"--strategy-args must be a JSON object, got {args.strategy_args!r}")
+    kwargs_of = {name: strategy_kwargs(extra, name) for name in names}  # bad args fail now
     out: dict = {"stream": "split-cifar10", "protocol": vars(args), "runs": []}
     if args.keep and args.json_out and Path(args.json_out).exists():
         out["runs"] = json.loads(Path(args.json_out).read_text())["runs"]
@@ -132,7 +132,6 @@ def main(argv: list[str] | None = None) -> dict:
             for name in names:
                 if (name, memory, seed) in done:
                     continue
-                kwargs = strategy_kwargs(extra, name)
                 result = run_one(
                     name,
                     "split-cifar10",
@@ -141,13 +140,14 @@ def main(argv: list[str] | None = None) -> dict:
                     device=args.device,
                     data_dir=args.data_dir,
                     max_samples=args.max_samples,
-                    strategy_kwargs=kwargs,
+                    strategy_kwargs=kwargs_of[name],
                     model_kwargs={"nf": args.nf},
                     stream_kwargs=stream_kwargs,
                     tracker=tracker,
                 )
                 result["memory"] = memory
-                out["runs"].append({**{k: result.get(k) for k in KEYS}, "strategy_args": kwargs})
+                record = {k: result.get(k) for k in KEYS}
+                out["runs"].append({**record, "strategy_args": kwargs_of[name]})
                 last = result["acc_matrix"][-1]
                 print(
                     f"{name} memory={memory} seed={seed}: final avg acc "
