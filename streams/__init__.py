@@ -1,15 +1,27 @@
-"""Streams, one file each. ``STREAMS`` maps a CLI name to a factory and a one-line help."""
+"""Streams, one file each. ``STREAMS`` maps a CLI name to a factory and a one-line help.
+
+:func:`get_stream` passes a factory only the options its signature names and refuses any
+other with a ``ValueError`` naming the option, its CLI flag and the options the stream takes.
+"""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
+from typing import Any
 
 from streamkd.streams.cifar10 import split_cifar10
 from streamkd.streams.digits import split_digits
 from streamkd.streams.elec2 import elec2
 from streamkd.streams.mnist import permuted_mnist, rotated_mnist, split_mnist
 from streamkd.streams.river import river_stream
-from streamkd.streams.split import SegmentData, SegmentedStream, split_by_class
+from streamkd.streams.split import (
+    SegmentData,
+    SegmentedStream,
+    cached_loader,
+    chronological_stream,
+    class_split_stream,
+)
 
 STREAMS: dict[str, tuple[Callable[..., SegmentedStream], str]] = {
     "split-digits": (split_digits, "scikit-learn digits, 5 x 2 classes (embedded default)"),
@@ -21,26 +33,61 @@ STREAMS: dict[str, tuple[Callable[..., SegmentedStream], str]] = {
     "river:<Name>": (river_stream, "any river dataset or generator, e.g. river:Phishing"),
 }
 
+OPTION_FLAGS = {
+    "max_per_segment": "--per-segment",
+    "max_test_per_segment": "--test-per-segment",
+    "order": "--class-order",
+}
+"""The CLI flag of each stream option that has one (named in refusals)."""
+
 __all__ = [
+    "OPTION_FLAGS",
     "STREAMS",
     "SegmentData",
     "SegmentedStream",
+    "cached_loader",
+    "chronological_stream",
+    "class_split_stream",
     "elec2",
     "get_stream",
     "permuted_mnist",
     "river_stream",
     "rotated_mnist",
-    "split_by_class",
     "split_cifar10",
     "split_digits",
     "split_mnist",
+    "stream_options",
 ]
 
 
-def get_stream(name: str, **kwargs) -> SegmentedStream:
-    """Build the stream registered as ``name`` (``river:<Dataset>`` for river data)."""
+def stream_options(factory: Callable[..., SegmentedStream], skip: int = 0) -> list[str]:
+    """The keyword options ``factory`` accepts, after its first ``skip`` parameters."""
+    params = list(inspect.signature(factory).parameters.values())[skip:]
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def _named(option: str) -> str:
+    flag = OPTION_FLAGS.get(option)
+    return f"{option} ({flag})" if flag else option
+
+
+def get_stream(name: str, **options: Any) -> SegmentedStream:
+    """Build the stream registered as ``name`` (``river:<Dataset>`` for river data).
+
+    Raises ``ValueError`` for an unknown name or an option the stream cannot honour.
+    """
+    args: tuple[Any, ...] = ()
     if name.startswith("river:"):
-        return river_stream(name.split(":", 1)[1], **kwargs)
-    if name not in STREAMS or name == "river:<Name>":
+        factory, args = river_stream, (name.split(":", 1)[1],)
+    elif name in STREAMS and name != "river:<Name>":
+        factory = STREAMS[name][0]
+    else:
         raise ValueError(f"unknown stream {name!r}; available: {', '.join(STREAMS)}")
-    return STREAMS[name][0](**kwargs)
+    accepted = stream_options(factory, skip=len(args))
+    refused = [k for k in options if k not in accepted]
+    if refused:
+        raise ValueError(
+            f"stream {name!r} does not accept {', '.join(map(_named, refused))}; "
+            f"it accepts: {', '.join(map(_named, accepted))}"
+        )
+    return factory(*args, **options)

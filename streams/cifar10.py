@@ -8,16 +8,12 @@ or torchvision's ``cifar-10-batches-py`` folder when a user has the official bin
 from __future__ import annotations
 
 import io
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from streamkd.data import find_data
-from streamkd.streams.split import SegmentedStream, split_by_class
-
-Arrays = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+from streamkd.streams.split import Arrays, cached_loader, class_split_stream
 
 
 def _decode_pack(file: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -32,9 +28,8 @@ def _decode_pack(file: Path) -> tuple[np.ndarray, np.ndarray]:
     return images, labels.astype(np.int64)
 
 
-@lru_cache(maxsize=2)
-def _load(path: str) -> Arrays:
-    p = Path(path)
+def _read_cifar10(p: Path) -> Arrays:
+    """Train and test images (uint8, N x 3 x 32 x 32) and labels (int64)."""
     if p.name == "cifar-10-batches-py":
         from torchvision.datasets import CIFAR10
 
@@ -58,30 +53,5 @@ def _load(path: str) -> Arrays:
     return tuple(out)  # type: ignore[return-value]
 
 
-def load_cifar10(data_dir: str | Path | None = None) -> Arrays:
-    """Train and test images (uint8, N x 3 x 32 x 32) and labels (int64)."""
-    return _load(str(find_data("cifar10", data_dir, markers=("cifar-10-batches-py",))))
-
-
-def split_cifar10(
-    seed: int = 0,
-    batch_size: int = 10,
-    data_dir=None,
-    n_segments: int = 5,
-    order="seeded",
-    **kwargs,
-) -> SegmentedStream:
-    x, y, xt, yt = load_cifar10(data_dir)
-    return split_by_class(
-        "split-cifar10",
-        x,
-        y,
-        xt,
-        yt,
-        n_segments=n_segments,
-        order=order,
-        seed=seed,
-        batch_size=batch_size,
-        default_arch="resnet18",
-        **kwargs,
-    )
+load_cifar10 = cached_loader("cifar10", _read_cifar10, markers=("cifar-10-batches-py",))
+split_cifar10 = class_split_stream("split-cifar10", load_cifar10, default_arch="resnet18")

@@ -14,11 +14,12 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from streamkd.streams.split import SegmentedStream, split_by_class
+from streamkd.streams.split import Arrays, class_split_stream
 
 
 @lru_cache(maxsize=1)
-def load_digits_arrays() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def load_digits_arrays() -> Arrays:
+    """Train and test images (uint8, N x 1 x 8 x 8) and labels (int64): a fixed 75/25 split."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -31,28 +32,11 @@ def load_digits_arrays() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torc
     return torch.from_numpy(x_tr), as_long(y_tr), torch.from_numpy(x_te), as_long(y_te)
 
 
-def split_digits(
-    seed: int = 0,
-    batch_size: int = 10,
-    n_segments: int = 5,
-    order: str = "seeded",
-    data_dir=None,
-    **kwargs,
-) -> SegmentedStream:
-    """``data_dir`` is accepted for symmetry and ignored: the data ships with scikit-learn."""
-    x, y, xt, yt = load_digits_arrays()
-    return split_by_class(
-        "split-digits",
-        x,
-        y,
-        xt,
-        yt,
-        n_segments=n_segments,
-        order=order,
-        seed=seed,
-        batch_size=batch_size,
-        default_arch="mlp",
-        mean=(0.3053,),
-        std=(0.3758,),
-        **kwargs,
-    )
+# ``data_dir`` is accepted for symmetry and ignored: the data ships with scikit-learn.
+split_digits = class_split_stream(
+    "split-digits",
+    lambda _data_dir: load_digits_arrays(),
+    default_arch="mlp",
+    mean=(0.3053,),
+    std=(0.3758,),
+)

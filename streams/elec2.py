@@ -2,7 +2,9 @@
 
 Read from ``elec2/elec.csv`` under the data directory, in its original time order (never
 shuffled). No held-out set: score it prequentially. It is cut into ``n_segments``
-chronological segments only so curves and logs can be read per period.
+chronological segments only so curves and logs can be read per period; ``max_per_segment``
+keeps the first rows of each period (a quick slice across the whole time span). No class
+order and no held-out set, so ``order`` and ``max_test_per_segment`` are refused.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import numpy as np
 import torch
 
 from streamkd.data import find_data
-from streamkd.streams.split import SegmentData, SegmentedStream
+from streamkd.streams.split import SegmentedStream, chronological_stream
 
 FEATURES = ("period", "nswprice", "nswdemand", "vicprice", "vicdemand", "transfer")
 
 
 def load_elec2(data_dir: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The six features (float32) and labels (1 = UP) of every row, in time order."""
     file = find_data("elec2", data_dir) / "elec.csv"
     if not file.exists():
         raise FileNotFoundError(f"expected {file}")
@@ -29,19 +32,22 @@ def load_elec2(data_dir: str | Path | None = None) -> tuple[torch.Tensor, torch.
     return torch.from_numpy(x), torch.from_numpy(np.asarray(y, dtype=np.int64))
 
 
-def elec2(seed: int = 0, batch_size: int = 10, data_dir=None, n_segments: int = 4, **_):
+def elec2(
+    seed: int = 0,
+    batch_size: int = 10,
+    data_dir: str | Path | None = None,
+    max_per_segment: int | None = None,
+    n_segments: int = 4,
+) -> SegmentedStream:
+    """The Elec2 rows in time order, in ``n_segments`` periods."""
     x, y = load_elec2(data_dir)
-    bounds = np.linspace(0, len(y), n_segments + 1).astype(int)
-    segments = [
-        SegmentData(f"rows {a}-{b - 1}", x[a:b], y[a:b])
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
-    ]
-    return SegmentedStream(
+    return chronological_stream(
         "elec2",
-        segments,
-        batch_size=batch_size,
+        x,
+        y,
+        n_segments=n_segments,
         seed=seed,
-        shuffle=False,
+        batch_size=batch_size,
         n_classes=2,
-        default_arch="mlp",
+        max_per_segment=max_per_segment,
     )

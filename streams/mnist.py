@@ -8,22 +8,26 @@ has it. Images are uint8 (1, 28, 28).
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from streamkd.data import find_data
-from streamkd.streams.split import SegmentData, SegmentedStream, split_by_class
+from streamkd.streams.split import (
+    Arrays,
+    SegmentData,
+    SegmentedStream,
+    cached_loader,
+    class_split_stream,
+)
 
-Arrays = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
-@lru_cache(maxsize=2)
-def _load(path: str) -> Arrays:
-    p = Path(path)
+def _read_mnist(p: Path) -> Arrays:
+    """Train and test images (uint8, N x 1 x 28 x 28) and labels (int64)."""
     if p.name == "MNIST":  # torchvision layout
         from torchvision.datasets import MNIST
 
@@ -41,68 +45,60 @@ def _load(path: str) -> Arrays:
         )
 
 
-def load_mnist(data_dir: str | Path | None = None) -> Arrays:
-    """Train and test images (uint8, N x 1 x 28 x 28) and labels (int64)."""
-    return _load(str(find_data("mnist", data_dir, markers=("MNIST",))))
+load_mnist = cached_loader("mnist", _read_mnist, markers=("MNIST",))
+split_mnist = class_split_stream("split-mnist", load_mnist)
 
 
-def split_mnist(
-    seed: int = 0,
-    batch_size: int = 10,
-    data_dir=None,
-    n_segments: int = 5,
-    order="seeded",
-    **kwargs,
-) -> SegmentedStream:
-    x, y, xt, yt = load_mnist(data_dir)
-    return split_by_class(
-        "split-mnist",
-        x,
-        y,
-        xt,
-        yt,
-        n_segments=n_segments,
-        order=order,
-        seed=seed,
-        batch_size=batch_size,
-        default_arch="mlp",
-        **kwargs,
+def _domain_stream(
+    name: str, transforms: Callable[[int, int], list[tuple[str, Transform]]], what: str
+) -> Callable[..., SegmentedStream]:
+    """The factory of a domain-incremental MNIST stream: ``transforms(n_segments, seed)``
+    gives each segment's name and input transform (``what`` says which, for the docstring)."""
+
+    def factory(
+        seed: int = 0,
+        batch_size: int = 10,
+        data_dir: str | Path | None = None,
+        n_segments: int = 10,
+        max_per_segment: int | None = None,
+        max_test_per_segment: int | None = None,
+    ) -> SegmentedStream:
+        x, y, xt, yt = load_mnist(data_dir)
+        per = len(y) // n_segments
+        keep = per if max_per_segment is None else max(1, min(per, max_per_segment))
+        order = torch.from_numpy(np.random.default_rng(seed).permutation(len(y)))
+        segments = []
+        for i, (label, fn) in enumerate(transforms(n_segments, seed)):
+            idx = order[i * per : i * per + keep]
+            segments.append(SegmentData(label, x[idx], y[idx], xt, yt, transform=fn))
+        return SegmentedStream(
+            name,
+            segments,
+            batch_size=batch_size,
+            seed=seed,
+            default_arch="mlp",
+            max_per_segment=max_per_segment,  # validated here; the slices are already cut
+            max_test_per_segment=max_test_per_segment,
+        )
+
+    factory.__name__ = factory.__qualname__ = name.replace("-", "_")
+    factory.__doc__ = (
+        f"{name}: ``n_segments`` disjoint seeded slices of the training images (or "
+        f"``max_per_segment`` of each), each under its own {what}; every segment "
+        "is tested on the whole test set (or ``max_test_per_segment`` of it) under its transform."
     )
+    return factory
 
 
-def _domain_stream(name, transforms, seed, batch_size, data_dir, samples_per_segment):
-    x, y, xt, yt = load_mnist(data_dir)
-    n = len(transforms)
-    per = samples_per_segment or len(y) // n
-    if per * n > len(y):
-        raise ValueError(f"{n} segments of {per} samples exceed MNIST's {len(y)} training images")
-    order = torch.from_numpy(np.random.default_rng(seed).permutation(len(y)))
-    segments = []
-    for i, (label, fn) in enumerate(transforms):
-        idx = order[i * per : (i + 1) * per]
-        segments.append(SegmentData(label, x[idx], y[idx], xt, yt, transform=fn))
-    return SegmentedStream(name, segments, batch_size=batch_size, seed=seed, default_arch="mlp")
-
-
-def permuted_mnist(
-    seed: int = 0,
-    batch_size: int = 10,
-    data_dir=None,
-    n_segments: int = 10,
-    samples_per_segment: int | None = None,
-    **_,
-) -> SegmentedStream:
-    """Each segment applies its own fixed random pixel permutation (drawn from the seed)."""
+def _permutations(n_segments: int, seed: int) -> list[tuple[str, Transform]]:
+    """One fixed random pixel permutation per segment, drawn from the seed."""
     rng = np.random.default_rng(seed + 1)
     perms = [torch.from_numpy(rng.permutation(784)) for _ in range(n_segments)]
 
-    def permute(perm):
+    def permute(perm: torch.Tensor) -> Transform:
         return lambda x: x.flatten(1)[:, perm].view(-1, 1, 28, 28)
 
-    transforms = [(f"permutation {i}", permute(p)) for i, p in enumerate(perms)]
-    return _domain_stream(
-        "permuted-mnist", transforms, seed, batch_size, data_dir, samples_per_segment
-    )
+    return [(f"permutation {i}", permute(p)) for i, p in enumerate(perms)]
 
 
 def rotate_uint8(x: torch.Tensor, degrees: float) -> torch.Tensor:
@@ -115,22 +111,19 @@ def rotate_uint8(x: torch.Tensor, degrees: float) -> torch.Tensor:
     return out.round().clamp(0, 255).to(torch.uint8)
 
 
-def rotated_mnist(
-    seed: int = 0,
-    batch_size: int = 10,
-    data_dir=None,
-    n_segments: int = 10,
-    samples_per_segment: int | None = None,
-    max_degrees: float = 180.0,
-    **_,
-) -> SegmentedStream:
-    """Segment i rotates every image by ``i * max_degrees / n_segments`` degrees."""
-    angles = [i * max_degrees / n_segments for i in range(n_segments)]
+def _rotations(n_segments: int, seed: int) -> list[tuple[str, Transform]]:
+    """Segment i rotates by ``i * 180 / n_segments`` degrees (the seed is unused)."""
 
-    def rotate(angle):
+    def rotate(angle: float) -> Transform:
         return (lambda x: x) if angle == 0 else (lambda x: rotate_uint8(x, angle))
 
-    transforms = [(f"rotation {a:g} deg", rotate(a)) for a in angles]
-    return _domain_stream(
-        "rotated-mnist", transforms, seed, batch_size, data_dir, samples_per_segment
-    )
+    angles = [i * 180.0 / n_segments for i in range(n_segments)]
+    return [(f"rotation {a:g} deg", rotate(a)) for a in angles]
+
+
+permuted_mnist = _domain_stream(
+    "permuted-mnist", _permutations, "fixed random pixel permutation (drawn from the seed)"
+)
+rotated_mnist = _domain_stream(
+    "rotated-mnist", _rotations, "rotation (segment i: ``i * 180 / n_segments`` degrees)"
+)

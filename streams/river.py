@@ -4,15 +4,18 @@
 read once (a generator is cut at ``n_samples``), features become a float tensor in the
 order of the first sample's keys, and labels are mapped to class ids in order of first
 appearance (``stream.label_names`` keeps the mapping). No held-out set: prequential only.
+Like Elec2 it is cut into ``n_segments`` periods, ``max_per_segment`` keeps the first samples
+of each, and ``order`` and ``max_test_per_segment`` are refused.
 """
 
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import torch
 
-from streamkd.streams.split import SegmentData, SegmentedStream
+from streamkd.streams.split import SegmentedStream, chronological_stream
 
 
 def _make_dataset(name: str, seed: int):
@@ -37,9 +40,13 @@ def river_stream(
     batch_size: int = 10,
     n_samples: int = 10_000,
     n_segments: int = 1,
-    **_,
+    data_dir: str | Path | None = None,
+    max_per_segment: int | None = None,
 ) -> SegmentedStream:
-    """Materialise up to ``n_samples`` of a river dataset (a name or an instance)."""
+    """Materialise up to ``n_samples`` of a river dataset (a name or an instance).
+
+    ``data_dir`` is accepted for symmetry and ignored: river ships or fetches its own data.
+    """
     ds = _make_dataset(dataset, seed) if isinstance(dataset, str) else dataset
     name = dataset if isinstance(dataset, str) else type(dataset).__name__
     rows, labels = [], []
@@ -68,21 +75,16 @@ def river_stream(
         labels.append(label_ids.setdefault(y, len(label_ids)))
     if not rows:
         raise ValueError(f"river dataset {name} yielded no samples")
-    x_all = torch.tensor(rows, dtype=torch.float32)
-    y_all = torch.tensor(labels, dtype=torch.long)
-    bounds = torch.linspace(0, len(rows), n_segments + 1).long().tolist()
-    segments = [
-        SegmentData(f"samples {a}-{b - 1}", x_all[a:b], y_all[a:b])
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
-    ]
-    stream = SegmentedStream(
+    stream = chronological_stream(
         f"river:{name}",
-        segments,
-        batch_size=batch_size,
+        torch.tensor(rows, dtype=torch.float32),
+        torch.tensor(labels, dtype=torch.long),
+        n_segments=n_segments,
         seed=seed,
-        shuffle=False,
+        batch_size=batch_size,
         n_classes=len(label_ids),
-        default_arch="mlp",
+        max_per_segment=max_per_segment,
+        unit="samples",
     )
     stream.feature_names = keys
     stream.label_names = list(label_ids)

@@ -1,20 +1,29 @@
-"""Segmented streams over in-memory tensors, and the class-incremental split of any dataset.
+"""Segmented streams over in-memory tensors, and the shapes every dataset file shares.
 
 Every benchmark stream here is a :class:`SegmentedStream`: an ordered list of segments
 (tasks, for evaluation only), each with its training samples, shuffled once under the
 seed, and an optional held-out set. Batches never straddle two segments.
+:func:`class_split_stream` makes the factory of a class-incremental split from a dataset
+loader (:func:`cached_loader`); :func:`chronological_stream` cuts time-ordered samples.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from streamkd.data import find_data
 from streamkd.types import Batch, Segment
+
+Arrays = tuple[Tensor, Tensor, Tensor, Tensor]
+"""Train inputs, train labels, test inputs, test labels."""
+Loader = Callable[[str | Path | None], Arrays]
 
 
 @dataclass
@@ -67,6 +76,8 @@ class SegmentedStream:
             for seg in self._data:
                 perm = torch.from_numpy(rng.permutation(len(seg.y)))
                 seg.x, seg.y = seg.x[perm], seg.y[perm]
+        if max_test_per_segment is not None and max_test_per_segment <= 0:
+            raise ValueError(f"max_test_per_segment must be positive, got {max_test_per_segment}")
         if max_per_segment is not None:
             if max_per_segment <= 0:
                 raise ValueError(f"max_per_segment must be positive, got {max_per_segment}")
@@ -161,32 +172,103 @@ def class_order(n_classes: int, order: str | Sequence[int], seed: int) -> list[i
     return order
 
 
-def split_by_class(
+def cached_loader(
+    subdir: str, read: Callable[[Path], Arrays], markers: tuple[str, ...] = ()
+) -> Loader:
+    """``load(data_dir=None)``: ``read`` the folder :func:`find_data` resolves for ``subdir``
+    (or one of its ``markers`` layouts), once per folder and process."""
+    cached = lru_cache(maxsize=2)(read)
+
+    def load(data_dir: str | Path | None = None) -> Arrays:
+        return cached(find_data(subdir, data_dir, markers=markers))
+
+    load.__name__ = load.__qualname__ = f"load_{subdir}"
+    load.__doc__ = read.__doc__
+    return load
+
+
+def class_split_stream(
+    name: str,
+    load: Loader,
+    *,
+    segments: int = 5,
+    default_arch: str = "mlp",
+    mean: Sequence[float] = (0.0,),
+    std: Sequence[float] = (1.0,),
+) -> Callable[..., SegmentedStream]:
+    """The factory of the class-incremental stream ``name`` over ``load(data_dir)``: the
+    classes, in ``order``, are dealt into ``n_segments`` equal groups; each segment holds the
+    train and test samples of its classes. The other arguments are the stream's defaults."""
+
+    def factory(
+        seed: int = 0,
+        batch_size: int = 10,
+        data_dir: str | Path | None = None,
+        n_segments: int = segments,
+        order: str | Sequence[int] = "seeded",
+        max_per_segment: int | None = None,
+        max_test_per_segment: int | None = None,
+    ) -> SegmentedStream:
+        x, y, x_test, y_test = load(data_dir)
+        n_classes = int(y.max()) + 1
+        if n_segments <= 0 or n_classes % n_segments:
+            raise ValueError(
+                f"{n_classes} classes cannot be split into {n_segments} equal segments"
+            )
+        classes = class_order(n_classes, order, seed)
+        per = n_classes // n_segments
+        parts = []
+        for i in range(n_segments):
+            group = torch.tensor(classes[i * per : (i + 1) * per])
+            tr, te = torch.isin(y, group), torch.isin(y_test, group)
+            label = "-".join(str(c) for c in group.tolist())
+            parts.append(SegmentData(f"classes {label}", x[tr], y[tr], x_test[te], y_test[te]))
+        return SegmentedStream(
+            name,
+            parts,
+            batch_size=batch_size,
+            seed=seed,
+            n_classes=n_classes,
+            default_arch=default_arch,
+            mean=mean,
+            std=std,
+            max_per_segment=max_per_segment,
+            max_test_per_segment=max_test_per_segment,
+        )
+
+    factory.__name__ = factory.__qualname__ = name.replace("-", "_")
+    factory.__doc__ = f"{name}: the classes dealt into ``n_segments`` (default {segments})."
+    return factory
+
+
+def chronological_stream(
     name: str,
     x: Tensor,
     y: Tensor,
-    x_test: Tensor,
-    y_test: Tensor,
     *,
     n_segments: int,
-    order: str | Sequence[int] = "seeded",
     seed: int = 0,
     batch_size: int = 10,
-    **stream_kwargs,
+    n_classes: int | None = None,
+    max_per_segment: int | None = None,
+    unit: str = "rows",
 ) -> SegmentedStream:
-    """Class-incremental split: the classes, in a seeded order, are dealt into ``n_segments``
-    equal groups; each segment holds the train (and test) samples of its classes."""
-    n_classes = int(y.max()) + 1
-    if n_segments <= 0 or n_classes % n_segments:
-        raise ValueError(f"{n_classes} classes cannot be split into {n_segments} equal segments")
-    classes = class_order(n_classes, order, seed)
-    per = n_classes // n_segments
-    segments = []
-    for i in range(n_segments):
-        group = torch.tensor(classes[i * per : (i + 1) * per])
-        tr, te = torch.isin(y, group), torch.isin(y_test, group)
-        label = "-".join(str(c) for c in group.tolist())
-        segments.append(SegmentData(f"classes {label}", x[tr], y[tr], x_test[te], y_test[te]))
+    """Time-ordered samples cut into ``n_segments`` equal periods, never shuffled and with no
+    held-out set; ``max_per_segment`` keeps the first samples of each period."""
+    if n_segments <= 0:
+        raise ValueError(f"n_segments must be positive, got {n_segments}")
+    bounds = np.linspace(0, len(y), n_segments + 1).astype(int).tolist()
+    segments = [
+        SegmentData(f"{unit} {a}-{b - 1}", x[a:b], y[a:b])
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
     return SegmentedStream(
-        name, segments, batch_size=batch_size, seed=seed, n_classes=n_classes, **stream_kwargs
+        name,
+        segments,
+        batch_size=batch_size,
+        seed=seed,
+        shuffle=False,
+        n_classes=n_classes,
+        default_arch="mlp",
+        max_per_segment=max_per_segment,
     )

@@ -1,7 +1,11 @@
+import inspect
+
 import pytest
 import torch
 
-from streamkd.streams import get_stream, river_stream
+from streamkd.cli import main
+from streamkd.streams import STREAMS, get_stream, river_stream
+from streamkd.streams.elec2 import load_elec2
 from streamkd.streams.mnist import rotate_uint8
 
 
@@ -40,7 +44,7 @@ def test_batches_never_straddle_segments():
 
 
 def test_permuted_and_rotated_mnist(data_dir):
-    p = get_stream("permuted-mnist", n_segments=3, samples_per_segment=100)
+    p = get_stream("permuted-mnist", n_segments=3, max_per_segment=100)
     assert len(p.segments) == 3 and p.n_samples == 300
     x0, _ = p.test_set(0)
     x1, _ = p.test_set(1)
@@ -50,7 +54,7 @@ def test_permuted_and_rotated_mnist(data_dir):
     img[0, 0, 2:6, 12:16] = 255  # a blob near the top
     rot = rotate_uint8(img, 180)
     assert rot[0, 0, 22:26, 12:16].float().mean() > 200 and rot[0, 0, 2:6, 12:16].max() == 0
-    r = get_stream("rotated-mnist", n_segments=2, samples_per_segment=50)
+    r = get_stream("rotated-mnist", n_segments=2, max_per_segment=50)
     assert r.segments[1].name == "rotation 90 deg"
 
 
@@ -79,3 +83,66 @@ def test_river_dataset_and_generator():
         river_stream([({"colour": "red", "size": 1.0}, "a")])
     with pytest.raises(ValueError, match="has features"):
         river_stream([({"a": 1.0}, 0), ({"b": 1.0}, 1)])
+
+
+@pytest.mark.parametrize("name", ["permuted-mnist", "rotated-mnist"])
+def test_domain_mnist_streams_honour_the_slice_options(name, data_dir):
+    s = get_stream(name, max_per_segment=50, max_test_per_segment=30)
+    assert len(s.segments) == 10 and s.n_samples == 500
+    assert [seg.n_train for seg in s.segments] == [50] * 10
+    assert [len(s.test_set(i)[1]) for i in range(10)] == [30] * 10
+    assert len(list(s)) == 50  # 10 segments x 5 batches of 10
+    whole = get_stream(name, n_segments=2, max_per_segment=40_000)  # more than a segment has
+    assert whole.n_samples == 60_000 and len(whole.test_set(1)[1]) == 10_000
+
+
+@pytest.mark.parametrize(
+    ("name", "option", "value", "flag"),
+    [
+        ("elec2", "order", "fixed", "--class-order"),
+        ("elec2", "max_test_per_segment", 10, "--test-per-segment"),
+        ("river:Phishing", "order", "fixed", "--class-order"),
+        ("river:Phishing", "max_test_per_segment", 10, "--test-per-segment"),
+        ("permuted-mnist", "order", "fixed", "--class-order"),
+        ("rotated-mnist", "order", [0, 1], "--class-order"),
+        ("split-digits", "samples_per_segment", 10, None),
+        ("split-cifar10", "n_samples", 10, None),
+    ],
+)
+def test_streams_refuse_options_they_cannot_honour(name, option, value, flag):
+    with pytest.raises(ValueError) as err:
+        get_stream(name, **{option: value})
+    msg = str(err.value)
+    assert f"stream {name!r} does not accept {option}" in msg
+    assert (flag or "") in msg and "it accepts: seed, batch_size, " in msg and "data_dir" in msg
+
+
+def test_class_order_honoured_by_split_streams_and_refused_by_the_others(data_dir, capsys):
+    reverse = list(range(9, -1, -1))
+    for name in ("split-digits", "split-mnist"):
+        s = get_stream(name, order=reverse, max_per_segment=20)
+        assert [seg.classes for seg in s.segments] == [(8, 9), (6, 7), (4, 5), (2, 3), (0, 1)]
+        assert [seg.name for seg in s.segments][0] == "classes 9-8"
+    argv = ["run", "--stream", "elec2", "--class-order", "fixed", "--no-track", "--quiet"]
+    assert main([*argv, "--max-samples", "20"]) == 2
+    err = capsys.readouterr().err
+    assert "stream 'elec2' does not accept order (--class-order)" in err
+    assert "max_per_segment (--per-segment)" in err and "Traceback" not in err
+
+
+def test_prequential_streams_cut_each_period_to_its_first_samples(data_dir):
+    x, y = load_elec2(data_dir)
+    s = get_stream("elec2", max_per_segment=100)
+    assert s.n_samples == 400 and [seg.n_train for seg in s.segments] == [100] * 4
+    batches = list(s)
+    assert torch.equal(batches[10].x, x[11328:11338]) and torch.equal(batches[10].y, y[11328:11338])
+    r = get_stream("river:Phishing", n_segments=2, max_per_segment=10)
+    assert r.n_samples == 20
+    assert [seg.name for seg in r.segments] == ["samples 0-624", "samples 625-1249"]
+
+
+@pytest.mark.parametrize("name", list(STREAMS))
+def test_no_stream_factory_swallows_options(name):
+    params = inspect.signature(STREAMS[name][0]).parameters.values()
+    assert all(p.kind is not p.VAR_KEYWORD for p in params)
+    assert {"seed", "batch_size", "data_dir"} <= {p.name for p in params}  # make_stream's
