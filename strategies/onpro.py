@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -47,7 +48,21 @@ from streamkd.losses import (
 from streamkd.strategy import Strategy
 from streamkd.types import Batch, StepResult
 
-PSEUDO_OFFSET = 1 << 20  # pseudo-label of rotation copy i: y + PSEUDO_OFFSET * i
+
+def mix_identities(y_a: torch.Tensor, y_b: torch.Tensor, lam: torch.Tensor, n_classes: int):
+    """Exact integer identities for a mixed replay batch: a sample left unmixed (``lam`` 0, or
+    mixed within its own class) keeps its class id; a mixed sample gets an id of its own
+    (``n_classes + index``), so it matches only itself and its views. The official code
+    encodes this as the float label ``(1 - lam) * y_a + lam * y_b``; float32 loses it once
+    rotation offsets are added (spacing 1 from 2^24 on), so streamkd keeps integers."""
+    own = n_classes + torch.arange(len(y_a), device=y_a.device)
+    return torch.where((lam == 0) | (y_a == y_b), y_a, own)
+
+
+def rotation_pseudo_labels(identities: torch.Tensor, rotations: int, span: int) -> torch.Tensor:
+    """OCM's pseudo-labels for ``rotations`` copies: copy i of identity c is ``c + span * i``
+    (int64, exact); ``span`` must exceed every identity so copies never collide."""
+    return torch.cat([identities + span * i for i in range(rotations)])
 
 
 class OnPro(Strategy):
@@ -78,6 +93,20 @@ class OnPro(Strategy):
         amp: bool = True,
         **kwargs,
     ) -> None:
+        """Args:
+        rotations: rotation/flip copies per image for OCM's pretext (16, 4 or 1)
+        proj_dim: projection width (capped at the feature width)
+        ins_temperature: temperature of the instance-wise contrast
+        proto_temperature: temperature of the prototype InfoNCE (OPE)
+        sim_lambda: scale of the similarities once replay starts
+        max_replay: largest replay batch
+        replay_per_class: replay batch per seen class, up to max_replay
+        mixup_base_rate: share of the replay batch mixed at random (the rest by APF pairs)
+        mixup_p: probability that a sample (and the random-mixup batch) is mixed
+        mixup_lambda_max: largest mixing weight of random mixup
+        pair_beta: Beta(a, a) parameter of the pair-mixing weight
+        amp: bfloat16 autocast on CUDA
+        """
         super().__init__(
             model, lr=lr, optimizer=optimizer, betas=betas, weight_decay=weight_decay, **kwargs
         )
@@ -94,17 +123,6 @@ class OnPro(Strategy):
         self.amp = amp
         self.prototypes: torch.Tensor | None = None  # (classes, proj_dim) from the last L_seen
         self.prototype_classes: torch.Tensor | None = None
-        self.hparams.update(
-            rotations=rotations,
-            proj_dim=self.proj_dim,
-            ins_temperature=ins_temperature,
-            proto_temperature=proto_temperature,
-            sim_lambda=sim_lambda,
-            max_replay=max_replay,
-            mixup_base_rate=mixup_base_rate,
-            mixup_p=mixup_p,
-            pair_beta=pair_beta,
-        )
 
     # -- pieces -----------------------------------------------------------------------------
     def autocast(self):
@@ -121,14 +139,17 @@ class OnPro(Strategy):
         rot = rotation_views(to_float(x), self.rotations)
         return torch.cat([rot, self.augment(rot, self.generator)])
 
-    def instance_loss(self, feats, proj, labels, scale: float, mask_self: bool) -> torch.Tensor:
+    def instance_loss(
+        self, feats, proj, identities: torch.Tensor, span: int, scale: float, mask_self: bool
+    ) -> torch.Tensor:
         """OCM's contrast: projections against a random ``proj_dim`` slice of the features
-        plus against each other, over both views of every rotation copy."""
+        plus against each other, over both views of every rotation copy. ``identities`` are
+        integer ids below ``span`` (class ids, or :func:`mix_identities`)."""
         f, p = F.normalize(feats.float(), dim=1), F.normalize(proj.float(), dim=1)
         span = f.shape[1] - self.proj_dim
         b = int(torch.randint(span + 1, (1,), generator=self.generator)) if span > 0 else 0
         sim = scale * (p @ f[:, b : b + self.proj_dim].T + p @ p.T)
-        pseudo = torch.cat([labels + PSEUDO_OFFSET * i for i in range(self.rotations)])
+        pseudo = rotation_pseudo_labels(identities, self.rotations, span)
         return nt_xent_pseudo(sim, pseudo, self.ins_t, mask_self=mask_self)
 
     def seen_prototype_loss(self) -> torch.Tensor:
@@ -177,9 +198,9 @@ class OnPro(Strategy):
                 self.buffer.gather(torch.tensor(second)),
             )
             mixed = torch.rand(n_pair, generator=g) < mix_p
-            lam_pair = torch.where(
-                mixed, torch.distributions.Beta(beta, beta).sample((n_pair,)).float(), 0.0
-            )
+            seed = int(torch.randint(2**62, (1,), generator=g))  # Beta from our generator
+            draws = torch.from_numpy(np.random.default_rng(seed).beta(beta, beta, n_pair))
+            lam_pair = torch.where(mixed, draws.float(), 0.0)
             lp = lam_pair.to(dev)[:, None, None, None]
             x_out[n_base:] = (1 - lp) * to_float(x1.x) + lp * to_float(x2.x)
             y[n_base:] = x1.y
@@ -195,7 +216,8 @@ class OnPro(Strategy):
         with self.autocast():
             if not replaying:
                 feats, proj = self.embed(self.two_views(x))
-                ins = self.instance_loss(feats, proj, y, 1.0, mask_self=True)
+                span = self.model.n_classes
+                ins = self.instance_loss(feats, proj, y, span, 1.0, mask_self=True)
                 ce = F.cross_entropy(self.model.head(feats[r * n : r * n + n]).float(), y)
                 seen = self.seen_prototype_loss() if len(self.buffer) else ins * 0
             else:
@@ -206,10 +228,13 @@ class OnPro(Strategy):
                 m = len(y_a)
                 feats, proj = self.embed(torch.cat([self.two_views(x), self.two_views(mx)]))
                 s = 2 * r * n
-                ins = self.instance_loss(feats[:s], proj[:s], y, self.sim_lambda, mask_self=True)
-                mixed_label = (1 - lam) * y_a.float() + lam * y_b.float()
+                span = self.model.n_classes
+                ins = self.instance_loss(
+                    feats[:s], proj[:s], y, span, self.sim_lambda, mask_self=True
+                )
+                identities = mix_identities(y_a, y_b, lam, span)
                 ins = ins + self.instance_loss(
-                    feats[s:], proj[s:], mixed_label, self.sim_lambda, mask_self=False
+                    feats[s:], proj[s:], identities, span + m, self.sim_lambda, mask_self=False
                 )
                 ce_logits = self.model.head(feats[s + r * m : s + r * m + m]).float()
                 ce = mixup_cross_entropy(ce_logits, y_a, y_b, lam)

@@ -92,7 +92,8 @@ def nt_xent_pseudo(
     denominator; loss = mean -log p(i, partner) + 2 * mean over rows of the mean -log p over
     same-label rows. ``mask_self=False`` (``Supervised_NT_xent_uni``, used on replay): self
     stays in both; loss = mean over rows of the mean -log p over same-label rows.
-    ``labels`` may be floats (mixed-up replay samples then only match themselves).
+    ``labels`` are exact integer identities (a mixed-up replay sample carries an id of its
+    own, see OnPro's ``mix_identities``, so it matches only itself and its other view).
     """
     n = sim.shape[0]
     logits = sim / temperature
