@@ -17,8 +17,8 @@ import json
 import statistics
 from pathlib import Path
 
-from streamkd.experiment import run_one, write_json
-from streamkd.strategies import STRATEGIES
+from streamkd.atomic import atomic_write
+from streamkd.experiment import parse_strategy_args, run_one, strategy_kwargs, write_json
 
 KEYS = (
     "strategy",
@@ -60,13 +60,34 @@ def table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def strategy_kwargs(extra: dict, name: str) -> dict:
-    """The arguments for one strategy: the shared ones, then those under its own name."""
-    shared = {k: v for k, v in extra.items() if k not in STRATEGIES}
-    own = extra.get(name, {})
-    if not isinstance(own, dict):
-        raise SystemExit(f"--strategy-args: the value under {name!r} must be an object")
-    return {**shared, **own}
+# the options that define the protocol: runs made under other values cannot be merged
+PROTOCOL = ("nf", "max_samples", "per_segment", "test_per_segment", "class_order")
+
+
+def kept_runs(path: Path, protocol: dict, kwargs_of: dict[str, dict]) -> list[dict]:
+    """The runs of an earlier ``--json`` that were made under this protocol. A different
+    protocol, or other arguments for a strategy that is run again, is refused (merging them
+    would mix two experiments in one table)."""
+    earlier = json.loads(path.read_text())
+    before = {k: earlier.get("protocol", {}).get(k) for k in PROTOCOL}
+    changed = [
+        f"{k}: {before[k]!r} then, {protocol[k]!r} now"
+        for k in PROTOCOL
+        if before[k] != protocol[k]
+    ]
+    if changed:
+        raise SystemExit(
+            f"--keep: {path} was made under another protocol ({'; '.join(changed)}); "
+            "use another --json or drop --keep"
+        )
+    for run in earlier["runs"]:
+        name = run["strategy"]
+        if name in kwargs_of and run.get("strategy_args", {}) != kwargs_of[name]:
+            raise SystemExit(
+                f"--keep: {path} ran {name} with arguments {run.get('strategy_args')}, "
+                f"now {kwargs_of[name]}; use another --json or drop --keep"
+            )
+    return earlier["runs"]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -93,10 +114,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data-dir", default=None)
     p.add_argument(
         "--strategy-args",
-        default="{}",
-        help="JSON of extra strategy arguments for every strategy; a key naming a strategy "
-        'holds arguments for it alone, e.g. \'{"channels_last": true, "onpro": '
-        '{"rotations": 4}}\'',
+        action="append",
+        default=[],
+        help="strategy arguments, as for `streamkd run` (repeatable JSON or key=value); a key "
+        'naming a strategy holds arguments for it alone, e.g. \'{"channels_last": true, '
+        '"onpro": {"rotations": 4}}\'',
     )
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--no-track", action="store_true")
@@ -119,13 +141,14 @@ def main(argv: list[str] | None = None) -> dict:
     if args.test_per_segment:
         stream_kwargs["max_test_per_segment"] = args.test_per_segment
     names = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    extra = json.loads(args.strategy_args)
-    if not isinstance(extra, dict):
-        raise SystemExit(f"--strategy-args must be a JSON object, got {args.strategy_args!r}")
-    kwargs_of = {name: strategy_kwargs(extra, name) for name in names}  # bad args fail now
+    try:  # bad arguments fail now, before the first run
+        extra = parse_strategy_args(args.strategy_args)
+        kwargs_of = {name: strategy_kwargs(name, extra) for name in names}
+    except ValueError as err:
+        raise SystemExit(f"cifar10_ocl: {err}") from None
     out: dict = {"stream": "split-cifar10", "protocol": vars(args), "runs": []}
     if args.keep and args.json_out and Path(args.json_out).exists():
-        out["runs"] = json.loads(Path(args.json_out).read_text())["runs"]
+        out["runs"] = kept_runs(Path(args.json_out), vars(args), kwargs_of)
     done = {(r["strategy"], r["memory"], r["seed"]) for r in out["runs"]}
     for memory in [int(m) for m in args.memory.split(",")]:
         for seed in [int(s) for s in args.seeds.split(",")]:  # seed-major: partial runs pair up
@@ -160,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
     md = table(out["runs"])
     print(md)
     if args.markdown:
-        Path(args.markdown).write_text(md + "\n")
+        atomic_write(args.markdown, md + "\n")
     return out
 
 

@@ -22,11 +22,13 @@ class MIR(Strategy):
     help = "maximally interfered retrieval: replay the samples a virtual update would hurt most"
 
     def __init__(self, model, *, candidates: int = 50, **kwargs) -> None:
+        """Args:
+        candidates: memory samples scored per step; the replay_batch most interfered are kept
+        """
         super().__init__(model, **kwargs)
         if candidates <= 0:
             raise ValueError(f"candidates must be positive, got {candidates}")
         self.candidates = candidates
-        self.hparams["candidates"] = candidates
 
     def retrieve(self, x: torch.Tensor, y: torch.Tensor):
         """The replay batch that a virtual SGD step on (x, y) would interfere with most."""

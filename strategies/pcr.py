@@ -70,10 +70,12 @@ class PCR(Strategy):
     head_scale = 1.0 / PCR_TEMPERATURE
 
     def __init__(self, model, *, temperature: float = PCR_TEMPERATURE, **kwargs) -> None:
+        """Args:
+        temperature: proxy-contrastive softmax temperature (also the cosine head's 1/scale)
+        """
         super().__init__(model, **kwargs)
         self.temperature = temperature
         self.augment = SimCLRAugment()
-        self.hparams["temperature"] = temperature
         self.steps = 0
 
     def contrastive_loss(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -133,18 +135,19 @@ class HPCR(PCR):
         anchor_sample_min_batch: int | None = None,
         **kwargs,
     ) -> None:
+        """Args:
+        temp_scale_min: lower end of the loss-scale cosine cycle (tau_s)
+        temp_scale_max: upper end of the loss-scale cosine cycle
+        temp_period: steps per cosine cycle
+        pcd_alpha: weight of the proxy-based logit distillation (PCD)
+        scd_beta: weight of the sample-based similarity distillation (SCD)
+        anchor_sample_min_batch: batch size from which anchor-to-sample pairs join the
+            contrast (None: never; our reading of the paper)
+        """
         super().__init__(model, **kwargs)
         self.temp_scale = (temp_scale_min, temp_scale_max, temp_period)
         self.pcd_alpha, self.scd_beta = pcd_alpha, scd_beta
         self.anchor_sample_min_batch = anchor_sample_min_batch
-        self.hparams.update(
-            temp_scale_min=temp_scale_min,
-            temp_scale_max=temp_scale_max,
-            temp_period=temp_period,
-            pcd_alpha=pcd_alpha,
-            scd_beta=scd_beta,
-            anchor_sample_min_batch=anchor_sample_min_batch,
-        )
 
     def memory_extras(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.no_grad():

@@ -37,12 +37,16 @@ class SCR(Strategy):
         replay_batch: int = 100,
         **kwargs,
     ) -> None:
+        """Args:
+        temperature: SupCon softmax temperature
+        proj_dim: output width of the projection head
+        replay_batch: memory samples per step (the official 100)
+        """
         super().__init__(model, replay_batch=replay_batch, **kwargs)
         self.temperature = temperature
         self.augment = SimCLRAugment()
         dim = model.head.in_features
         self.projector = self.add_trainable("projector", ProjectionHead(dim, proj_dim, dim))
-        self.hparams.update(temperature=temperature, proj_dim=proj_dim)
         self._means: torch.Tensor | None = None
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:

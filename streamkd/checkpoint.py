@@ -12,11 +12,12 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from streamkd.atomic import atomic_write
 
 MAGIC = b"STREAMKD-CKPT-1\n"
 FORMAT_VERSION = 1
@@ -51,18 +52,9 @@ class Checkpointer:
         torch.save(payload, buf)
         data = buf.getvalue()
         digest = hashlib.sha256(data).hexdigest().encode()
-        final = self.directory / f"ckpt-{int(step):012d}.pt"
-        tmp = final.with_name(final.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(MAGIC + digest + b"\n" + data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        final = atomic_write(
+            self.directory / f"ckpt-{int(step):012d}.pt", MAGIC + digest + b"\n" + data
+        )
         for old in self.paths()[self.keep :]:
             old.unlink(missing_ok=True)
         return final

@@ -29,6 +29,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--replay-batch", type=int, default=None, help="replay batch size")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default per strategy)")
     p.add_argument(
+        "--strategy-args",
+        action="append",
+        default=[],
+        metavar="JSON|KEY=VALUE",
+        help="strategy arguments, repeatable: a JSON object or key=value; a strategy's name "
+        "as key (or name.key=value) scopes them to it. `streamkd strategies --verbose` lists "
+        "every strategy's arguments",
+    )
+    p.add_argument(
         "--model",
         default=None,
         choices=("mlp", "resnet18"),
@@ -113,13 +122,32 @@ def build_parser() -> argparse.ArgumentParser:
     p_cmp.add_argument("--strategies", type=_csv, default=["naive", "er", "er_ace", "mir"])
     p_cmp.add_argument("--seeds", type=_seeds, default=[0])
     _common(p_cmp)
-    sub.add_parser("strategies", help="list the available strategies")
+    p_list = sub.add_parser("strategies", help="list the available strategies")
+    p_list.add_argument(
+        "--verbose", "-v", action="store_true", help="each strategy's arguments and defaults"
+    )
     sub.add_parser("streams", help="list the available streams")
     return parser
 
 
+def _strategy_args(args: argparse.Namespace) -> dict[str, Any]:
+    """--strategy-args, plus --lr and --replay-batch as shared arguments (never both)."""
+    from streamkd.experiment import parse_strategy_args
+
+    parsed = parse_strategy_args(args.strategy_args)
+    for flag, key, value in (
+        ("--lr", "lr", args.lr),
+        ("--replay-batch", "replay_batch", args.replay_batch),
+    ):
+        if value is None:
+            continue
+        if key in parsed:
+            raise ValueError(f"{key} is given twice: by {flag} and by --strategy-args")
+        parsed[key] = value
+    return parsed
+
+
 def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    strategy_kwargs = {"lr": args.lr, "replay_batch": args.replay_batch}
     model_kwargs: dict[str, Any] = {"nf": args.nf}
     if args.model:
         model_kwargs["arch"] = args.model
@@ -130,7 +158,6 @@ def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         data_dir=args.data_dir,
         max_samples=args.max_samples,
         eval_every=args.eval_every,
-        strategy_kwargs=strategy_kwargs,
         model_kwargs=model_kwargs,
         stream_kwargs={
             k: v
@@ -172,6 +199,7 @@ def _public(result: dict[str, Any]) -> dict[str, Any]:
         "peak_mem_mb",
         "mlflow_run_id",
         "resumed_from",
+        "hparams",
         "curve",
     )
     out = {k: result.get(k) for k in keys}
@@ -181,12 +209,19 @@ def _public(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from streamkd.experiment import format_table, run_one, summarize_runs, write_json
+    from streamkd.experiment import (
+        format_table,
+        run_one,
+        strategy_kwargs,
+        summarize_runs,
+        write_json,
+    )
 
     result = run_one(
         args.strategy,
         args.stream,
         seed=args.seed,
+        strategy_kwargs=strategy_kwargs(args.strategy, _strategy_args(args)),
         tracker=_tracker(args),
         checkpoint_dir=args.checkpoint_dir,
         checkpoint_every=args.checkpoint_every,
@@ -208,7 +243,12 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from streamkd.experiment import compare, format_table, write_json
 
     out = compare(
-        args.strategies, args.stream, seeds=args.seeds, tracker=_tracker(args), **_run_kwargs(args)
+        args.strategies,
+        args.stream,
+        seeds=args.seeds,
+        tracker=_tracker(args),
+        strategy_args=_strategy_args(args),
+        **_run_kwargs(args),
     )
     print(f"stream {args.stream}, memory {args.memory}, seeds {args.seeds}")
     print(format_table(out["summary"]))
@@ -225,11 +265,31 @@ def cmd_compare(args: argparse.Namespace) -> None:
     )
 
 
-def cmd_strategies(_: argparse.Namespace) -> None:
+def cmd_strategies(args: argparse.Namespace) -> None:
+    from streamkd.experiment import RESERVED_ARGS
     from streamkd.strategies import STRATEGIES
+    from streamkd.strategy import Strategy
 
+    def show(arguments: dict) -> None:
+        for arg, (default, text) in arguments.items():
+            where = f" (set by {RESERVED_ARGS[arg]})" if arg in RESERVED_ARGS else ""
+            print(f"    {arg:<24} {default!r:<14} {text}{where}")
+
+    common = Strategy.arguments()
+    if args.verbose:
+        print("arguments of every strategy (--strategy-args KEY=VALUE; defaults):")
+        show(common)
+        print()
     for name, cls in STRATEGIES.items():
         print(f"{name:<10} {cls.help}")
+        if args.verbose:  # its own arguments, and the common ones whose default it changes
+            show(
+                {
+                    k: v
+                    for k, v in cls.arguments().items()
+                    if common.get(k, (None,))[0] != v[0] or k not in common
+                }
+            )
 
 
 def cmd_streams(_: argparse.Namespace) -> None:

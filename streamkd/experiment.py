@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 import torch
 
+from streamkd.atomic import atomic_write
 from streamkd.checkpoint import Checkpointer
 from streamkd.evaluate import run
 from streamkd.models import Classifier, build_model
@@ -24,13 +24,8 @@ def write_json(path: str | Path | None, payload: Any) -> None:
 
     ``None`` writes nothing, so callers can pass an optional ``--json`` argument straight in.
     """
-    if path is None:
-        return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, default=str))
-    os.replace(tmp, path)
+    if path is not None:
+        atomic_write(path, json.dumps(payload, indent=1, default=str))
 
 
 def make_stream(name: str, *, seed: int = 0, batch_size: int = 10, data_dir=None, **kwargs):
@@ -72,10 +67,94 @@ def make_model(
     )
 
 
+# set by their own arguments of run_one / the CLI (--memory, --seed, --device), never twice
+RESERVED_ARGS = {"memory": "--memory", "seed": "--seed/--seeds", "device": "--device"}
+
+
+def parse_strategy_args(values: str | Sequence[str] | None) -> dict[str, Any]:
+    """Parse ``--strategy-args`` values, merged in order.
+
+    Each value is a JSON object (``'{"candidates": 20}'``) or ``key=value`` (the value read
+    as JSON, else kept as a string). A key that names a strategy holds arguments for that
+    strategy alone: ``'{"onpro": {"rotations": 4}}'`` or ``onpro.rotations=4``; other keys
+    apply to every strategy of the run. :func:`strategy_kwargs` checks the keys.
+    """
+    if values is None:
+        return {}
+    if isinstance(values, str):
+        values = [values]
+    out: dict[str, Any] = {}
+    for text in values:
+        text = text.strip()
+        if text.startswith("{"):
+            try:
+                parsed = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"--strategy-args: {text!r} is not valid JSON ({err})") from None
+            if not isinstance(parsed, dict):
+                raise ValueError(f"--strategy-args must be a JSON object, got {text!r}")
+            items = parsed.items()
+        elif "=" in text:
+            key, raw = text.split("=", 1)
+            try:
+                value: Any = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw
+            head, dot, rest = key.strip().partition(".")
+            items = [(head, {rest: value})] if dot else [(head, value)]
+        else:
+            raise ValueError(f"--strategy-args: expected a JSON object or key=value, got {text!r}")
+        for key, value in items:
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = {**out[key], **value}
+            else:
+                out[key] = value
+    return out
+
+
+def strategy_kwargs(name: str, strategy_args: dict[str, Any] | None) -> dict[str, Any]:
+    """The arguments for strategy ``name`` from parsed ``--strategy-args``: the shared keys,
+    then those under its own name. Every key must be an argument of its constructor (the
+    error lists the valid ones); a key under a strategy's name must name a strategy."""
+    from streamkd.strategies import STRATEGIES, get_strategy
+
+    cls = get_strategy(name)
+    strategy_args = strategy_args or {}
+    for key, value in strategy_args.items():
+        if key in STRATEGIES and not isinstance(value, dict):
+            raise ValueError(
+                f"--strategy-args: the value under strategy {key!r} must be an object of its "
+                f"arguments, got {value!r}"
+            )
+    shared = {k: v for k, v in strategy_args.items() if k not in STRATEGIES}
+    kwargs = {**shared, **strategy_args.get(name, {})}
+    valid = cls.arguments()
+    for key in kwargs:
+        if key in RESERVED_ARGS:
+            raise ValueError(
+                f"--strategy-args: set {key!r} with {RESERVED_ARGS[key]}, not in --strategy-args"
+            )
+        if key not in valid:
+            raise ValueError(
+                f"unknown argument {key!r} for strategy {name!r}; valid: "
+                + ", ".join(k for k in valid if k not in RESERVED_ARGS)
+            )
+    return kwargs
+
+
 def make_strategy(name: str, model: Classifier, **kwargs) -> Strategy:
+    """Build strategy ``name`` around ``model``; ``None`` values take the defaults, and an
+    argument the strategy does not take is refused with the list of valid ones."""
     from streamkd.strategies import get_strategy
 
     cls = get_strategy(name)
+    valid = cls.arguments()
+    unknown = [k for k in kwargs if k not in valid]
+    if unknown:
+        raise ValueError(
+            f"unknown argument(s) {', '.join(map(repr, unknown))} for strategy {name!r}; "
+            f"valid: {', '.join(valid)}"
+        )
     return cls(model, **{k: v for k, v in kwargs.items() if v is not None})
 
 
@@ -102,15 +181,21 @@ def run_one(
     drift: str | None = None,
     drift_signal: str = "error",
 ) -> dict[str, Any]:
-    """One strategy x seed on one stream; returns the evaluation dict (plus run metadata).
+    """One strategy x seed on one stream; returns the evaluation dict (plus run metadata and
+    the strategy's ``hparams``).
 
-    ``drift`` names a river drift detector (``adwin``, ``page_hinkley``, ``kswin``) that
-    watches ``drift_signal`` (``error`` or ``loss``); each run gets a fresh one.
+    ``strategy_kwargs`` are constructor arguments of this strategy (see
+    :func:`strategy_kwargs` for ``--strategy-args``). ``resume`` continues from the newest
+    valid checkpoint in ``checkpoint_dir`` (required with it). ``drift`` names a river drift
+    detector (``adwin``, ``page_hinkley``, ``kswin``) that watches ``drift_signal``
+    (``error`` or ``loss``); each run gets a fresh one.
     """
     from streamkd.drift import DriftMonitor
     from streamkd.strategies import get_strategy
 
     get_strategy(strategy_name)  # fail fast with the list of names, before loading data
+    if resume and checkpoint_dir is None:
+        raise ValueError("--resume needs --checkpoint-dir: the folder to resume from")
     monitor = DriftMonitor(drift, signal=drift_signal) if drift is not None else None
     stream = make_stream(
         stream_name, seed=seed, batch_size=batch_size, data_dir=data_dir, **(stream_kwargs or {})
@@ -163,6 +248,7 @@ def run_one(
         stream=stream_name,
         mlflow_run_id=logger.run_id if logger is not None else None,
         resumed_from=int(state["step"]) if state is not None else None,
+        hparams=dict(strategy.hparams),
     )
     return result
 
@@ -173,13 +259,16 @@ def compare(
     *,
     seeds: Sequence[int] = (0,),
     tracker=None,
+    strategy_args: dict[str, Any] | None = None,
     **run_kwargs,
 ) -> dict[str, Any]:
-    """Every strategy x seed on one stream, under one parent MLflow run."""
-    from streamkd.strategies import get_strategy
+    """Every strategy x seed on one stream, under one parent MLflow run.
 
-    for name in strategies:
-        get_strategy(name)
+    ``strategy_args`` are parsed ``--strategy-args`` (shared keys and per-strategy objects);
+    every strategy's arguments are checked before the first run starts."""
+    if "strategy_kwargs" in run_kwargs:
+        raise ValueError("compare() takes strategy_args (per strategy), not strategy_kwargs")
+    kwargs_of = {name: strategy_kwargs(name, strategy_args) for name in strategies}
     parent = None
     if tracker is not None:
         parent = tracker.start_run(
@@ -197,7 +286,13 @@ def compare(
             for seed in seeds:
                 runs.append(
                     run_one(
-                        name, stream_name, seed=seed, tracker=tracker, parent=parent, **run_kwargs
+                        name,
+                        stream_name,
+                        seed=seed,
+                        tracker=tracker,
+                        parent=parent,
+                        strategy_kwargs=kwargs_of[name],
+                        **run_kwargs,
                     )
                 )
     except BaseException:

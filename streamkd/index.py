@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from streamkd.atomic import atomic_path
+
 # isort: split
 import faiss  # after torch, always
 
@@ -111,10 +113,8 @@ class VectorIndex:
 
     def save(self, path: str | Path) -> None:
         """Write the index (vectors and ids) to ``path`` atomically."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        faiss.write_index(self._index, str(tmp))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            faiss.write_index(self._index, str(tmp))
 
     @classmethod
     def load(cls, path: str | Path, normalize: bool = False) -> VectorIndex:

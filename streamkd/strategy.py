@@ -14,6 +14,10 @@ algorithm box::
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
+import re
+import textwrap
 from typing import Any, ClassVar
 
 import torch
@@ -39,16 +43,56 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+_ARG_LINE = re.compile(r"^(\w+): (.+)$")
+
+
+def _argument_help(init) -> dict[str, str]:
+    """``name: one line`` entries of an ``__init__`` docstring's ``Args:`` block (indented
+    lines continue the entry above)."""
+    _, _, block = (inspect.getdoc(init) or "").partition("Args:")
+    found: dict[str, str] = {}
+    for line in textwrap.dedent(block.strip("\n")).splitlines():
+        match = _ARG_LINE.match(line)
+        if match:
+            found[match.group(1)] = match.group(2).strip()
+        elif found and line.strip():
+            last = next(reversed(found))
+            found[last] += " " + line.strip()
+    return found
+
+
+def _records_arguments(init):
+    """Wrap a strategy ``__init__`` so every argument it receives (defaults applied) lands in
+    ``self.hparams``; the outermost class's value wins. One mechanism for every strategy:
+    MLflow and the JSON record what the constructor got, nothing is copied by hand."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapper(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        recorded = self.__dict__.setdefault("_arguments", {})
+        for name, param in signature.parameters.items():
+            if name in ("self", "model") or param.kind is param.VAR_KEYWORD:
+                continue
+            value = bound.arguments[name]
+            recorded.setdefault(name, tuple(value) if isinstance(value, list) else value)
+        init(self, *args, **kwargs)
+
+    return wrapper
+
+
 class Strategy:
     """Base of all online strategies: one ``observe(batch)`` per mini-batch, task-free.
 
-    Common arguments: optimizer (``lr``, ``optimizer``, ``momentum``, ``weight_decay``,
-    ``betas``), replay (``memory``, ``replay_batch``, ``buffer_policy``), ``device``, ``seed``
-    (buffer sampling and augmentation draws) and ``channels_last`` (NHWC weights). NHWC is on
-    by default for convolutional models on CUDA. On CPU it is opt-in: it trains the reduced
-    ResNet18 ~10% faster there, but torch 2.14.1's oneDNN backward pass corrupts the heap
-    (``double free or corruption``) for narrow ResNets in NHWC (nf <= 6 in our tests; nf 8-20
-    ran cleanly), so it is not a safe default.
+    NHWC (``channels_last``) is on by default for convolutional models on CUDA. On CPU it is
+    opt-in: it trains the reduced ResNet18 ~10% faster there, but torch 2.14.1's oneDNN
+    backward pass corrupts the heap (``double free or corruption``) for narrow ResNets in
+    NHWC (nf <= 6 in our tests; nf 8-20 ran cleanly), so it is not a safe default.
+
+    Every constructor argument, of the base and of the subclass, is recorded in ``hparams``
+    (:func:`_records_arguments`); :meth:`arguments` lists them with their defaults and the
+    one-line help of each ``__init__``'s ``Args:`` block.
     """
 
     name: ClassVar[str] = "base"
@@ -75,6 +119,19 @@ class Strategy:
         seed: int = 0,
         channels_last: bool | None = None,
     ) -> None:
+        """Args:
+        lr: learning rate
+        optimizer: sgd or adam
+        momentum: SGD momentum
+        weight_decay: L2 penalty of the optimizer
+        betas: Adam's (beta1, beta2)
+        memory: replay memory size in samples (0: no memory)
+        replay_batch: samples drawn from memory per step
+        buffer_policy: memory insertion: reservoir or class_balanced (CBRS)
+        device: auto, cpu or cuda[:N]
+        seed: seeds the strategy's generator (buffer sampling, augmentation, mixing draws)
+        channels_last: NHWC weights (default: on for conv models on CUDA only)
+        """
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {OPTIMIZERS}")
         if lr <= 0:
@@ -98,18 +155,12 @@ class Strategy:
             # those of the default layout up to float rounding
             self.model = self.model.to(memory_format=torch.channels_last)
         self.generator = torch.Generator().manual_seed(seed)
-        self.hparams: dict[str, Any] = {
-            "lr": lr,
-            "optimizer": optimizer,
-            "momentum": momentum,
-            "weight_decay": weight_decay,
-            "betas": tuple(betas),
-            "memory": memory if self.uses_memory else 0,
-            "replay_batch": replay_batch,
-            "buffer_policy": buffer_policy,
-            "seed": seed,
-            "channels_last": bool(channels_last),
-        }
+        self.hparams: dict[str, Any] = dict(self.__dict__.pop("_arguments", {}))
+        self.hparams.update(  # what the arguments resolved to
+            device=str(self.device),
+            memory=memory if self.uses_memory else 0,
+            channels_last=bool(channels_last),
+        )
         self.optimizer = self._make_optimizer(self.model.parameters())
         self.buffer = ReplayBuffer(
             memory if self.uses_memory else 0,
@@ -122,6 +173,31 @@ class Strategy:
         self.seen_classes = torch.zeros(self.model.n_classes, dtype=torch.bool, device=self.device)
         self.extra_modules: dict[str, torch.nn.Module] = {}
         self._training: bool | None = None
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _records_arguments(cls.__dict__["__init__"])
+
+    @classmethod
+    def arguments(cls) -> dict[str, tuple[Any, str]]:
+        """Every constructor argument (the subclass's, then the base's): name -> (default,
+        one-line help). Arguments a subclass re-declares take its default."""
+        out: dict[str, tuple[Any, str]] = {}
+        for klass in cls.__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is None or not issubclass(klass, Strategy):
+                continue
+            init = inspect.unwrap(init)
+            helps = _argument_help(init)
+            for name, param in inspect.signature(init).parameters.items():
+                if name in ("self", "model") or param.kind is param.VAR_KEYWORD:
+                    continue
+                if name not in out:
+                    out[name] = (param.default, helps.get(name, ""))
+                elif not out[name][1] and helps.get(name):
+                    out[name] = (out[name][0], helps[name])
+        return out
 
     def add_trainable(self, name: str, module: torch.nn.Module) -> torch.nn.Module:
         """Register a module trained beside the model (e.g. a projection head): it moves to
@@ -266,3 +342,6 @@ class Strategy:
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v}" for k, v in self.hparams.items())
         return f"{type(self).__name__}({params})"
+
+
+Strategy.__init__ = _records_arguments(Strategy.__init__)  # subclasses: __init_subclass__

@@ -86,3 +86,26 @@ def test_cifar10_ocl_benchmark_keeps_finished_runs(tmp_path, data_dir):
     assert "| er | 40 | 0,1 |" in (tmp_path / "ocl.md").read_text()
     again = _cifar10_ocl(tmp_path, data_dir, "--seeds", "0")  # without --keep: a fresh run
     assert again["runs"][0]["acc_matrix"] == run0["acc_matrix"]  # deterministic under a seed
+
+
+def test_cifar10_ocl_keep_refuses_runs_of_another_protocol(tmp_path, data_dir):
+    """--keep must not merge runs made under other stream options or strategy arguments."""
+    _cifar10_ocl(tmp_path, data_dir, "--seeds", "0")
+    base = [sys.executable, str(ROOT / "benchmarks" / "cifar10_ocl.py"), "--strategies", "er"]
+    common = ["--memory", "40", "--test-per-segment", "20", "--data-dir", str(data_dir)]
+    common += ["--no-track", "--json", str(tmp_path / "ocl.json"), "--keep", "--seeds", "0,1"]
+    for change, expected in (
+        (
+            ["--per-segment", "30", "--strategy-args", '{"lr": 0.05, "er": {"replay_batch": 5}}'],
+            "per_segment: 20 then, 30 now",
+        ),
+        (
+            ["--per-segment", "20", "--strategy-args", '{"lr": 0.01, "er": {"replay_batch": 5}}'],
+            "ran er with arguments",
+        ),
+    ):
+        proc = subprocess.run(base + common + change, capture_output=True, text=True, timeout=120)
+        assert proc.returncode != 0 and expected in proc.stderr, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+    kept = json.loads((tmp_path / "ocl.json").read_text())
+    assert [r["seed"] for r in kept["runs"]] == [0]  # nothing was merged or overwritten

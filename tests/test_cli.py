@@ -115,3 +115,49 @@ def test_write_json_is_atomic_and_optional(tmp_path):
     assert json.loads(path.read_text()) == {"runs": [1, 2]}
     assert [p.name for p in path.parent.iterdir()] == ["out.json"]  # no temp file left behind
     write_json(None, {"ignored": True})  # an absent --json writes nothing
+
+
+def test_strategy_args_reach_the_strategy_and_are_recorded(tmp_path, capsys):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "mir.json"
+    argv = ["run", "--strategy", "mir", "--strategy-args", '{"candidates": 20}']
+    argv += ["--strategy-args", "mir.momentum=0.5", "--max-samples", "200", "--quiet"]
+    assert main([*argv, "--json", str(out), "--tracking-uri", uri]) == 0
+    (run,) = json.loads(out.read_text())["runs"]
+    assert run["hparams"]["candidates"] == 20 and run["hparams"]["momentum"] == 0.5
+    params = mlflow.tracking.MlflowClient(uri).get_run(run["mlflow_run_id"]).data.params
+    assert params["candidates"] == "20" and params["momentum"] == "0.5"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["run", "--strategy", "mir", "--strategy-args", '{"candidate": 20}'],
+            "unknown argument 'candidate' for strategy 'mir'; valid: candidates, lr, optimizer",
+        ),
+        (
+            ["compare", "--strategies", "naive,mir", "--strategy-args", "candidates=20"],
+            "unknown argument 'candidates' for strategy 'naive'",
+        ),
+        (["run", "--strategy-args", "memory=5"], "set 'memory' with --memory"),
+        (["run", "--strategy-args", "{not json"], "is not valid JSON"),
+        (["run", "--lr", "0.1", "--strategy-args", "lr=0.2"], "lr is given twice"),
+        (["run", "--resume"], "--resume needs --checkpoint-dir"),
+    ],
+)
+def test_bad_strategy_arguments_and_flags_exit_2_before_training(capsys, argv, expected):
+    assert main([*argv, "--no-track", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+
+
+def test_strategies_verbose_lists_arguments_with_defaults(capsys):
+    assert main(["strategies", "--verbose"]) == 0
+    out = capsys.readouterr().out
+    assert "candidates" in out and "50" in out  # MIR's own argument and default
+    assert "mixup_lambda_max" in out and "replay_per_class" in out
+    assert main(["strategies"]) == 0
+    assert "candidates" not in capsys.readouterr().out

@@ -63,7 +63,11 @@ def test_growing_head_keeps_adam_state_aligned():
 def test_channels_last_is_opt_in_on_cpu_and_gives_the_same_numbers():
     from streamkd.types import Batch
 
-    x = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
+    # inputs from their own generator: drawn from the global RNG they depended on which tests
+    # ran first, and some draws (ties in max-pooling over integer pixels, which the two
+    # layouts break differently) diverge by ~3e-3 after three steps
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8, generator=g)
     y = torch.tensor([0, 1, 0, 1, 2, 2])
     params = []
     for channels_last in (True, None):
@@ -76,4 +80,6 @@ def test_channels_last_is_opt_in_on_cpu_and_gives_the_same_numbers():
         for _ in range(3):
             er.observe(Batch(x, y))
         params.append(torch.cat([p.detach().flatten() for p in er.model.parameters()]))
-    assert torch.allclose(params[0], params[1], atol=1e-4)
+    # NHWC sums each convolution in another order: float32 rounding (~1e-7 relative) grown
+    # through three SGD steps differs by 5.7e-7 at most here; 1e-5 leaves a 17x margin
+    assert torch.allclose(params[0], params[1], rtol=0, atol=1e-5)

@@ -60,19 +60,75 @@ def test_strategies_are_task_free():
 
 
 def test_mir_retrieves_the_most_interfered_candidates():
+    """MIR's choice equals a brute-force ranking: for each candidate, its loss after a virtual
+    SGD step on the incoming batch (on a deep copy of the model) minus its loss before."""
+    import copy
+
+    import torch.nn.functional as F
+
     stream = make_stream("split-digits")
     mir = make_strategy("mir", make_model(stream), memory=100, candidates=30, replay_batch=5)
     batches = iter(stream)
     for _ in range(30):
         mir.observe(next(batches))
-    batch = next(batches)
-    x, y = mir.prepare(batch)
+    x, y = mir.prepare(next(batches))
     state = mir.generator.get_state()
     chosen = mir.retrieve(x, y)
-    assert len(chosen) == 5
     mir.generator.set_state(state)
-    pool = mir.buffer.sample(30)
-    assert set(chosen.idx.tolist()) <= set(pool.idx.tolist())
+    pool = mir.buffer.sample(30)  # the same candidates MIR drew
+
+    virtual = copy.deepcopy(mir.model)
+    lr = mir.optimizer.param_groups[0]["lr"]
+    torch.optim.SGD(virtual.parameters(), lr=lr).zero_grad()
+    F.cross_entropy(virtual(x), y).backward()
+    with torch.no_grad():
+        for p in virtual.parameters():
+            if p.grad is not None:
+                p -= lr * p.grad
+        before = F.cross_entropy(mir.model(pool.x), pool.y, reduction="none")
+        after = F.cross_entropy(virtual(pool.x), pool.y, reduction="none")
+    scores = after - before
+    expected = pool.idx[torch.argsort(scores, descending=True)[:5]]
+    assert sorted(chosen.idx.tolist()) == sorted(expected.tolist())
+    # and it is not what a random draw of 5 would give: the chosen are the top of the ranking
+    assert scores[torch.isin(pool.idx, chosen.idx)].min() >= scores.median()
+
+
+def test_every_constructor_argument_is_recorded_in_hparams():
+    """One mechanism records every argument (the subclass's and the base's) with the value
+    the constructor got, so MLflow and the JSON never miss one (OnPro missed three)."""
+    import inspect
+
+    from streamkd.strategy import Strategy
+
+    stream = make_stream("split-digits")
+    for name, cls in STRATEGIES.items():
+        expected: set[str] = set()
+        for klass in cls.__mro__:
+            if issubclass(klass, Strategy) and "__init__" in vars(klass):
+                params = inspect.signature(inspect.unwrap(vars(klass)["__init__"])).parameters
+                expected |= {
+                    p
+                    for p, v in params.items()
+                    if p not in ("self", "model") and v.kind != v.VAR_KEYWORD
+                }
+        strategy = make_strategy(name, make_model(stream, strategy=name), memory=50, lr=0.03)
+        assert expected <= set(strategy.hparams), (name, expected - set(strategy.hparams))
+        assert strategy.hparams["lr"] == 0.03 and strategy.hparams["seed"] == 0
+        assert all(cls.arguments()[k][1] for k in expected), f"{name}: an argument has no help"
+    onpro = make_strategy(
+        "onpro", make_model(stream, strategy="onpro"), replay_per_class=3, mixup_lambda_max=0.2
+    )
+    assert onpro.hparams["replay_per_class"] == 3 and onpro.hparams["mixup_lambda_max"] == 0.2
+    assert onpro.hparams["amp"] is True and onpro.hparams["lr"] == 5e-4  # OnPro's own default
+
+
+def test_unknown_strategy_arguments_are_refused_with_the_valid_ones():
+    stream = make_stream("split-digits")
+    with pytest.raises(ValueError, match=r"unknown argument\(s\) 'candidate' for strategy 'mir'"):
+        make_strategy("mir", make_model(stream), candidate=20)
+    with pytest.raises(ValueError, match="valid: .*candidates"):
+        make_strategy("mir", make_model(stream), candidate=20)
 
 
 def test_state_dict_round_trip_gives_identical_continuation():
