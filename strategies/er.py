@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from streamkd.strategy import Strategy
-from streamkd.types import Batch, StepResult
+from streamkd.types import Batch, StepResult, cat_inputs
 
 
 class ER(Strategy):
@@ -22,7 +22,7 @@ class ER(Strategy):
         inputs, labels = x, y
         if len(self.buffer):
             replay = self.buffer.sample(self.replay_batch)
-            inputs, labels = torch.cat([x, replay.x]), torch.cat([y, replay.y])
+            inputs, labels = cat_inputs([x, replay.x]), torch.cat([y, replay.y])
         loss = F.cross_entropy(self.model(inputs), labels)
         self.step(loss)
         self.buffer.add(x, y)

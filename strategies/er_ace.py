@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from streamkd.strategy import Strategy
-from streamkd.types import Batch, StepResult
+from streamkd.types import Batch, StepResult, cat_inputs
 
 
 class ERACE(Strategy):
@@ -29,7 +29,7 @@ class ERACE(Strategy):
             self.buffer.add(x, y)
             return StepResult(loss.detach(), len(y))
         replay = self.buffer.sample(self.replay_batch)
-        logits = self.model(torch.cat([x, replay.x]))
+        logits = self.model(cat_inputs([x, replay.x]))
         incoming, replayed = logits[: len(y)], logits[len(y) :]
         present = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
         present[y] = True

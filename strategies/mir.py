@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from streamkd.strategy import Strategy
-from streamkd.types import Batch, StepResult
+from streamkd.types import Batch, StepResult, cat_inputs
 
 
 class MIR(Strategy):
@@ -57,7 +57,7 @@ class MIR(Strategy):
         inputs, labels = x, y
         if len(self.buffer):
             replay = self.retrieve(x, y)
-            inputs, labels = torch.cat([x, replay.x]), torch.cat([y, replay.y])
+            inputs, labels = cat_inputs([x, replay.x]), torch.cat([y, replay.y])
         loss = F.cross_entropy(self.model(inputs), labels)
         self.step(loss)
         self.buffer.add(x, y)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from streamkd.index import VectorIndex
+from streamkd.types import Inputs, inputs_len, take
 
 POLICIES = ("reservoir", "class_balanced")
 
@@ -16,7 +17,7 @@ POLICIES = ("reservoir", "class_balanced")
 class Replay:
     """Samples drawn from a buffer: inputs, labels, their slots and any stored extras."""
 
-    x: Tensor
+    x: Inputs
     y: Tensor
     idx: Tensor
     extras: dict[str, Tensor] = field(default_factory=dict)
@@ -29,7 +30,8 @@ class ReplayBuffer:
     """A fixed-capacity replay memory.
 
     Storage is allocated once, on the first insertion, as tensors on ``device``; inputs keep
-    their dtype (images stay ``uint8``). Each slot also records its insertion step (the
+    their dtype (images stay ``uint8``). Multi-field inputs (a dict of tensors) are stored
+    as one preallocated tensor per field. Each slot also records its insertion step (the
     stream index of the sample). ``extras`` such as logits or features are stored alongside
     when passed to :meth:`add` (their shapes are fixed by the first call).
 
@@ -67,7 +69,7 @@ class ReplayBuffer:
         self.index: VectorIndex | None = None
         self.size = 0
         self.seen = 0
-        self.x: Tensor | None = None
+        self.x: Inputs | None = None
         self.y: Tensor | None = None
         self.step: Tensor | None = None
         self.extras: dict[str, Tensor] = {}
@@ -77,27 +79,27 @@ class ReplayBuffer:
         return self.size
 
     # -- storage ---------------------------------------------------------------------------
-    def _allocate(self, x: Tensor, extras: dict[str, Tensor]) -> None:
+    def _allocate(self, x: Inputs, extras: dict[str, Tensor]) -> None:
         cap, dev = self.capacity, self.device
-        self.x = torch.empty((cap, *x.shape[1:]), dtype=x.dtype, device=dev)
+
+        def like(v: Tensor) -> Tensor:
+            return torch.empty((cap, *v.shape[1:]), dtype=v.dtype, device=dev)
+
+        self.x = {k: like(v) for k, v in x.items()} if isinstance(x, dict) else like(x)
         self.y = torch.empty(cap, dtype=torch.long, device=dev)
         self.step = torch.empty(cap, dtype=torch.long, device=dev)
         for key, value in extras.items():
             self.extras[key] = torch.empty((cap, *value.shape[1:]), dtype=value.dtype, device=dev)
 
-    def _check(self, x: Tensor, y: Tensor, extras: dict[str, Tensor]) -> None:
-        if len(x) != len(y):
-            raise ValueError(f"got {len(x)} inputs but {len(y)} labels")
-        if self.x is not None and tuple(x.shape[1:]) != tuple(self.x.shape[1:]):
-            raise ValueError(
-                f"inputs of shape {tuple(x.shape[1:])} do not match the buffer's "
-                f"{tuple(self.x.shape[1:])}"
-            )
-        if self.x is not None and x.dtype != self.x.dtype:
-            raise ValueError(f"inputs of dtype {x.dtype} do not match the buffer's {self.x.dtype}")
+    def _check(self, x: Inputs, y: Tensor, extras: dict[str, Tensor]) -> None:
+        n = inputs_len(x)
+        if n != len(y):
+            raise ValueError(f"got {n} inputs but {len(y)} labels")
+        if self.x is not None:
+            self._check_inputs(x)
         for key, value in extras.items():
-            if len(value) != len(x):
-                raise ValueError(f"extra {key!r} has {len(value)} rows for {len(x)} samples")
+            if len(value) != n:
+                raise ValueError(f"extra {key!r} has {len(value)} rows for {n} samples")
             if self.x is not None:
                 if key not in self.extras:
                     raise ValueError(f"extra {key!r} was not stored from the first insertion")
@@ -111,9 +113,32 @@ class ReplayBuffer:
                 f"extras {sorted(extras)} differ from those stored so far {sorted(self.extras)}"
             )
 
-    def add(self, x: Tensor, y: Tensor, **extras: Tensor) -> list[int]:
+    def _check_inputs(self, x: Inputs) -> None:
+        stored = self.x
+        if isinstance(x, dict) != isinstance(stored, dict):
+            kind = "a dict of fields" if isinstance(stored, dict) else "a tensor"
+            raise ValueError(f"the buffer holds {kind}; got {type(x).__name__} inputs")
+        pairs = (
+            [(f"field {k!r}", x.get(k), v) for k, v in stored.items()]
+            if isinstance(stored, dict)
+            else [("inputs", x, stored)]
+        )
+        if isinstance(x, dict) and set(x) != set(stored):
+            raise ValueError(f"inputs have fields {sorted(x)}, the buffer holds {sorted(stored)}")
+        for what, new, old in pairs:
+            if tuple(new.shape[1:]) != tuple(old.shape[1:]):
+                raise ValueError(
+                    f"{what} of shape {tuple(new.shape[1:])} do not match the buffer's "
+                    f"{tuple(old.shape[1:])}"
+                )
+            if new.dtype != old.dtype:
+                raise ValueError(
+                    f"{what} of dtype {new.dtype} do not match the buffer's {old.dtype}"
+                )
+
+    def add(self, x: Inputs, y: Tensor, **extras: Tensor) -> list[int]:
         """Offer a batch to the buffer; returns the slot written per sample (-1: not stored)."""
-        n = len(x)
+        n = inputs_len(x)
         self._check(x, y, extras)
         if self.capacity == 0 or n == 0:
             self.seen += n
@@ -134,8 +159,12 @@ class ReplayBuffer:
         else:
             src = list(chosen.values())
             dst_d = torch.tensor(list(chosen), dtype=torch.long, device=self.device)
-            src_d = torch.tensor(src, dtype=torch.long, device=x.device)
-        self.x[dst_d] = x[src_d].to(self.device)
+            src_d = torch.tensor(src, dtype=torch.long, device=y.device)
+        if isinstance(x, dict):
+            for key, value in x.items():
+                self.x[key][dst_d] = value[src_d].to(self.device)
+        else:
+            self.x[dst_d] = x[src_d].to(self.device)
         self.y[dst_d] = y[src_d].to(self.device, torch.long)
         self.step[dst_d] = torch.tensor([first + i for i in src], device=self.device)
         for key, value in extras.items():
@@ -197,7 +226,7 @@ class ReplayBuffer:
         """The stored samples at slots ``idx``."""
         idx = idx.to(self.device)
         extras = {k: v[idx] for k, v in self.extras.items()}
-        return Replay(self.x[idx], self.y[idx], idx, extras)
+        return Replay(take(self.x, idx), self.y[idx], idx, extras)
 
     def sample(self, k: int, exclude_classes: Tensor | None = None) -> Replay:
         """Up to ``k`` distinct stored samples drawn uniformly at random."""
@@ -237,7 +266,7 @@ class ReplayBuffer:
             "policy": self.policy,
             "size": n,
             "seen": self.seen,
-            "x": None if self.x is None else self.x[:n].cpu().clone(),
+            "x": None if self.x is None else _cpu_rows(self.x, n),
             "y": None if self.y is None else self.y[:n].cpu().clone(),
             "step": None if self.step is None else self.step[:n].cpu().clone(),
             "extras": {k: v[:n].cpu().clone() for k, v in self.extras.items()},
@@ -259,7 +288,11 @@ class ReplayBuffer:
             return
         self._allocate(state["x"], state["extras"])
         n = self.size
-        self.x[:n] = state["x"].to(self.device)
+        if isinstance(self.x, dict):
+            for key, value in state["x"].items():
+                self.x[key][:n] = value.to(self.device)
+        else:
+            self.x[:n] = state["x"].to(self.device)
         self.y[:n] = state["y"].to(self.device)
         self.step[:n] = state["step"].to(self.device)
         for key, value in state["extras"].items():
@@ -268,3 +301,9 @@ class ReplayBuffer:
             vectors = self.extras[self.index_key][:n].float().flatten(1)
             self.index = VectorIndex(vectors.shape[1], metric=self.index_metric)
             self.index.add(vectors, torch.arange(n))
+
+
+def _cpu_rows(x: Inputs, n: int) -> Inputs:
+    if isinstance(x, dict):
+        return {k: v[:n].cpu().clone() for k, v in x.items()}
+    return x[:n].cpu().clone()

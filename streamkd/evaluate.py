@@ -10,6 +10,9 @@ after training through segment i):
     seen so far (A_AUC of Koh et al., ICLR 2022); points are segment ends plus every
     ``eval_every`` samples when set
   * prequential accuracy   = accuracy of predictions made on each batch before training on it
+  * learning curves        = every ``log_every`` samples (default: the stream's length / 100,
+    so even a short stream gives ~50-100 points), the prequential accuracy and mean loss over
+    the trailing ``window`` samples (default 5 x ``log_every``)
   * samples/s counts ``observe()`` time only; peak memory is CUDA's peak allocation on GPU and
     the process's peak resident set size on CPU.
 
@@ -25,12 +28,13 @@ import math
 import resource
 import sys
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from streamkd.strategy import Strategy
-from streamkd.types import validate_batch
+from streamkd.types import Inputs, inputs_len, take
 
 if TYPE_CHECKING:
     from streamkd.checkpoint import Checkpointer
@@ -68,10 +72,10 @@ def summarize(acc_matrix: list[list[float | None]], row_segments: list[int]) -> 
 
 
 @torch.no_grad()
-def heldout_accuracy(strategy: Strategy, x: torch.Tensor, y: torch.Tensor, chunk: int) -> float:
+def heldout_accuracy(strategy: Strategy, x: Inputs, y: torch.Tensor, chunk: int) -> float:
     correct = 0
-    for start in range(0, len(y), chunk):
-        scores = strategy.predict(x[start : start + chunk])
+    for start in range(0, inputs_len(x), chunk):
+        scores = strategy.predict(take(x, slice(start, start + chunk)))
         if scores.shape[1] == 0:
             continue
         pred = scores.argmax(1).cpu()
@@ -88,15 +92,20 @@ class Evaluator:
         *,
         eval_every: int | None = None,
         eval_chunk: int = 500,
-        log_every: int = 500,
-        window: int = 1000,
+        log_every: int | None = None,
+        window: int | None = None,
         drift: DriftMonitor | None = None,
     ) -> None:
         self.stream = stream
         self.drift = drift
         self._drift_logged = 0  # events already handed to the logger
         self.eval_every, self.eval_chunk = eval_every, eval_chunk
-        self.log_every, self.window = log_every, window
+        log_every = log_every or default_log_every(stream)
+        if log_every <= 0 or (window is not None and window <= 0):
+            raise ValueError(f"log_every and window must be positive, got {log_every}, {window}")
+        self.log_every, self.window = log_every, window or 5 * log_every
+        # the curve's trailing window, as [correct, predicted, loss sum, steps] per interval
+        self._recent: deque[list[float]] = deque(maxlen=max(1, self.window // log_every))
         self.n_segments = len(stream.segments)
         self.acc_matrix: list[list[float | None]] = []
         self.row_segments: list[int] = []
@@ -110,7 +119,7 @@ class Evaluator:
         self._win_correct = self._win_n = 0
         self._loss_sum = torch.zeros(())
         self._loss_n = 0
-        self._next_log = log_every
+        self._next_log = self.log_every
         self._next_eval = eval_every or 0
 
     # -- held-out ---------------------------------------------------------------------------
@@ -167,13 +176,19 @@ class Evaluator:
                 self.drift.update(float(loss), index=self.samples - 1)
             self.log_drift(logger)
         if self.samples >= self._next_log:
-            self._next_log += self.log_every
-            loss_avg = float(self._loss_sum) / max(self._loss_n, 1)
-            acc = self._win_correct / self._win_n if self._win_n else float("nan")
+            self._next_log = (self.samples // self.log_every + 1) * self.log_every
+            self._recent.append(
+                [self._win_correct, self._win_n, float(self._loss_sum), self._loss_n]
+            )
+            correct, predicted, loss_sum, steps = (
+                sum(p[i] for p in self._recent) for i in range(4)
+            )
+            loss_avg = loss_sum / max(steps, 1)
+            acc = correct / predicted if predicted else float("nan")
             self.curve.append([self.samples, acc, loss_avg])
             if logger is not None:
                 metrics = {"loss": loss_avg}
-                if self._win_n:
+                if predicted:
                     metrics["prequential_acc"] = acc
                 logger.log_metrics(metrics, step=self.samples)
             self._win_correct = self._win_n = 0
@@ -227,6 +242,7 @@ class Evaluator:
                 self._next_eval,
             ],
             "loss_sum": self._loss_sum.clone(),
+            "recent": [list(p) for p in self._recent],
             "train_seconds": self.train_seconds,
         }
         if self.drift is not None:
@@ -251,10 +267,21 @@ class Evaluator:
             self._next_eval,
         ) = (int(v) for v in state["counts"])
         self._loss_sum = state["loss_sum"].clone()
+        self._recent.clear()
+        self._recent.extend(list(p) for p in state.get("recent", []))
         self.train_seconds = float(state["train_seconds"])
         if self.drift is not None and "drift" in state:
             self.drift.load_state_dict(state["drift"])
             self._drift_logged = len(self.drift.events)  # logged before the checkpoint
+
+
+def default_log_every(stream) -> int:
+    """A curve point every 1/100 of the stream (at least a batch); 500 samples when the
+    stream's length is unknown (a live source)."""
+    n = getattr(stream, "n_samples", None)
+    if not n:
+        return 500
+    return max(getattr(stream, "batch_size", 1), n // 100)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -269,7 +296,7 @@ def run(
     stream: SegmentedStream,
     *,
     eval_every: int | None = None,
-    log_every: int = 500,
+    log_every: int | None = None,
     max_samples: int | None = None,
     logger: RunLogger | None = None,
     checkpointer: Checkpointer | None = None,
@@ -327,8 +354,8 @@ def run(
         if ev.current_segment is not None and seg != ev.current_segment:
             ev.end_segment(strategy, ev.current_segment, logger)
         ev.current_segment = seg
-        if prequential and batch.y is not None:  # observe() validates; predict-first must too
-            validate_batch(batch, strategy.model.input_shape)
+        if prequential and batch.y is not None:  # validated once, before the prediction
+            strategy.validate(batch)
             ev.record_prediction(strategy.predict(batch.x), batch.y)
         t0 = time.perf_counter()
         step = strategy.observe(batch)

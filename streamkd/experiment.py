@@ -57,7 +57,7 @@ def make_model(
     arch = arch or stream.default_arch
     return build_model(
         arch,
-        stream.input_shape,
+        getattr(stream, "schema", None) or stream.input_shape,
         mean=stream.mean,
         std=stream.std,
         nf=nf or 20,

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from streamkd.types import Schema
+
 
 class InputNormalizer(nn.Module):
     """Turns raw inputs into model inputs on the device: ``uint8`` images are scaled to
@@ -125,6 +127,41 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+class FieldEncoder(nn.Module):
+    """Multi-field inputs -> one vector: each id field through its own embedding table
+    (``embed_dim`` per id, a sequence of ids flattened in order), each float field
+    flattened; the parts concatenated in the schema's order, then an :class:`MLP`."""
+
+    def __init__(
+        self, schema: Schema, hidden: Sequence[int] = (256, 256), embed_dim: int = 16
+    ) -> None:
+        super().__init__()
+        self.schema = dict(schema)
+        self.embeddings = nn.ModuleDict(
+            {
+                name: nn.Embedding(field.num_ids, embed_dim)
+                for name, field in schema.items()
+                if field.num_ids is not None
+            }
+        )
+        width = 0
+        for name, field in schema.items():
+            size = int(torch.tensor(field.shape).prod()) if field.shape else 1
+            width += size * (embed_dim if name in self.embeddings else 1)
+        self.mlp = MLP(width, hidden)
+        self.out_dim = self.mlp.out_dim
+
+    def forward(self, x: dict[str, Tensor]) -> Tensor:
+        parts = []
+        for name in self.schema:
+            v = x[name]
+            if name in self.embeddings:
+                parts.append(self.embeddings[name](v).flatten(1))
+            else:
+                parts.append(v.float().reshape(len(v), -1))
+        return self.mlp(torch.cat(parts, 1))
+
+
 class BasicBlock(nn.Module):
     expansion = 1
 
@@ -183,12 +220,19 @@ class Classifier(nn.Module):
         head: IncrementalHead,
         normalizer: nn.Module | None = None,
         input_shape: tuple[int, ...] | None = None,
+        input_schema: Schema | None = None,
     ) -> None:
         super().__init__()
-        self.normalizer = normalizer or InputNormalizer()
+        self.normalizer = normalizer or (nn.Identity() if input_schema else InputNormalizer())
         self.backbone = backbone
         self.head = head
         self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self.input_schema = dict(input_schema) if input_schema is not None else None
+
+    @property
+    def input_spec(self) -> tuple[int, ...] | Schema | None:
+        """What :func:`streamkd.types.validate_batch` checks inputs against."""
+        return self.input_schema if self.input_schema is not None else self.input_shape
 
     @property
     def n_classes(self) -> int:
@@ -203,7 +247,7 @@ class Classifier(nn.Module):
 
 def build_model(
     arch: str,
-    input_shape: Sequence[int],
+    input_shape: Sequence[int] | Schema,
     *,
     n_classes: int = 0,
     mean: Sequence[float] = (0.0,),
@@ -213,10 +257,19 @@ def build_model(
     head: str = "linear",
     head_scale: float = 1.0,
 ) -> Classifier:
-    """Build a classifier for inputs of ``input_shape`` (per sample).
+    """Build a classifier for inputs of ``input_shape`` (per sample), or for the fields of a
+    :data:`~streamkd.types.Schema` (``mlp`` only: an MLP over concatenated embeddings).
 
     ``arch``: ``mlp`` or ``resnet18``; ``head``: ``linear`` or ``cosine``.
     """
+    schema = dict(input_shape) if isinstance(input_shape, dict) else None
+    if schema is not None:
+        if arch != "mlp":
+            raise ValueError(f"multi-field inputs need arch 'mlp' (embeddings + MLP), got {arch!r}")
+        backbone: nn.Module = FieldEncoder(schema, hidden)
+        return Classifier(
+            backbone, _head(head, backbone.out_dim, n_classes, head_scale), None, None, schema
+        )
     input_shape = tuple(int(s) for s in input_shape)
     if arch == "mlp":
         backbone: nn.Module = MLP(int(torch.tensor(input_shape).prod()), hidden)
@@ -226,10 +279,13 @@ def build_model(
         backbone = ResNet18(nf=nf, in_channels=input_shape[0])
     else:
         raise ValueError(f"unknown model architecture {arch!r}; expected 'mlp' or 'resnet18'")
-    if head == "linear":
-        head_mod: IncrementalHead = LinearHead(backbone.out_dim, n_classes)
-    elif head == "cosine":
-        head_mod = CosineHead(backbone.out_dim, n_classes, scale=head_scale)
-    else:
-        raise ValueError(f"unknown head {head!r}; expected 'linear' or 'cosine'")
+    head_mod = _head(head, backbone.out_dim, n_classes, head_scale)
     return Classifier(backbone, head_mod, InputNormalizer(mean, std), input_shape)
+
+
+def _head(kind: str, in_features: int, n_classes: int, scale: float) -> IncrementalHead:
+    if kind == "linear":
+        return LinearHead(in_features, n_classes)
+    if kind == "cosine":
+        return CosineHead(in_features, n_classes, scale=scale)
+    raise ValueError(f"unknown head {kind!r}; expected 'linear' or 'cosine'")

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from streamkd.buffer import ReplayBuffer
 from streamkd.models import Classifier
-from streamkd.types import Batch, InvalidBatchError, StepResult, validate_batch
+from streamkd.types import Batch, Inputs, InvalidBatchError, StepResult, to_device, validate_batch
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -138,11 +138,12 @@ class Strategy:
             raise ValueError(f"lr must be positive, got {lr}")
         if replay_batch < 0 or memory < 0:
             raise ValueError(f"memory and replay_batch must be >= 0, got {memory}, {replay_batch}")
-        shape = getattr(model, "input_shape", None)
-        if self.needs_images and shape is not None and len(shape) != 3:
+        spec = getattr(model, "input_spec", getattr(model, "input_shape", None))
+        if self.needs_images and spec is not None and (isinstance(spec, dict) or len(spec) != 3):
+            takes = f"fields {', '.join(spec)}" if isinstance(spec, dict) else tuple(spec)
             raise ValueError(
                 f"{self.name} augments images and needs inputs shaped (C, H, W); this model "
-                f"takes {tuple(shape)}. For feature vectors use naive, er, er_ace or mir."
+                f"takes {takes}. For feature vectors or fields use naive, er, er_ace or mir."
             )
         self.device = resolve_device(device)
         self.model = model.to(self.device)
@@ -173,6 +174,7 @@ class Strategy:
         self.seen_classes = torch.zeros(self.model.n_classes, dtype=torch.bool, device=self.device)
         self.extra_modules: dict[str, torch.nn.Module] = {}
         self._training: bool | None = None
+        self._valid: tuple[Inputs, Tensor | None] | None = None  # the last batch validated
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -221,12 +223,28 @@ class Strategy:
     def observe(self, batch: Batch) -> StepResult:
         raise NotImplementedError
 
-    def prepare(self, batch: Batch) -> tuple[Tensor, Tensor]:
+    def validate(self, batch: Batch) -> None:
+        """Check ``batch`` against the model's inputs (:func:`validate_batch`) once: the
+        evaluator validates before its prequential prediction and ``observe()`` does not
+        check the same batch again."""
+        last = self._valid
+        if last is not None and last[0] is batch.x and last[1] is batch.y:
+            return
+        validate_batch(batch, self.input_spec)
+        self._valid = (batch.x, batch.y)
+
+    @property
+    def input_spec(self):
+        """The model's per-sample shape or field schema (``None``: not declared)."""
+        model = self.model
+        return getattr(model, "input_spec", getattr(model, "input_shape", None))
+
+    def prepare(self, batch: Batch) -> tuple[Inputs, Tensor]:
         """Validate a labelled batch, move it to the device and grow the head for new labels."""
-        validate_batch(batch, self.model.input_shape)
+        self.validate(batch)
         if batch.y is None:
             raise InvalidBatchError("observe() needs labels: batch.y is None (use predict())")
-        x = batch.x.to(self.device, non_blocking=True)
+        x = to_device(batch.x, self.device)
         y = batch.y.to(self.device, torch.long, non_blocking=True)
         self.ensure_classes(int(batch.y.max()) + 1)
         self.seen_classes[y] = True
@@ -248,22 +266,28 @@ class Strategy:
             self._training = training
 
     @torch.no_grad()
-    def predict(self, x: Tensor) -> Tensor:
+    def predict(self, x: Inputs) -> Tensor:
         """Class scores for a batch of raw inputs, shape ``(n, n_classes)``.
 
         Classes never seen in training score ``-inf``: a class-incremental learner cannot
-        know them, and untrained rows (e.g. PCR's unused proxies) must not win.
+        know them, and untrained rows (e.g. PCR's unused proxies) must not win. Inputs are
+        checked like a batch's (shape; fields, dtypes and id ranges of multi-field inputs),
+        except a batch's inputs that :meth:`validate` has just checked.
         """
-        if self.model.input_shape is not None and tuple(x.shape[1:]) != self.model.input_shape:
-            raise InvalidBatchError(
-                f"predict() got per-sample shape {tuple(x.shape[1:])}, expected "
-                f"{self.model.input_shape}"
-            )
+        if self._valid is None or self._valid[0] is not x:
+            spec = self.input_spec
+            if isinstance(x, Tensor) and isinstance(spec, tuple):  # shape only, no data read
+                if tuple(x.shape[1:]) != spec:
+                    raise InvalidBatchError(
+                        f"predict() got per-sample shape {tuple(x.shape[1:])}, expected {spec}"
+                    )
+            else:
+                validate_batch(Batch(x), spec)
         self.train_mode(False)
-        scores = self.scores(x.to(self.device, non_blocking=True))
+        scores = self.scores(to_device(x, self.device))
         return scores.masked_fill(~self.seen_classes, float("-inf"))
 
-    def scores(self, x: Tensor) -> Tensor:
+    def scores(self, x: Inputs) -> Tensor:
         """Raw class scores in eval mode; override for non-parametric classifiers (NCM)."""
         return self.model(x)
 

@@ -33,9 +33,7 @@ class Batch:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        if isinstance(self.x, dict):
-            return len(next(iter(self.x.values())))
-        return len(self.x)
+        return inputs_len(self.x)
 
 
 @dataclass
@@ -80,26 +78,139 @@ class Stream(Protocol):
     def test_set(self, segment: int) -> tuple[Tensor, Tensor] | None: ...
 
 
-def validate_batch(batch: Batch, input_shape: tuple[int, ...] | None) -> None:
-    """Reject a malformed batch with a specific message (shape, dtype, NaN, labels).
+@dataclass(frozen=True)
+class Field:
+    """One field of a multi-field input, per sample: its ``shape``, ``dtype`` and, for id
+    fields (integer dtype), ``num_ids``: ids must lie in ``[0, num_ids)``."""
 
-    ``input_shape`` is the per-sample shape the model expects (``None`` skips that check).
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    num_ids: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        is_int = not self.dtype.is_floating_point and self.dtype != torch.bool
+        if is_int != (self.num_ids is not None):
+            raise ValueError(
+                f"a field of dtype {self.dtype} {'needs' if is_int else 'takes no'} num_ids "
+                "(integer fields hold ids in [0, num_ids); float fields hold values)"
+            )
+
+    def describe(self) -> str:
+        ids = f", ids < {self.num_ids}" if self.num_ids is not None else ""
+        return f"{list(self.shape)} {str(self.dtype).replace('torch.', '')}{ids}"
+
+
+Schema = dict[str, Field]
+"""A multi-field input's declaration: field name -> :class:`Field`."""
+
+
+# -- inputs that are a tensor or a dict of tensors --------------------------------------------
+def take(x: Inputs, index: Tensor | slice) -> Inputs:
+    """Rows ``index`` of every field (or of the tensor)."""
+    if isinstance(x, dict):
+        return {k: v[index] for k, v in x.items()}
+    return x[index]
+
+
+def cat_inputs(parts: list[Inputs]) -> Inputs:
+    """Concatenate inputs along the batch dimension, field by field for dicts."""
+    if isinstance(parts[0], dict):
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return torch.cat(parts)
+
+
+def to_device(x: Inputs, device: torch.device, non_blocking: bool = True) -> Inputs:
+    if isinstance(x, dict):
+        return {k: v.to(device, non_blocking=non_blocking) for k, v in x.items()}
+    return x.to(device, non_blocking=non_blocking)
+
+
+def inputs_len(x: Inputs) -> int:
+    return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+
+
+InputSpec = tuple[int, ...] | Schema | None
+"""What a model takes: a per-sample shape, a :data:`Schema` of fields, or ``None`` (any)."""
+
+
+def _validate_fields(x: dict, schema: Schema | None) -> int:
+    """Check a dict of fields against ``schema``; returns the number of samples."""
+    if not x:
+        raise InvalidBatchError("batch.x is an empty dict: no fields")
+    if schema is None:
+        raise InvalidBatchError(
+            f"this model takes a tensor; got a dict of fields ({', '.join(map(str, x))})"
+        )
+    missing, extra = sorted(set(schema) - set(x)), sorted(set(x) - set(schema))
+    if missing or extra:
+        raise InvalidBatchError(
+            f"batch.x has fields {sorted(x)}; expected {sorted(schema)}"
+            + (f" (missing {missing})" if missing else "")
+            + (f" (unexpected {extra})" if extra else "")
+        )
+    n = None
+    for name, spec in schema.items():
+        v = x[name]
+        if not isinstance(v, Tensor):
+            raise InvalidBatchError(
+                f"field {name!r} must be a torch.Tensor, got {type(v).__name__}"
+            )
+        if v.ndim == 0 or len(v) == 0:
+            raise InvalidBatchError(f"field {name!r} is empty (shape {tuple(v.shape)})")
+        if n is None:
+            n = len(v)
+        elif len(v) != n:
+            raise InvalidBatchError(
+                f"fields disagree on the batch size: {name!r} has {len(v)} rows, others {n}"
+            )
+        if tuple(v.shape[1:]) != spec.shape:
+            raise InvalidBatchError(
+                f"field {name!r} has per-sample shape {tuple(v.shape[1:])}, expected {spec.shape}"
+            )
+        if v.dtype != spec.dtype:
+            raise InvalidBatchError(f"field {name!r} has dtype {v.dtype}, expected {spec.dtype}")
+        if spec.num_ids is not None:
+            lo, hi = int(v.min()), int(v.max())
+            if lo < 0 or hi >= spec.num_ids:
+                raise InvalidBatchError(
+                    f"field {name!r} holds ids in [{lo}, {hi}]; expected ids in "
+                    f"[0, {spec.num_ids - 1}]"
+                )
+        elif not bool(torch.isfinite(v).all()):
+            raise InvalidBatchError(f"field {name!r} contains NaN or infinite values")
+    return n
+
+
+def validate_batch(batch: Batch, spec: InputSpec) -> None:
+    """Reject a malformed batch with a specific message (shape, dtype, NaN, ids, labels).
+
+    ``spec`` is what the model takes: the per-sample shape of a tensor input, a
+    :data:`Schema` for multi-field inputs, or ``None`` (skip the shape check).
     """
     if not isinstance(batch, Batch):
         raise InvalidBatchError(f"expected a streamkd Batch, got {type(batch).__name__}")
     x = batch.x
     if isinstance(x, dict):
-        raise InvalidBatchError(
-            "this strategy takes tensor inputs; got a dict of fields "
-            f"({', '.join(x)}). Use a strategy built for multi-field inputs."
-        )
+        n = _validate_fields(x, spec if isinstance(spec, dict) else None)
+    else:
+        n = _validate_tensor(x, spec)
+    _validate_labels(batch.y, n)
+
+
+def _validate_tensor(x, spec: InputSpec) -> int:
     if not isinstance(x, Tensor):
         raise InvalidBatchError(f"batch.x must be a torch.Tensor, got {type(x).__name__}")
+    if isinstance(spec, dict):
+        raise InvalidBatchError(
+            f"this model takes a dict of fields ({', '.join(spec)}); got a tensor of shape "
+            f"{tuple(x.shape)}"
+        )
     if x.ndim == 0 or len(x) == 0:
         raise InvalidBatchError(f"batch.x is empty (shape {tuple(x.shape)})")
-    if input_shape is not None and tuple(x.shape[1:]) != tuple(input_shape):
+    if spec is not None and tuple(x.shape[1:]) != tuple(spec):
         raise InvalidBatchError(
-            f"batch.x has per-sample shape {tuple(x.shape[1:])}, expected {tuple(input_shape)} "
+            f"batch.x has per-sample shape {tuple(x.shape[1:])}, expected {tuple(spec)} "
             f"(full batch shape {tuple(x.shape)})"
         )
     if x.is_floating_point() and not bool(torch.isfinite(x).all()):
@@ -107,15 +218,18 @@ def validate_batch(batch: Batch, input_shape: tuple[int, ...] | None) -> None:
         raise InvalidBatchError(f"batch.x contains NaN or infinite values in {bad} sample(s)")
     if x.dtype == torch.bool or x.is_complex():
         raise InvalidBatchError(f"batch.x has dtype {x.dtype}; expected uint8 or floating point")
-    y = batch.y
+    return len(x)
+
+
+def _validate_labels(y, n: int) -> None:
     if y is None:
         return
     if not isinstance(y, Tensor):
         raise InvalidBatchError(f"batch.y must be a torch.Tensor, got {type(y).__name__}")
-    if y.ndim != 1 or len(y) != len(x):
+    if y.ndim != 1 or len(y) != n:
         raise InvalidBatchError(
             f"batch.y must be 1-D with one label per sample: got shape {tuple(y.shape)} "
-            f"for {len(x)} inputs"
+            f"for {n} inputs"
         )
     if y.is_floating_point() or y.dtype == torch.bool:
         raise InvalidBatchError(f"batch.y must hold integer class ids, got dtype {y.dtype}")

@@ -12,7 +12,7 @@ from typing import Any
 
 from streamkd.streams.cifar10 import split_cifar10
 from streamkd.streams.digits import split_digits
-from streamkd.streams.elec2 import elec2
+from streamkd.streams.elec2 import elec2, elec2_fields
 from streamkd.streams.mnist import permuted_mnist, rotated_mnist, split_mnist
 from streamkd.streams.river import river_stream
 from streamkd.streams.split import (
@@ -30,6 +30,10 @@ STREAMS: dict[str, tuple[Callable[..., SegmentedStream], str]] = {
     "rotated-mnist": (rotated_mnist, "MNIST, 10 rotations from 0 to 162 degrees"),
     "split-cifar10": (split_cifar10, "CIFAR-10, 5 x 2 classes"),
     "elec2": (elec2, "Elec2 electricity market, binary, concept drift (prequential)"),
+    "elec2-fields": (
+        elec2_fields,
+        "Elec2 as multi-field batches: period id, market features, last 8 labels",
+    ),
     "river:<Name>": (river_stream, "any river dataset or generator, e.g. river:Phishing"),
 }
 
@@ -49,6 +53,7 @@ __all__ = [
     "chronological_stream",
     "class_split_stream",
     "elec2",
+    "elec2_fields",
     "get_stream",
     "permuted_mnist",
     "river_stream",

@@ -16,6 +16,7 @@ import torch
 
 from streamkd.data import find_data
 from streamkd.streams.split import SegmentedStream, chronological_stream
+from streamkd.types import Field
 
 FEATURES = ("period", "nswprice", "nswdemand", "vicprice", "vicdemand", "transfer")
 
@@ -50,4 +51,40 @@ def elec2(
         batch_size=batch_size,
         n_classes=2,
         max_per_segment=max_per_segment,
+    )
+
+
+HISTORY = 8  # labels of the previous rows in the "recent" field
+FIELDS = {
+    "period": Field((), torch.int64, num_ids=48),
+    "market": Field((len(FEATURES) - 1,), torch.float32),
+    "recent": Field((HISTORY,), torch.int64, num_ids=3),
+}
+
+
+def elec2_fields(
+    seed: int = 0,
+    batch_size: int = 10,
+    data_dir: str | Path | None = None,
+    max_per_segment: int | None = None,
+    n_segments: int = 4,
+) -> SegmentedStream:
+    """Elec2 as multi-field batches (``FIELDS``): the half-hour ``period`` as an id (0-47),
+    the five ``market`` features, and the ``recent`` labels of the previous eight rows (ids
+    0/1, 2 before the stream starts: labels already revealed, as in a prequential run)."""
+    x, y = load_elec2(data_dir)
+    period = torch.round(x[:, 0] * 47).long()
+    padded = torch.cat([torch.full((HISTORY,), 2, dtype=torch.long), y])
+    recent = padded.unfold(0, HISTORY, 1)[: len(y)].contiguous()
+    fields = {"period": period, "market": x[:, 1:].contiguous(), "recent": recent}
+    return chronological_stream(
+        "elec2-fields",
+        fields,
+        y,
+        n_segments=n_segments,
+        seed=seed,
+        batch_size=batch_size,
+        n_classes=2,
+        max_per_segment=max_per_segment,
+        schema=FIELDS,
     )

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from streamkd.data import find_data
-from streamkd.types import Batch, Segment
+from streamkd.types import Batch, Inputs, Schema, Segment, take, validate_batch
 
 Arrays = tuple[Tensor, Tensor, Tensor, Tensor]
 """Train inputs, train labels, test inputs, test labels."""
@@ -31,9 +31,9 @@ class SegmentData:
     """One segment's samples. ``transform`` (if any) is applied to each batch and test set."""
 
     name: str
-    x: Tensor
+    x: Inputs
     y: Tensor
-    x_test: Tensor | None = None
+    x_test: Inputs | None = None
     y_test: Tensor | None = None
     transform: Callable[[Tensor], Tensor] | None = None
 
@@ -42,7 +42,9 @@ class SegmentedStream:
     """A single-pass stream over segments of tensors, with ``position()`` / ``seek()``.
 
     Attributes describe the inputs so models can be built for them: ``input_shape`` (per
-    sample), ``n_classes``, ``mean`` / ``std`` (normalisation), ``default_arch``.
+    sample; for multi-field inputs, a dict of tensors, ``schema`` declares each field and
+    ``input_shape`` is ``None``), ``n_classes``, ``mean`` / ``std`` (normalisation),
+    ``default_arch``.
     ``max_per_segment`` keeps that many training samples of each segment (held-out sets stay
     whole unless ``max_test_per_segment`` also cuts them, to a seeded random subset): a
     faithful small slice of a long benchmark.
@@ -62,6 +64,7 @@ class SegmentedStream:
         default_arch: str = "mlp",
         max_per_segment: int | None = None,
         max_test_per_segment: int | None = None,
+        schema: Schema | None = None,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -75,20 +78,30 @@ class SegmentedStream:
             rng = np.random.default_rng(seed)
             for seg in self._data:
                 perm = torch.from_numpy(rng.permutation(len(seg.y)))
-                seg.x, seg.y = seg.x[perm], seg.y[perm]
+                seg.x, seg.y = take(seg.x, perm), seg.y[perm]
         if max_test_per_segment is not None and max_test_per_segment <= 0:
             raise ValueError(f"max_test_per_segment must be positive, got {max_test_per_segment}")
         if max_per_segment is not None:
             if max_per_segment <= 0:
                 raise ValueError(f"max_per_segment must be positive, got {max_per_segment}")
             for seg in self._data:  # a seeded random subset when shuffled, else the first ones
-                seg.x, seg.y = seg.x[:max_per_segment], seg.y[:max_per_segment]
+                seg.x, seg.y = take(seg.x, slice(max_per_segment)), seg.y[:max_per_segment]
         self.segments = [
             Segment(s.name, len(s.y), tuple(sorted(set(s.y.tolist())))) for s in self._data
         ]
         labels = torch.cat([s.y for s in self._data])
         self.n_classes = int(n_classes if n_classes is not None else int(labels.max()) + 1)
-        self.input_shape = tuple(self._first_input().shape[1:])
+        first = self._first_input()
+        if isinstance(first, dict) != (schema is not None):
+            raise ValueError(
+                f"stream {name!r}: multi-field inputs need a schema, tensor inputs take none"
+            )
+        self.schema = dict(schema) if schema is not None else None
+        self.input_shape = None if schema is not None else tuple(first.shape[1:])
+        for seg in self._data:  # a declared schema is checked against the data once, here
+            for part in (seg.x, seg.x_test):
+                if schema is not None and part is not None:
+                    validate_batch(Batch(part), self.schema)
         self.mean, self.std, self.default_arch = tuple(mean), tuple(std), default_arch
         self._bounds: list[tuple[int, int, int]] = [
             (i, start, min(start + batch_size, len(seg.y)))
@@ -99,9 +112,13 @@ class SegmentedStream:
         self._pos = 0
         self._test_cache: dict[int, tuple[Tensor, Tensor] | None] = {}
 
-    def _first_input(self) -> Tensor:
+    @property
+    def input_spec(self) -> tuple[int, ...] | Schema | None:
+        return self.schema if self.schema is not None else self.input_shape
+
+    def _first_input(self) -> Inputs:
         seg = self._data[0]
-        x = seg.x[:1]
+        x = take(seg.x, slice(1))
         return seg.transform(x) if seg.transform else x
 
     def __len__(self) -> int:
@@ -125,7 +142,7 @@ class SegmentedStream:
         while self._pos < len(bounds):
             seg_id, start, end = bounds[self._pos]
             seg = data[seg_id]
-            x = seg.x[start:end]
+            x = take(seg.x, slice(start, end))
             if seg.transform is not None:
                 x = seg.transform(x)
             self._pos += 1
@@ -142,7 +159,7 @@ class SegmentedStream:
                 if self.max_test_per_segment is not None and len(y) > self.max_test_per_segment:
                     rng = np.random.default_rng(self.seed + 1000 + segment)
                     keep = torch.from_numpy(rng.permutation(len(y))[: self.max_test_per_segment])
-                    x, y = x[keep], y[keep]
+                    x, y = take(x, keep), y[keep]
                 x = seg.transform(x) if seg.transform else x
                 self._test_cache[segment] = (x, y)
         return self._test_cache[segment]
@@ -153,7 +170,12 @@ class SegmentedStream:
             "segments": len(self.segments),
             "samples": self.n_samples,
             "batch_size": self.batch_size,
-            "input_shape": list(self.input_shape),
+            "input_shape": list(self.input_shape) if self.input_shape is not None else None,
+            **(
+                {"fields": {k: f.describe() for k, f in self.schema.items()}}
+                if self.schema is not None
+                else {}
+            ),
             "n_classes": self.n_classes,
         }
 
@@ -243,7 +265,7 @@ def class_split_stream(
 
 def chronological_stream(
     name: str,
-    x: Tensor,
+    x: Inputs,
     y: Tensor,
     *,
     n_segments: int,
@@ -252,6 +274,7 @@ def chronological_stream(
     n_classes: int | None = None,
     max_per_segment: int | None = None,
     unit: str = "rows",
+    schema: Schema | None = None,
 ) -> SegmentedStream:
     """Time-ordered samples cut into ``n_segments`` equal periods, never shuffled and with no
     held-out set; ``max_per_segment`` keeps the first samples of each period."""
@@ -259,7 +282,7 @@ def chronological_stream(
         raise ValueError(f"n_segments must be positive, got {n_segments}")
     bounds = np.linspace(0, len(y), n_segments + 1).astype(int).tolist()
     segments = [
-        SegmentData(f"{unit} {a}-{b - 1}", x[a:b], y[a:b])
+        SegmentData(f"{unit} {a}-{b - 1}", take(x, slice(a, b)), y[a:b])
         for a, b in zip(bounds[:-1], bounds[1:], strict=True)
     ]
     return SegmentedStream(
@@ -271,4 +294,5 @@ def chronological_stream(
         n_classes=n_classes,
         default_arch="mlp",
         max_per_segment=max_per_segment,
+        schema=schema,
     )

@@ -30,3 +30,19 @@ def test_partial_run_only_averages_trained_segments():
 
 def test_no_heldout_data_gives_none():
     assert summarize([[None, None]], [0])["final_avg_acc"] is None
+
+
+def test_learning_curve_has_readable_resolution_and_a_trailing_window():
+    """On the 1,347-sample default stream the curve has ~70 points (a point every 13 samples,
+    i.e. every second batch of 10), each the mean over the trailing 5 intervals."""
+    from streamkd.evaluate import run
+    from streamkd.experiment import make_model, make_strategy, make_stream
+
+    stream = make_stream("split-digits")
+    result = run(make_strategy("er", make_model(stream), memory=100), stream)
+    curve = result["curve"]
+    assert len(curve) >= 50, len(curve)
+    assert [p[0] for p in curve] == sorted({p[0] for p in curve})  # one point per step
+    assert all(0 <= p[1] <= 1 and p[2] > 0 for p in curve)
+    log_every = 1347 // 100
+    assert all(b[0] - a[0] <= 2 * log_every for a, b in zip(curve, curve[1:], strict=False))
