@@ -1,5 +1,6 @@
 """streamkd strategies inside Avalanche: the wrapper, the fast data path and the plugin."""
 
+import random
 import warnings
 
 import pytest
@@ -8,10 +9,12 @@ import torch
 pytest.importorskip("avalanche")
 
 from avalanche.benchmarks import nc_benchmark  # noqa: E402
+from avalanche.benchmarks.scenarios.dataset_scenario import DatasetExperience  # noqa: E402
 from avalanche.benchmarks.scenarios.online import split_online_stream  # noqa: E402
 from avalanche.benchmarks.utils.classification_dataset import (  # noqa: E402
     _make_taskaware_tensor_classification_dataset,
 )
+from avalanche.core import SupervisedPlugin  # noqa: E402
 from avalanche.evaluation.metrics import (  # noqa: E402
     accuracy_metrics,
     forgetting_metrics,
@@ -33,6 +36,7 @@ from streamkd.streams.mnist import load_mnist  # noqa: E402
 from streamkd.types import Batch  # noqa: E402
 
 ACC = "Top1_Acc_Stream/eval_phase/test_stream/Task000"
+EPOCH_ACC = "Top1_Acc_Epoch/train_phase/train_online_stream"
 
 
 @pytest.fixture(autouse=True)
@@ -114,17 +118,151 @@ def test_wrapper_routes_exactly_the_benchmark_batches_into_observe(mnist_tensors
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
+class MbOutputs(SupervisedPlugin):
+    """Records what a plugin sees after each training iteration: mb_output, mb_y and the
+    index of the experience (the clock runs after the other plugins)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def after_training_iteration(self, strategy, **kwargs):
+        exp = strategy.clock.train_exp_counter
+        self.seen.append((strategy.mb_output.clone(), strategy.mb_y.clone(), exp))
+
+
+def record_predictions(strategy):
+    """Wrap ``strategy.observe`` to record, per mini-batch, the labels and the predicted
+    classes just before and just after the update."""
+    log = []
+    observe = strategy.observe
+
+    def recording_observe(batch):
+        before = strategy.predict(batch.x).max(1)[1]
+        step = observe(batch)
+        after = strategy.predict(batch.x).max(1)[1]
+        log.append((batch.y.clone(), before, after))
+        return step
+
+    strategy.observe = recording_observe
+    return log
+
+
 def test_wrapped_er_on_split_online_stream(mnist_tensors):
+    """Training accuracy is prequential: Avalanche's per-epoch accuracy (an epoch is one
+    online experience: two mini-batches here) is the accuracy of the predictions made before
+    each update, and mb_output carries those predictions."""
     bench = split_mnist(mnist_tensors)
-    online = split_online_stream(bench.train_stream, experience_size=10, shuffle=False)
-    wrapped = as_avalanche(mlp_strategy("er"), evaluator=evaluator())
-    train_metrics = wrapped.train(online)
-    # training accuracy is test-then-train: the prediction before each update
-    train_acc = [v for k, v in train_metrics.items() if k.startswith("Top1_Acc_Epoch/train_phase")]
-    assert len(train_acc) == 1 and 0 <= train_acc[0] <= 1
+    online = split_online_stream(bench.train_stream, experience_size=20, shuffle=False)
+    strategy = mlp_strategy("er")
+    strategy.ensure_classes(10)  # every label has a column from the first prediction on
+    log = record_predictions(strategy)
+    outputs = MbOutputs()
+    accuracy = EvaluationPlugin(accuracy_metrics(epoch=True, stream=True), loggers=[])
+    wrapped = as_avalanche(strategy, train_mb_size=10, evaluator=accuracy, plugins=[outputs])
+    wrapped.train(online)
+    assert len(log) == len(outputs.seen) > 500
+    correct, post_correct, counts = {}, {}, {}
+    for (y, before, after), (mb_output, mb_y, exp) in zip(log, outputs.seen, strict=True):
+        assert torch.equal(mb_y, y) and torch.equal(mb_output.max(1)[1], before)
+        correct[exp] = correct.get(exp, 0) + (before == y).sum().item()
+        post_correct[exp] = post_correct.get(exp, 0) + (after == y).sum().item()
+        counts[exp] = counts.get(exp, 0) + len(y)
+    assert list(counts) == list(range(len(counts))) and max(counts.values()) == 20
+    _, reported = accuracy.get_all_metrics()[EPOCH_ACC]
+    assert reported == pytest.approx([correct[e] / counts[e] for e in counts], rel=0, abs=1e-12)
+    # the check tells test-then-train from train-then-test: updates change the predictions
+    assert sum(not torch.equal(before, after) for _, before, after in log) > 50
+    post_update = [post_correct[e] / counts[e] for e in counts]
+    assert reported != pytest.approx(post_update, rel=0, abs=1e-12)
     metrics = wrapped.eval(bench.test_stream)
     assert metrics[ACC] > 0.6
     assert wrapped.streamkd.samples_seen == 5000
+
+
+class CountIterations(SupervisedPlugin):
+    """A plugin with a training callback: it turns the direct online path off."""
+
+    def __init__(self):
+        super().__init__()
+        self.iterations = 0
+
+    def after_training_iteration(self, strategy, **kwargs):
+        self.iterations += 1
+
+
+def _train_online(tensors, direct, mb, transform=None, **split_kwargs):
+    x, y, _, _ = tensors
+    if transform is None:
+        bench = split_mnist(tensors, class_ids_from_zero_from_first_exp=True)
+        parents = bench.train_stream
+    else:  # two parent experiences read through __getitem__ (the transform applies)
+        parents = [
+            DatasetExperience(
+                dataset=_make_taskaware_tensor_classification_dataset(
+                    x[k : k + 400], y[k : k + 400], transform=transform
+                )
+            )
+            for k in (0, 400)
+        ]
+    random.seed(5)  # split_online_stream draws each splitter's seed from `random`
+    online = split_online_stream(parents, **split_kwargs)
+    plugins = [] if direct else [CountIterations()]
+    wrapped = as_avalanche(mlp_strategy("er"), train_mb_size=mb, plugins=plugins)
+    taken = []
+    train_direct = wrapped._train_direct
+    wrapped._train_direct = lambda *a, **k: (taken.append(True), train_direct(*a, **k))
+    wrapped.train(online)
+    assert bool(taken) == direct
+    c = wrapped.clock
+    counters = (c.train_iterations, c.train_exp_counter, c.train_exp_epochs)
+    counters += (c.train_exp_iterations, c.train_epoch_iterations, c.total_iterations)
+    if not direct:
+        assert plugins[0].iterations == c.train_iterations
+    # the stream still yields its sub-experiences afterwards, the same ones
+    subs = [(e.current_experience, experience_tensors(e.dataset)) for e in online]
+    return wrapped.streamkd, counters, subs
+
+
+@pytest.mark.parametrize(
+    "mb,split_kwargs,transform",
+    [
+        (10, {"experience_size": 10}, None),
+        (3, {"experience_size": 7, "drop_last": True}, None),
+        (4, {"experience_size": 9, "shuffle": False}, None),
+        (10, {"experience_size": 10, "seed": 3}, lambda img: 255 - img),
+    ],
+)
+def test_direct_online_path_matches_the_sub_experiences(mnist_tensors, mb, split_kwargs, transform):
+    """With nothing watching training, split_online_stream's sub-experiences are not built;
+    the model, the clock and the stream come out exactly as with them."""
+    small = tuple(t[:800] for t in mnist_tensors[:2]) + mnist_tensors[2:]
+    direct, counters, subs = _train_online(small, True, mb, transform, **split_kwargs)
+    full, full_counters, full_subs = _train_online(small, False, mb, transform, **split_kwargs)
+    assert counters == full_counters and counters[0] > 75
+    assert direct.samples_seen == full.samples_seen > 750
+    ours, theirs = direct.model.state_dict(), full.model.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert len(subs) == len(full_subs) == counters[1]
+    for (i, a), (j, b) in zip(subs, full_subs, strict=True):
+        assert i == j and all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+
+
+def test_direct_online_path_only_when_nothing_watches(mnist_tensors):
+    bench = split_mnist(mnist_tensors)
+    online = split_online_stream(bench.train_stream, experience_size=10)
+    assert as_avalanche(mlp_strategy("er"))._direct_source(online) is not None
+    assert as_avalanche(mlp_strategy("er"), evaluator=evaluator())._direct_source(online) is None
+    watched = as_avalanche(mlp_strategy("er"), plugins=[CountIterations()])
+    assert watched._direct_source(online) is None
+    assert as_avalanche(mlp_strategy("er"), train_outputs=True)._direct_source(online) is None
+    assert as_avalanche(mlp_strategy("er"))._direct_source(list(bench.train_stream)) is None
+    custom = split_online_stream(
+        bench.train_stream, 10, experience_split_strategy=lambda e, n: [e]
+    )  # a custom splitter's sub-experiences are built and trained one by one
+    assert as_avalanche(mlp_strategy("er"))._direct_source(custom) is None
+    next(iter(online))  # a stream already being read is trained experience by experience
+    assert as_avalanche(mlp_strategy("er"))._direct_source(online) is None
 
 
 def test_fast_tensor_path_matches_getitem(mnist_tensors):

@@ -38,9 +38,11 @@ def test_overhead_benchmark_smoke(tmp_path, data_dir):
         "streamkd_vs_bare",
         "streamkd_vs_avalanche",
         "wrapped_vs_avalanche",
+        "wrapped_vs_streamkd",
         "plugin_vs_avalanche",
     }
     assert ratios["wrapped_vs_avalanche"] == speeds["wrapped"] / speeds["avalanche"]
+    assert ratios["wrapped_vs_streamkd"] == speeds["wrapped"] / speeds["streamkd"]
     assert data["mlp"]["samples"] == 300
 
 

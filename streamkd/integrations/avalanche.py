@@ -21,14 +21,20 @@ experience loop, the callbacks that metrics and loggers listen to, and evaluatio
 Speed: Avalanche builds a ``DataLoader`` for every experience, which dominates online runs
 where an experience is one mini-batch (Avalanche issues #967, #1082, #892). The wrapper
 reads each experience's samples straight into tensors (the dataset's own transforms still
-apply) and cuts them into ``train_mb_size`` mini-batches, so the framework cost per
-experience is Avalanche's sub-experience creation plus a few callbacks.
+apply) and cuts them into ``train_mb_size`` mini-batches, and calls only the plugin
+callbacks that can do something (looked up once per ``train()``), so the framework cost per
+experience is Avalanche's sub-experience creation, the metrics' own updates and a few calls.
+When nothing watches training (no metrics or loggers, no plugin with a training callback)
+an unread ``split_online_stream`` is trained from its parent experiences directly, without
+building a dataset per mini-batch: same samples, same order, same clock counts, and the
+stream still yields its sub-experiences afterwards (see :class:`StreamkdTemplate`).
 
 Semantics to know:
   * ``mb_output`` during training is the prediction made *before* the update on that
     mini-batch (test-then-train), so Avalanche's training accuracy is prequential accuracy.
     It costs one extra forward pass and is skipped when no plugin could read it
-    (``train_outputs="auto"``: only when the evaluator has metrics or other plugins exist).
+    (``train_outputs="auto"``: only when the evaluator has metrics or another plugin has a
+    training callback that is not a no-op).
   * Plugins that change Avalanche's data loading or loss (``ReplayPlugin``, ``LwFPlugin``,
     ...) do not apply: the loss is computed inside ``observe()``. Use streamkd's own
     strategies, or :class:`StreamkdReplayPlugin` on Avalanche's strategies.
@@ -40,12 +46,15 @@ from __future__ import annotations
 
 import functools
 import gc
+import inspect
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
+from avalanche.training.plugins.clock import Clock
 from avalanche.training.templates import SupervisedTemplate
+from avalanche.training.templates.base_sgd import PeriodicEval
 from torch import Tensor
 
 from streamkd.buffer import ReplayBuffer
@@ -56,11 +65,12 @@ UNSEEN_SCORE = -1000.0
 
 
 def _no_op_callbacks() -> set:
-    """The do-nothing callbacks that Avalanche's plugin base classes define."""
+    """The do-nothing callbacks that Avalanche's plugin and metric base classes define."""
     from avalanche.core import BasePlugin, BaseSGDPlugin
+    from avalanche.evaluation.metric_definitions import PluginMetric
 
     found = set()
-    for cls in (BasePlugin, BaseSGDPlugin, SupervisedPlugin):
+    for cls in (BasePlugin, BaseSGDPlugin, SupervisedPlugin, PluginMetric):
         for name, value in vars(cls).items():
             if name.startswith(("before_", "after_")) and callable(value):
                 found.add(value)
@@ -68,6 +78,22 @@ def _no_op_callbacks() -> set:
 
 
 _NO_OP_CALLBACKS = _no_op_callbacks()
+# the callbacks that can see training (evaluation's ones cannot)
+_TRAIN_CALLBACKS = tuple(
+    name
+    for name in dir(SupervisedPlugin)
+    if name.startswith(("before_", "after_")) and "eval" not in name
+)
+
+
+def _acts(plugin, event: str) -> bool:
+    """Whether ``plugin`` has an ``event`` callback other than a base class's no-op. A
+    callback only the instance provides counts (``EvaluationPlugin`` makes every
+    ``before_*``/``after_*`` one in ``__getattribute__``)."""
+    handler = getattr(type(plugin), event, None)
+    if handler is None:
+        return getattr(plugin, event, None) is not None
+    return handler not in _NO_OP_CALLBACKS
 
 
 def _dispatch(event: str):
@@ -78,6 +104,58 @@ def _dispatch(event: str):
 
     hook.__name__ = f"_{event}"
     return hook
+
+
+def _online_source(stream) -> tuple[Any, Any, Any, int] | None:
+    """``(memo, parent experiences, split function, experience size)`` when ``stream`` is a
+    lazy stream from ``split_online_stream`` (default splitter) none of whose experiences
+    has been made yet, else ``None``. Reads Avalanche 0.6's layout (a ``CLStream`` over a
+    ``GeneratorMemo`` of the generator ``exps_iter``); any surprise returns ``None``."""
+    try:
+        from avalanche.benchmarks.scenarios import online
+        from avalanche.benchmarks.scenarios.generic_scenario import CLStream, GeneratorMemo
+
+        if type(stream) is not CLStream or type(stream.exps_iter) is not GeneratorMemo:
+            return None
+        memo = stream.exps_iter
+        gen = memo._generator
+        if (
+            memo._already_generated
+            or gen is None
+            or gen.gi_code.co_name != "exps_iter"
+            or gen.gi_code.co_filename != online.__file__
+            or inspect.getgeneratorstate(gen) != inspect.GEN_CREATED
+        ):
+            return None
+        scope = gen.gi_frame.f_locals
+        split = scope["split_strategy"]
+        if split.__code__.co_name != "default_online_split_wrapper":
+            return None  # a custom experience_split_strategy
+        return memo, scope["original_stream"], split, int(scope["experience_size"])
+    except (AttributeError, ImportError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _fixed_size_chunks(splitter) -> list[list[int]] | None:
+    """The parent-dataset indices of each sub-experience a ``FixedSizeExperienceSplitter``
+    yields, in order: its ``__iter__`` without building the datasets. ``None`` for any
+    other splitter."""
+    try:
+        from avalanche.benchmarks.scenarios.online import FixedSizeExperienceSplitter
+    except ImportError:
+        return None
+    if type(splitter) is not FixedSizeExperienceSplitter or splitter.experience_size <= 0:
+        return None
+    n, size = len(splitter.experience.dataset), splitter.experience_size
+    indices = list(range(n))
+    if splitter.shuffle:  # the splitter's own draw, from its own seed
+        g = torch.Generator()
+        g.manual_seed(splitter.seed)
+        indices = torch.as_tensor(indices)[torch.randperm(n, generator=g)].tolist()
+    chunks = [indices[i : i + size] for i in range(0, n, size)]
+    if splitter.drop_last and chunks and len(chunks[-1]) < size:
+        chunks.pop()
+    return chunks
 
 
 def _label_map(transform) -> list | bool | None:
@@ -152,6 +230,26 @@ def _tensor_rows(dataset, order: list[int]):
     return None
 
 
+def _read_tensor_rows(dataset, order: list[int]) -> tuple[Tensor, Tensor, Tensor] | None:
+    """``experience_tensors`` for datasets :func:`_tensor_rows` can resolve, else ``None``."""
+    found = _tensor_rows(dataset, order)
+    if found is None:
+        return None
+    root, rows, label_maps = found
+    rows_t = torch.tensor(rows, dtype=torch.long)
+    y = root.tensors[1][rows_t].long()
+    for table in label_maps:
+        y = _table_tensor(table)[y]
+    tasks = getattr(dataset, "targets_task_labels", None)
+    if tasks is None:
+        t = torch.zeros(len(rows), dtype=torch.long)
+    elif len(tasks.uniques) == 1:  # the usual case: one task label for all samples
+        t = torch.full((len(rows),), int(next(iter(tasks.uniques))), dtype=torch.long)
+    else:
+        t = torch.as_tensor([tasks[i] for i in order], dtype=torch.long)
+    return root.tensors[0][rows_t], y, t
+
+
 def experience_tensors(dataset, order: list[int] | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """All samples of an Avalanche classification dataset, in ``order``, as stacked tensors
     ``(x, y, task_labels)`` without a ``DataLoader``.
@@ -162,21 +260,9 @@ def experience_tensors(dataset, order: list[int] | None = None) -> tuple[Tensor,
     order = list(range(len(dataset))) if order is None else list(order)
     if not order:
         raise ValueError("the experience's dataset is empty")
-    found = _tensor_rows(dataset, order)
+    found = _read_tensor_rows(dataset, order)
     if found is not None:
-        root, rows, label_maps = found
-        rows_t = torch.tensor(rows, dtype=torch.long)
-        y = root.tensors[1][rows_t].long()
-        for table in label_maps:
-            y = _table_tensor(table)[y]
-        tasks = getattr(dataset, "targets_task_labels", None)
-        if tasks is None:
-            t = torch.zeros(len(rows), dtype=torch.long)
-        elif len(tasks.uniques) == 1:  # the usual case: one task label for all samples
-            t = torch.full((len(rows),), int(next(iter(tasks.uniques))), dtype=torch.long)
-        else:
-            t = torch.as_tensor([tasks[i] for i in order], dtype=torch.long)
-        return root.tensors[0][rows_t], y, t
+        return found
     items = [dataset[i] for i in order]
     collate = getattr(dataset, "collate_fn", None) or torch.utils.data.default_collate
     x, y, *rest = collate(items)
@@ -194,7 +280,34 @@ class StreamkdTemplate(SupervisedTemplate):
     experience per mini-batch, that cost 40% of the training time in the overhead benchmark.
     Objects created during training are still collected. Skipped when the caller has frozen
     the collector already.
+
+    Direct online path: when nothing can watch training (no plugin with a training callback
+    besides Avalanche's own ``Clock``, an evaluator without metrics or loggers, no periodic
+    evaluation, ``train_outputs`` not forced on) and ``train()`` gets an unread stream from
+    ``split_online_stream`` with its default splitter, the sub-experiences are not built:
+    each parent experience's samples are read in blocks of ``DIRECT_BLOCK`` rows and
+    observed in the order the sub-experiences would have given (the splitter's own seeded
+    shuffle, then this template's per-experience shuffle), with the clock counting
+    experiences and iterations as usual. Iterating the stream afterwards yields the same
+    sub-experiences, built then. Parents that are not plain tensor datasets are read per
+    sub-experience, through ``__getitem__``, just before that sub-experience is trained.
     """
+
+    DIRECT_BLOCK = 256
+    # overriding any of these (a subclass) turns the direct online path off
+    _PER_EXPERIENCE_HOOKS = (
+        "_before_training_exp",
+        "_after_training_exp",
+        "_train_exp",
+        "_before_training_epoch",
+        "_after_training_epoch",
+        "_before_training_iteration",
+        "_after_training_iteration",
+        "train_dataset_adaptation",
+        "make_train_dataloader",
+        "training_epoch",
+        "_unpack_minibatch",
+    )
 
     def __init__(
         self,
@@ -225,6 +338,7 @@ class StreamkdTemplate(SupervisedTemplate):
         for name in ("model", "optimizer", "criterion", "device"):
             if name in kwargs:
                 raise ValueError(f"{name!r} comes from the streamkd strategy; do not pass it")
+        self._handler_cache: dict[str, list] = {}
         super().__init__(
             model=strategy.model,
             optimizer=strategy.optimizer,
@@ -242,30 +356,59 @@ class StreamkdTemplate(SupervisedTemplate):
         self.shuffle = shuffle
         self.freeze_gc = freeze_gc
         self._order_gen = torch.Generator().manual_seed(int(strategy.hparams.get("seed", 0)))
-        if train_outputs == "auto":
-            # PeriodicEval and Clock are always installed by Avalanche and read no outputs
-            others = [
-                p
-                for p in self.plugins
-                if p is not self.evaluator and type(p).__name__ not in ("PeriodicEval", "Clock")
-            ]
-            train_outputs = bool(self.evaluator.metrics) or bool(others)
+        if train_outputs == "auto":  # metrics, or a plugin with a training callback
+            train_outputs = bool(self.evaluator.metrics) or any(
+                p is not self.evaluator for p in self._listeners()
+            )
         self.train_outputs = bool(train_outputs)
 
     # -- callbacks: only to plugins that do something ----------------------------------------
-    def _trigger(self, event: str, **kwargs: Any) -> None:
-        """Avalanche's ``trigger_plugins`` without the calls that cannot do anything: a
-        plugin's inherited no-op callback, or an evaluator with no metrics and no loggers
-        (which would still copy the experience on every call). Online, every mini-batch is
-        an experience, so these calls are a large share of the per-batch cost."""
+    def _silent(self, plugin) -> bool:
+        """Plugins Avalanche installs that do nothing here: an evaluator with no metrics and
+        no loggers (which would still copy the experience on every call) and a periodic
+        evaluation that is off."""
+        if plugin is self.evaluator:
+            return not (plugin.metrics or plugin.loggers)
+        return type(plugin) is PeriodicEval and plugin.eval_every < 0
+
+    def _handlers(self, event: str) -> list:
+        """The bound ``event`` callbacks of the plugins, less the inherited no-ops, the silent
+        plugins and an evaluator whose metrics all ignore ``event`` (without loggers, such a
+        call only copies the experience)."""
+        found = []
         for plugin in self.plugins:
-            if plugin is self.evaluator:
-                if plugin.metrics or plugin.loggers:
-                    getattr(plugin, event)(self, **kwargs)
+            if not _acts(plugin, event) or self._silent(plugin):
                 continue
-            handler = getattr(type(plugin), event, None)
-            if handler is not None and handler not in _NO_OP_CALLBACKS:
-                getattr(plugin, event)(self, **kwargs)
+            if (
+                plugin is self.evaluator
+                and not plugin.loggers
+                and getattr(type(plugin), event, None) is None  # forwarded to the metrics
+                and not any(_acts(metric, event) for metric in plugin.metrics)
+            ):
+                continue
+            found.append(getattr(plugin, event))
+        return found
+
+    def _listeners(self) -> list:
+        """Plugins that can see training (a training callback that is not a no-op), besides
+        Avalanche's own ``Clock``."""
+        found = []
+        for plugin in self.plugins:
+            if self._silent(plugin) or (plugin is self.clock and type(plugin) is Clock):
+                continue
+            if any(_acts(plugin, name) for name in _TRAIN_CALLBACKS):
+                found.append(plugin)
+        return found
+
+    def _trigger(self, event: str, **kwargs: Any) -> None:
+        """Avalanche's ``trigger_plugins`` without the calls that cannot do anything (see
+        :meth:`_handlers`), the callback list looked up once per ``train()``. Online, every
+        mini-batch is an experience, so these calls are a large share of the per-batch cost."""
+        handlers = self._handler_cache.get(event)
+        if handlers is None:
+            handlers = self._handler_cache[event] = self._handlers(event)
+        for handler in handlers:
+            handler(self, **kwargs)
 
     _before_training = _dispatch("before_training")
     _after_training = _dispatch("after_training")
@@ -287,6 +430,7 @@ class StreamkdTemplate(SupervisedTemplate):
     def train(self, experiences, eval_streams=None, **kwargs):
         """Avalanche's ``train``; the eval streams are only grouped (a full pass over a lazy
         online stream) when periodic evaluation needs them."""
+        self._handler_cache = {}  # plugins may have changed since the last call
         own_freeze = self.freeze_gc and gc.get_freeze_count() == 0
         if own_freeze:
             gc.freeze()  # see the class docstring; undone below
@@ -306,27 +450,110 @@ class StreamkdTemplate(SupervisedTemplate):
         self.model.train()
         self._eval_streams = []
         self._before_training(**kwargs)
-        for self.experience in _experiences_parameter_as_iterable(experiences):
-            self._before_training_exp(**kwargs)
-            self._train_exp(self.experience, [], **kwargs)
-            self._after_training_exp(**kwargs)
+        source = self._direct_source(experiences)
+        if source is not None:
+            self._train_direct(experiences, *source, **kwargs)
+        else:
+            for self.experience in _experiences_parameter_as_iterable(experiences):
+                self._train_one(**kwargs)
         self._after_training(**kwargs)
         self._train_cleanup()
         return self.evaluator.get_last_metrics()
 
-    def train_dataset_adaptation(self, **kwargs) -> None:
-        dataset = self.experience.dataset
+    def _train_one(self, **kwargs) -> None:
+        """Train on ``self.experience``: Avalanche's per-experience sequence."""
+        self._before_training_exp(**kwargs)
+        self._train_exp(self.experience, [], **kwargs)
+        self._after_training_exp(**kwargs)
+
+    def _direct_source(self, experiences):
+        """:func:`_online_source` of ``experiences`` when the direct online path applies
+        (see the class docstring), else ``None``."""
+        if self.train_outputs or self._listeners() or type(self.clock) is not Clock:
+            return None
+        if any(
+            getattr(type(self), name) is not getattr(StreamkdTemplate, name)
+            for name in self._PER_EXPERIENCE_HOOKS
+        ):
+            return None
+        return _online_source(experiences)
+
+    def _train_direct(self, stream, memo, parents, split, size: int, **kwargs) -> None:
+        """The direct online path: ``stream``'s sub-experiences without building them."""
+        parents = iter(parents)
+        splitters: list = []
+
+        def replay():  # what the stream's own generator yields, for whoever reads it later
+            for splitter in splitters:
+                yield from splitter
+            for parent in parents:
+                yield from split(parent, size)
+
+        memo._generator.close()
+        memo._generator = replay()
+        n_sub = 0
+        for parent in parents:
+            splitter = split(parent, size)
+            splitters.append(splitter)
+            chunks = _fixed_size_chunks(splitter)
+            if chunks is None:  # not the splitter expected: its real sub-experiences
+                splitters[-1] = subs = list(splitter)
+                for self.experience in subs:
+                    if stream.set_stream_info:
+                        self.experience.current_experience = n_sub
+                        self.experience.origin_stream = stream
+                    n_sub += 1
+                    self._train_one(**kwargs)
+                continue
+            n_sub += len(chunks)
+            dataset = self._train_view(parent.dataset)
+            per_block = max(1, self.DIRECT_BLOCK // size)
+            for start in range(0, len(chunks), per_block):
+                orders = [self._sample_order(chunk) for chunk in chunks[start : start + per_block]]
+                block = _read_tensor_rows(dataset, [i for order in orders for i in order])
+                offset = 0
+                for order in orders:
+                    if block is None:  # read just before training, as a sub-experience would be
+                        tensors = experience_tensors(dataset, order)
+                    else:
+                        tensors = [t[offset : offset + len(order)] for t in block]
+                    offset += len(order)
+                    self._train_rows(tensors[0], tensors[1], **kwargs)
+
+    def _train_rows(self, x: Tensor, y: Tensor, **kwargs) -> None:
+        """One sub-experience of the direct path: ``observe()`` per mini-batch, the clock
+        counting as Avalanche's loop would."""
+        clock = self.clock
+        clock.before_training_exp(self, **kwargs)
+        clock.before_training_epoch(self, **kwargs)
+        mb = self.train_mb_size
+        for i in range(0, len(y), mb):
+            self.streamkd.observe(Batch(x[i : i + mb], y[i : i + mb]))
+            clock.after_training_iteration(self, **kwargs)
+        clock.after_training_epoch(self, **kwargs)
+        clock.after_training_exp(self, **kwargs)
+
+    def _sample_order(self, rows: list[int]) -> list[int]:
+        """``rows`` in training order: shuffled with the template's generator if ``shuffle``."""
+        if not self.shuffle:
+            return rows
+        return [rows[i] for i in torch.randperm(len(rows), generator=self._order_gen).tolist()]
+
+    @staticmethod
+    def _train_view(dataset):
         try:  # .train() copies the dataset; online sub-experiences are in "train" already
             in_train = dataset._flat_data._transform_groups.current_group == "train"
         except AttributeError:
             in_train = False
-        self.adapted_dataset = dataset if in_train else dataset.train()
+        return dataset if in_train else dataset.train()
+
+    def train_dataset_adaptation(self, **kwargs) -> None:
+        self.adapted_dataset = self._train_view(self.experience.dataset)
 
     def make_train_dataloader(self, **kwargs) -> None:
-        n = len(self.adapted_dataset)
-        order = torch.randperm(n, generator=self._order_gen).tolist() if self.shuffle else None
+        order = self._sample_order(list(range(len(self.adapted_dataset))))
         tensors = experience_tensors(self.adapted_dataset, order)
-        mb = self.train_mb_size
+        mb, n = self.train_mb_size, len(order)
         self.dataloader = [tuple(t[i : i + mb] for t in tensors) for i in range(0, n, mb)]
 
     def check_model_and_optimizer(self, **kwargs) -> None:
