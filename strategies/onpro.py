@@ -146,8 +146,8 @@ class OnPro(Strategy):
         plus against each other, over both views of every rotation copy. ``identities`` are
         integer ids below ``span`` (class ids, or :func:`mix_identities`)."""
         f, p = F.normalize(feats.float(), dim=1), F.normalize(proj.float(), dim=1)
-        span = f.shape[1] - self.proj_dim
-        b = int(torch.randint(span + 1, (1,), generator=self.generator)) if span > 0 else 0
+        slack = f.shape[1] - self.proj_dim  # where the feature slice may start
+        b = int(torch.randint(slack + 1, (1,), generator=self.generator)) if slack > 0 else 0
         sim = scale * (p @ f[:, b : b + self.proj_dim].T + p @ p.T)
         pseudo = rotation_pseudo_labels(identities, self.rotations, span)
         return nt_xent_pseudo(sim, pseudo, self.ins_t, mask_self=mask_self)

@@ -133,3 +133,30 @@ def test_onpro_mixed_replay_samples_match_only_themselves_across_all_rotations()
                     if lam[j] == 0 and y_a[j] == y_a[i]
                 }
                 assert positives == expected, (r, i)
+
+
+def test_onpro_rotation_copies_never_share_a_pseudo_label_in_training(data_dir, monkeypatch):
+    """The labels OnPro's step really hands to the contrast: rotation copies are disjoint
+    pseudo-classes, also when the feature width barely exceeds proj_dim (a local variable
+    once shadowed the identity span and shrank the offset to 6 here)."""
+    import streamkd.strategies.onpro as onpro_module
+
+    captured = []
+    real = onpro_module.nt_xent_pseudo
+
+    def spy(sim, labels, *args, **kwargs):
+        captured.append(labels.clone())
+        return real(sim, labels, *args, **kwargs)
+
+    monkeypatch.setattr(onpro_module, "nt_xent_pseudo", spy)
+    s, onpro = _setup("onpro", per_segment=30, memory=30, rotations=4, proj_dim=250)
+    for batch in s:
+        onpro.observe(batch)
+    # replay batches (longer than a stream batch) with mixed samples' own ids were contrasted
+    assert any(len(c) > 4 * 10 and int(c.view(4, -1)[0].max()) >= 10 for c in captured)
+    for labels in captured:
+        assert labels.dtype == torch.int64
+        blocks = labels.view(4, -1)
+        for r in range(4):
+            for q in range(r + 1, 4):
+                assert not set(blocks[r].tolist()) & set(blocks[q].tolist()), (r, q)
