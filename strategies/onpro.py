@@ -114,6 +114,7 @@ class OnPro(Strategy):
             raise ValueError(f"rotations must be 1, 4 or 16, got {rotations}")
         feat_dim = model.head.in_features
         self.proj_dim = min(proj_dim, feat_dim)
+        self.hparams["proj_dim"] = self.proj_dim  # what it resolved to (capped at the features)
         self.projector = self.add_trainable("projector", nn.Linear(feat_dim, self.proj_dim))
         self.augment = OnProAugment()
         self.rotations = rotations

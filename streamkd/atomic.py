@@ -27,7 +27,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     on success it is fsynced and renamed over ``path``, on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.tmp")  # one name per target: a crash leaves no litter
     try:
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)

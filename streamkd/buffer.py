@@ -95,6 +95,10 @@ class ReplayBuffer:
         n = inputs_len(x)
         if n != len(y):
             raise ValueError(f"got {n} inputs but {len(y)} labels")
+        if isinstance(x, dict):
+            uneven = {k: len(v) for k, v in x.items() if len(v) != n}
+            if uneven:
+                raise ValueError(f"fields {uneven} do not have the {n} rows of the others")
         if self.x is not None:
             self._check_inputs(x)
         for key, value in extras.items():

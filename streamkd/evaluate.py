@@ -100,7 +100,7 @@ class Evaluator:
         self.drift = drift
         self._drift_logged = 0  # events already handed to the logger
         self.eval_every, self.eval_chunk = eval_every, eval_chunk
-        log_every = log_every or default_log_every(stream)
+        log_every = default_log_every(stream) if log_every is None else log_every
         if log_every <= 0 or (window is not None and window <= 0):
             raise ValueError(f"log_every and window must be positive, got {log_every}, {window}")
         self.log_every, self.window = log_every, window or 5 * log_every
@@ -243,6 +243,7 @@ class Evaluator:
             ],
             "loss_sum": self._loss_sum.clone(),
             "recent": [list(p) for p in self._recent],
+            "log_every": [self.log_every, self.window],  # a resumed curve keeps its interval
             "train_seconds": self.train_seconds,
         }
         if self.drift is not None:
@@ -267,6 +268,9 @@ class Evaluator:
             self._next_eval,
         ) = (int(v) for v in state["counts"])
         self._loss_sum = state["loss_sum"].clone()
+        if "log_every" in state:
+            self.log_every, self.window = (int(v) for v in state["log_every"])
+            self._recent = deque(maxlen=max(1, self.window // self.log_every))
         self._recent.clear()
         self._recent.extend(list(p) for p in state.get("recent", []))
         self.train_seconds = float(state["train_seconds"])
@@ -275,12 +279,15 @@ class Evaluator:
             self._drift_logged = len(self.drift.events)  # logged before the checkpoint
 
 
-def default_log_every(stream) -> int:
-    """A curve point every 1/100 of the stream (at least a batch); 500 samples when the
-    stream's length is unknown (a live source)."""
-    n = getattr(stream, "n_samples", None)
+def default_log_every(stream, max_samples: int | None = None) -> int:
+    """A curve point every 1/100 of what will be trained (the stream, or ``max_samples``
+    when smaller; at least a batch); 500 samples when the length is unknown (a live
+    source)."""
+    n = getattr(stream, "n_samples", None) or max_samples
     if not n:
         return 500
+    if max_samples is not None:
+        n = min(n, max_samples)
     return max(getattr(stream, "batch_size", 1), n // 100)
 
 
@@ -316,6 +323,8 @@ def run(
     """
     if drift is not None and drift.signal == "error" and not prequential:
         raise ValueError("the drift signal 'error' needs prequential=True (it uses its errors)")
+    if log_every is None:
+        log_every = default_log_every(stream, max_samples)
     ev = Evaluator(stream, eval_every=eval_every, log_every=log_every, drift=drift)
     if resume_state is not None:
         strategy.load_state_dict(resume_state["strategy"])

@@ -127,7 +127,15 @@ def strategy_kwargs(name: str, strategy_args: dict[str, Any] | None) -> dict[str
                 f"arguments, got {value!r}"
             )
     shared = {k: v for k, v in strategy_args.items() if k not in STRATEGIES}
+    for scope, own in strategy_args.items():  # every scope is checked, run or not (typos)
+        if scope in STRATEGIES and scope != name:
+            _check_keys(scope, STRATEGIES[scope], own)
     kwargs = {**shared, **strategy_args.get(name, {})}
+    _check_keys(name, cls, kwargs)
+    return kwargs
+
+
+def _check_keys(name: str, cls: type[Strategy], kwargs: dict[str, Any]) -> None:
     valid = cls.arguments()
     for key in kwargs:
         if key in RESERVED_ARGS:
@@ -139,7 +147,6 @@ def strategy_kwargs(name: str, strategy_args: dict[str, Any] | None) -> dict[str
                 f"unknown argument {key!r} for strategy {name!r}; valid: "
                 + ", ".join(k for k in valid if k not in RESERVED_ARGS)
             )
-    return kwargs
 
 
 def make_strategy(name: str, model: Classifier, **kwargs) -> Strategy:

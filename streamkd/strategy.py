@@ -226,7 +226,8 @@ class Strategy:
     def validate(self, batch: Batch) -> None:
         """Check ``batch`` against the model's inputs (:func:`validate_batch`) once: the
         evaluator validates before its prequential prediction and ``observe()`` does not
-        check the same batch again."""
+        check the same batch again. The mark lasts until ``prepare()`` has taken the batch,
+        so a tensor refilled in place is checked again next time."""
         last = self._valid
         if last is not None and last[0] is batch.x and last[1] is batch.y:
             return
@@ -246,6 +247,7 @@ class Strategy:
             raise InvalidBatchError("observe() needs labels: batch.y is None (use predict())")
         x = to_device(batch.x, self.device)
         y = batch.y.to(self.device, torch.long, non_blocking=True)
+        self._valid = None
         self.ensure_classes(int(batch.y.max()) + 1)
         self.seen_classes[y] = True
         self.train_mode(True)

@@ -123,14 +123,13 @@ class RunLogger:
 
 
 def plot_acc_matrix(acc_matrix: list[list[float | None]], path: Path, title: str = "") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # a bare Figure, not pyplot: no backend switch, so a notebook's own plots keep working
     import numpy as np
+    from matplotlib.figure import Figure
 
     data = np.array([[np.nan if v is None else v for v in row] for row in acc_matrix], float)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * data.shape[1], 1.0 + 0.6 * data.shape[0]))
+    fig = Figure(figsize=(1.0 + 0.7 * data.shape[1], 1.0 + 0.6 * data.shape[0]))
+    ax = fig.subplots()
     im = ax.imshow(data, vmin=0, vmax=1, cmap="viridis")
     for (i, j), v in np.ndenumerate(data):
         if not np.isnan(v):
@@ -149,17 +148,14 @@ def plot_acc_matrix(acc_matrix: list[list[float | None]], path: Path, title: str
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def plot_curves(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     curve = result["curve"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig = Figure(figsize=(9, 3.2))
+    ax1, ax2 = fig.subplots(1, 2)
     xs = [p[0] for p in curve]
     ax1.plot(xs, [p[1] for p in curve], label="prequential (window)")
     if result.get("anytime"):
@@ -178,4 +174,3 @@ def plot_curves(result: dict[str, Any], path: Path) -> None:
     ax2.set_ylabel("training loss")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -127,7 +127,11 @@ def to_device(x: Inputs, device: torch.device, non_blocking: bool = True) -> Inp
 
 
 def inputs_len(x: Inputs) -> int:
-    return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+    if isinstance(x, dict):
+        if not x:
+            raise InvalidBatchError("inputs are an empty dict: no fields")
+        return len(next(iter(x.values())))
+    return len(x)
 
 
 InputSpec = tuple[int, ...] | Schema | None
@@ -186,7 +190,8 @@ def validate_batch(batch: Batch, spec: InputSpec) -> None:
     """Reject a malformed batch with a specific message (shape, dtype, NaN, ids, labels).
 
     ``spec`` is what the model takes: the per-sample shape of a tensor input, a
-    :data:`Schema` for multi-field inputs, or ``None`` (skip the shape check).
+    :data:`Schema` for multi-field inputs, or ``None`` (a tensor of any shape; a dict of
+    fields is refused, since nothing declares what its fields should be).
     """
     if not isinstance(batch, Batch):
         raise InvalidBatchError(f"expected a streamkd Batch, got {type(batch).__name__}")

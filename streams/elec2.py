@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from streamkd.data import find_data
-from streamkd.streams.split import SegmentedStream, chronological_stream
+from streamkd.streams.split import SegmentedStream, chronological_stream, period_bounds
 from streamkd.types import Field
 
 FEATURES = ("period", "nswprice", "nswdemand", "vicprice", "vicdemand", "transfer")
@@ -70,12 +70,17 @@ def elec2_fields(
     n_segments: int = 4,
 ) -> SegmentedStream:
     """Elec2 as multi-field batches (``FIELDS``): the half-hour ``period`` as an id (0-47),
-    the five ``market`` features, and the ``recent`` labels of the previous eight rows (ids
-    0/1, 2 before the stream starts: labels already revealed, as in a prequential run)."""
+    the five ``market`` features, and ``recent``: the last eight labels before the row's
+    batch (ids 0/1; 2 before the stream starts). Every row of a batch shares them, so no
+    row sees a label of its own batch, which test-then-train has not revealed yet."""
     x, y = load_elec2(data_dir)
     period = torch.round(x[:, 0] * 47).long()
+    bounds = period_bounds(len(y), n_segments)  # batches start at each period's start
+    rows = torch.arange(len(y))
+    starts = torch.tensor(bounds[:-1])[torch.bucketize(rows, torch.tensor(bounds[1:]), right=True)]
+    batch_start = starts + (rows - starts) // batch_size * batch_size
     padded = torch.cat([torch.full((HISTORY,), 2, dtype=torch.long), y])
-    recent = padded.unfold(0, HISTORY, 1)[: len(y)].contiguous()
+    recent = padded.unfold(0, HISTORY, 1)[batch_start].contiguous()  # y[start - 8 : start]
     fields = {"period": period, "market": x[:, 1:].contiguous(), "recent": recent}
     return chronological_stream(
         "elec2-fields",

@@ -263,6 +263,14 @@ def class_split_stream(
     return factory
 
 
+def period_bounds(n: int, n_segments: int) -> list[int]:
+    """Where :func:`chronological_stream` cuts ``n`` time-ordered samples: ``n_segments + 1``
+    bounds, equal periods."""
+    if n_segments <= 0:
+        raise ValueError(f"n_segments must be positive, got {n_segments}")
+    return np.linspace(0, n, n_segments + 1).astype(int).tolist()
+
+
 def chronological_stream(
     name: str,
     x: Inputs,
@@ -278,9 +286,7 @@ def chronological_stream(
 ) -> SegmentedStream:
     """Time-ordered samples cut into ``n_segments`` equal periods, never shuffled and with no
     held-out set; ``max_per_segment`` keeps the first samples of each period."""
-    if n_segments <= 0:
-        raise ValueError(f"n_segments must be positive, got {n_segments}")
-    bounds = np.linspace(0, len(y), n_segments + 1).astype(int).tolist()
+    bounds = period_bounds(len(y), n_segments)
     segments = [
         SegmentData(f"{unit} {a}-{b - 1}", take(x, slice(a, b)), y[a:b])
         for a, b in zip(bounds[:-1], bounds[1:], strict=True)

@@ -146,6 +146,10 @@ def test_strategy_args_reach_the_strategy_and_are_recorded(tmp_path, capsys):
             "unknown argument 'candidates' for strategy 'naive'",
         ),
         (["run", "--strategy-args", "memory=5"], "set 'memory' with --memory"),
+        (
+            ["run", "--strategy", "er", "--strategy-args", "mir.candidate=5"],
+            "unknown argument 'candidate' for strategy 'mir'",
+        ),
         (["run", "--strategy-args", "{not json"], "is not valid JSON"),
         (["run", "--lr", "0.1", "--strategy-args", "lr=0.2"], "lr is given twice"),
         (["run", "--resume"], "--resume needs --checkpoint-dir"),

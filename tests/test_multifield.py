@@ -20,18 +20,37 @@ def _setup(name="er", per_segment=300, seed=0, **kw):
 
 @pytest.mark.parametrize("name", ["naive", "er", "er_ace", "mir"])
 def test_dict_inputs_learn_and_are_deterministic(name, data_dir):
-    stream, strategy = _setup(name)
+    stream, strategy = _setup(name, per_segment=1000)
     assert stream.input_shape is None and set(stream.schema) == {"period", "market", "recent"}
+    majority = sum(int((b.y == 0).sum()) for b in stream) / stream.n_samples
+    stream.seek(0)
     result = run(strategy, stream)
-    again = run(_setup(name)[1], _setup(name)[0])
-    assert result["samples"] == 1200 and result["prequential_acc"] == again["prequential_acc"]
-    # the previous labels make Elec2 easy to track: chance (majority class) is about 0.58
-    assert result["prequential_acc"] > 0.7, result["prequential_acc"]
+    assert result["samples"] == 4000
+    # learning happens: test-then-train beats always answering the majority class (0.553 on
+    # this slice; measured: naive 0.60, er 0.625, mir 0.58)
+    assert result["prequential_acc"] > majority + 0.01, (result["prequential_acc"], majority)
+    short = [run(*reversed(_setup(name, per_segment=100)))["curve"] for _ in range(2)]
+    assert short[0] == short[1]  # deterministic under the seed
     if strategy.uses_memory:
         stored = strategy.buffer.x
         assert set(stored) == set(stream.schema)
         for key, field in stream.schema.items():  # one preallocated tensor per field
             assert stored[key].shape == (100, *field.shape) and stored[key].dtype == field.dtype
+
+
+def test_recent_labels_never_include_the_batch_being_predicted(data_dir):
+    """Test-then-train reveals a batch's labels only after predicting it: every row of a batch
+    sees exactly the eight labels before the batch's first row (2 = before the stream)."""
+    from streamkd.streams.elec2 import load_elec2
+
+    _, y = load_elec2()
+    history = torch.cat([torch.full((8,), 2), y])
+    stream = make_stream("elec2-fields", batch_size=7)  # batches never align with 8
+    position = 0
+    for batch in stream:
+        assert (batch.x["recent"] == history[position : position + 8]).all(), position
+        position += len(batch.y)
+    assert position == len(y)
 
 
 def test_buffer_state_round_trip_keeps_every_field(data_dir):
@@ -90,14 +109,14 @@ def test_image_strategies_refuse_field_models(data_dir):
 
 
 def test_library_resume_equals_uninterrupted_run_with_fields(tmp_path, data_dir):
-    full = run(*reversed(_setup("mir")))
+    full = run(*reversed(_setup("mir")), log_every=25)
     ck = Checkpointer(tmp_path / "ck")
     stream, first = _setup("mir")
-    run(first, stream, max_samples=500, checkpointer=ck, checkpoint_every=200)
+    run(first, stream, max_samples=500, checkpointer=ck, checkpoint_every=200, log_every=25)
     state = ck.load_latest()
     assert state["step"] == 500
     stream, second = _setup("mir", seed=0)
-    resumed = run(second, stream, checkpointer=ck, resume_state=state)
+    resumed = run(second, stream, checkpointer=ck, resume_state=state)  # interval restored
     assert resumed["prequential_acc"] == full["prequential_acc"]
     assert resumed["curve"] == full["curve"]
 
@@ -114,4 +133,4 @@ def test_cli_compare_on_a_field_stream(tmp_path, capsys, data_dir):
         ("mir", 0),
         ("mir", 1),
     ]
-    assert all(r["samples"] == 800 and r["prequential_acc"] > 0.6 for r in runs)
+    assert all(r["samples"] == 800 and r["acc_matrix"] == [[None] * 4] * 4 for r in runs)
