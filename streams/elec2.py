@@ -9,14 +9,16 @@ order and no held-out set, so ``order`` and ``max_test_per_segment`` are refused
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from streamkd.data import find_data
 from streamkd.streams.split import SegmentedStream, chronological_stream, period_bounds
-from streamkd.types import Field
+from streamkd.types import Field, Inputs, Schema
 
 FEATURES = ("period", "nswprice", "nswdemand", "vicprice", "vicdemand", "transfer")
 
@@ -33,28 +35,42 @@ def load_elec2(data_dir: str | Path | None = None) -> tuple[torch.Tensor, torch.
     return torch.from_numpy(x), torch.from_numpy(np.asarray(y, dtype=np.int64))
 
 
-def elec2(
-    seed: int = 0,
-    batch_size: int = 10,
-    data_dir: str | Path | None = None,
-    max_per_segment: int | None = None,
-    n_segments: int = 4,
-) -> SegmentedStream:
-    """The Elec2 rows in time order, in ``n_segments`` periods."""
-    x, y = load_elec2(data_dir)
-    return chronological_stream(
-        "elec2",
-        x,
-        y,
-        n_segments=n_segments,
-        seed=seed,
-        batch_size=batch_size,
-        n_classes=2,
-        max_per_segment=max_per_segment,
-    )
+def _factory(name: str, inputs: Callable[..., tuple[Inputs, Schema | None]], doc: str):
+    """The factory of one Elec2 stream; ``inputs(x, y, bounds, batch_size)`` shapes its
+    inputs (the rows' features, or fields) and returns them with their schema."""
+
+    def factory(
+        seed: int = 0,
+        batch_size: int = 10,
+        data_dir: str | Path | None = None,
+        max_per_segment: int | None = None,
+        n_segments: int = 4,
+    ) -> SegmentedStream:
+        x, y = load_elec2(data_dir)
+        bounds = period_bounds(len(y), n_segments)
+        features, schema = inputs(x, y, bounds, batch_size)
+        return chronological_stream(
+            name,
+            features,
+            y,
+            n_segments=n_segments,
+            seed=seed,
+            batch_size=batch_size,
+            n_classes=2,
+            max_per_segment=max_per_segment,
+            schema=schema,
+        )
+
+    factory.__name__ = factory.__qualname__ = name.replace("-", "_")
+    factory.__doc__ = doc
+    return factory
 
 
-HISTORY = 8  # labels of the previous rows in the "recent" field
+elec2 = _factory(
+    "elec2", lambda x, y, bounds, batch_size: (x, None), "The Elec2 rows in time order."
+)
+
+HISTORY = 8  # labels before the row's batch in the "recent" field
 FIELDS = {
     "period": Field((), torch.int64, num_ids=48),
     "market": Field((len(FEATURES) - 1,), torch.float32),
@@ -62,34 +78,21 @@ FIELDS = {
 }
 
 
-def elec2_fields(
-    seed: int = 0,
-    batch_size: int = 10,
-    data_dir: str | Path | None = None,
-    max_per_segment: int | None = None,
-    n_segments: int = 4,
-) -> SegmentedStream:
-    """Elec2 as multi-field batches (``FIELDS``): the half-hour ``period`` as an id (0-47),
-    the five ``market`` features, and ``recent``: the last eight labels before the row's
-    batch (ids 0/1; 2 before the stream starts). Every row of a batch shares them, so no
-    row sees a label of its own batch, which test-then-train has not revealed yet."""
-    x, y = load_elec2(data_dir)
+def _fields(x: Tensor, y: Tensor, bounds: list[int], batch_size: int):
     period = torch.round(x[:, 0] * 47).long()
-    bounds = period_bounds(len(y), n_segments)  # batches start at each period's start
-    rows = torch.arange(len(y))
+    rows = torch.arange(len(y))  # batches start at each period's start, then every batch_size
     starts = torch.tensor(bounds[:-1])[torch.bucketize(rows, torch.tensor(bounds[1:]), right=True)]
     batch_start = starts + (rows - starts) // batch_size * batch_size
     padded = torch.cat([torch.full((HISTORY,), 2, dtype=torch.long), y])
     recent = padded.unfold(0, HISTORY, 1)[batch_start].contiguous()  # y[start - 8 : start]
-    fields = {"period": period, "market": x[:, 1:].contiguous(), "recent": recent}
-    return chronological_stream(
-        "elec2-fields",
-        fields,
-        y,
-        n_segments=n_segments,
-        seed=seed,
-        batch_size=batch_size,
-        n_classes=2,
-        max_per_segment=max_per_segment,
-        schema=FIELDS,
-    )
+    return {"period": period, "market": x[:, 1:].contiguous(), "recent": recent}, FIELDS
+
+
+elec2_fields = _factory(
+    "elec2-fields",
+    _fields,
+    """Elec2 as multi-field batches (``FIELDS``): the half-hour ``period`` as an id (0-47),
+    the five ``market`` features, and ``recent``: the last eight labels before the row's
+    batch (ids 0/1; 2 before the stream starts). Every row of a batch shares them, so no
+    row sees a label of its own batch, which test-then-train has not revealed yet.""",
+)

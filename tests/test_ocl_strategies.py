@@ -99,6 +99,15 @@ def test_onpro_apf_mixes_confusable_pairs(data_dir):
     assert ((lam >= 0) & (lam <= 1)).all()
     pair_part = slice(int(16 * 0.75), 16)
     assert (y_a[pair_part] != y_b[pair_part]).all()  # the pair part mixes two classes
+    # every draw, the pair part's Beta weights included, comes from the strategy's generator:
+    # the global RNG (which once drove the Beta draw) changes nothing
+    state, draws = onpro.generator.get_state(), []
+    for global_seed in (1, 2):
+        onpro.generator.set_state(state)
+        torch.manual_seed(global_seed)
+        draws.append(onpro.apf(to_float(mem.x), mem.y.clone())[3])
+    assert (draws[0][pair_part] > 0).any()  # some pair is mixed, so Beta was drawn
+    assert torch.equal(draws[0], draws[1])
 
 
 def test_onpro_mixed_replay_samples_match_only_themselves_across_all_rotations():
