@@ -176,24 +176,26 @@ class Evaluator:
                 self.drift.update(float(loss), index=self.samples - 1)
             self.log_drift(logger)
         if self.samples >= self._next_log:
-            self._next_log = (self.samples // self.log_every + 1) * self.log_every
-            self._recent.append(
-                [self._win_correct, self._win_n, float(self._loss_sum), self._loss_n]
-            )
-            correct, predicted, loss_sum, steps = (
-                sum(p[i] for p in self._recent) for i in range(4)
-            )
-            loss_avg = loss_sum / max(steps, 1)
-            acc = correct / predicted if predicted else float("nan")
-            self.curve.append([self.samples, acc, loss_avg])
-            if logger is not None:
-                metrics = {"loss": loss_avg}
-                if predicted:
-                    metrics["prequential_acc"] = acc
-                logger.log_metrics(metrics, step=self.samples)
-            self._win_correct = self._win_n = 0
-            self._loss_sum = torch.zeros(())
-            self._loss_n = 0
+            self.log_point(logger)
+
+    def log_point(self, logger: RunLogger | None) -> None:
+        """Close the current interval: one curve point (and MLflow metrics) at ``samples``."""
+        if not self._loss_n:
+            return
+        self._next_log = (self.samples // self.log_every + 1) * self.log_every
+        self._recent.append([self._win_correct, self._win_n, float(self._loss_sum), self._loss_n])
+        correct, predicted, loss_sum, steps = (sum(p[i] for p in self._recent) for i in range(4))
+        loss_avg = loss_sum / max(steps, 1)
+        acc = correct / predicted if predicted else float("nan")
+        self.curve.append([self.samples, acc, loss_avg])
+        if logger is not None:
+            metrics = {"loss": loss_avg}
+            if predicted:
+                metrics["prequential_acc"] = acc
+            logger.log_metrics(metrics, step=self.samples)
+        self._win_correct = self._win_n = 0
+        self._loss_sum = torch.zeros(())
+        self._loss_n = 0
 
     def log_drift(self, logger: RunLogger | None) -> None:
         """Log drift events not logged yet: metric ``drift`` = 1 at step = sample index."""
@@ -386,6 +388,7 @@ def run(
         bar.close()
     if checkpointer is not None:
         save_checkpoint()  # at the batch boundary, before the closing evaluation
+    ev.log_point(logger)  # the curve ends at the last sample
     if ev.current_segment is not None and (
         not ev.row_segments or ev.row_segments[-1] != ev.current_segment
     ):
