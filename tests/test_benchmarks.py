@@ -3,7 +3,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow  # benchmark subprocesses: 80 s of the fast tier
 
 
 def test_overhead_benchmark_smoke(tmp_path, data_dir):

@@ -1,5 +1,6 @@
 """The contrastive / prototype strategies: their extra machinery, on tiny real slices."""
 
+import pytest
 import torch
 
 from streamkd.augment import to_float
@@ -59,6 +60,7 @@ def test_scr_predicts_by_nearest_class_mean_of_memory(data_dir):
     assert torch.allclose(scores[:, c], expected, atol=1e-5)
 
 
+@pytest.mark.slow  # full ResNet18 with 16 rotation copies: ~30 s
 def test_onpro_full_configuration_on_a_tiny_cifar_slice(data_dir):
     """16 rotation copies, full ResNet18 (nf=64), every loss term and APF, kept tiny."""
     s, onpro = _setup(
