@@ -82,6 +82,11 @@ def _records_arguments(init):
     return wrapper
 
 
+def input_spec(model: torch.nn.Module):
+    """What ``model`` takes: its field schema or per-sample shape (``None``: not declared)."""
+    return getattr(model, "input_spec", getattr(model, "input_shape", None))
+
+
 class Strategy:
     """Base of all online strategies: one ``observe(batch)`` per mini-batch, task-free.
 
@@ -138,7 +143,7 @@ class Strategy:
             raise ValueError(f"lr must be positive, got {lr}")
         if replay_batch < 0 or memory < 0:
             raise ValueError(f"memory and replay_batch must be >= 0, got {memory}, {replay_batch}")
-        spec = getattr(model, "input_spec", getattr(model, "input_shape", None))
+        spec = input_spec(model)
         if self.needs_images and spec is not None and (isinstance(spec, dict) or len(spec) != 3):
             takes = f"fields {', '.join(spec)}" if isinstance(spec, dict) else tuple(spec)
             raise ValueError(
@@ -237,8 +242,7 @@ class Strategy:
     @property
     def input_spec(self):
         """The model's per-sample shape or field schema (``None``: not declared)."""
-        model = self.model
-        return getattr(model, "input_spec", getattr(model, "input_shape", None))
+        return input_spec(self.model)
 
     def prepare(self, batch: Batch) -> tuple[Inputs, Tensor]:
         """Validate a labelled batch, move it to the device and grow the head for new labels."""
