@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,3 +49,26 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(payload)
     return Path(path)
+
+
+def check_writable(path: str | Path, *, what: str = "output", directory: bool = False) -> None:
+    """Refuse, before any work starts, a location a later write would fail on: a file path
+    that is a folder, a path under a file, or a folder this process cannot write into
+    (probed by creating a temporary file, so it holds for root and read-only mounts too)."""
+    path = Path(path)
+    if directory and path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {path} is not a directory (it is a file)")
+    if not directory and path.is_dir():
+        raise ValueError(f"{what} {path} is a directory; expected a file path")
+    probe = path if directory else path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"{what} {path}: {probe} is not a directory (it is a file)")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        raise ValueError(
+            f"cannot write {what} {path}: {probe} is not writable ({err.strerror})"
+        ) from None

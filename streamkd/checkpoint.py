@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from streamkd.atomic import atomic_write
+from streamkd.atomic import atomic_write, check_writable
 
 MAGIC = b"STREAMKD-CKPT-1\n"
 FORMAT_VERSION = 1
@@ -29,13 +29,22 @@ class CheckpointError(RuntimeError):
 
 
 class Checkpointer:
-    """Saves ``ckpt-<samples>.pt`` files in ``directory``, keeping the newest ``keep``."""
+    """Saves ``ckpt-<samples>.pt`` files in ``directory``, keeping the newest ``keep``.
 
-    def __init__(self, directory: str | Path, keep: int = 3) -> None:
+    The folder is checked for writing when the checkpointer is made, so a run that could
+    not save fails before it trains, not at its first checkpoint. ``required`` keys are
+    those every checkpoint must hold: one without them is skipped like a corrupt one.
+    """
+
+    def __init__(
+        self, directory: str | Path, keep: int = 3, required: tuple[str, ...] = ()
+    ) -> None:
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
+        check_writable(directory, what="checkpoint folder", directory=True)
         self.directory = Path(directory)
         self.keep = keep
+        self.required = tuple(required)
 
     def paths(self) -> list[Path]:
         """Checkpoint files, newest (most samples) first."""
@@ -59,9 +68,16 @@ class Checkpointer:
             old.unlink(missing_ok=True)
         return final
 
+    def partial_files(self) -> list[Path]:
+        """Temporary files a crash left mid-write (never valid checkpoints)."""
+        if not self.directory.exists():
+            return []
+        return sorted({*self.directory.glob(".ckpt-*.tmp"), *self.directory.glob("ckpt-*.tmp")})
+
     @staticmethod
-    def load(path: str | Path) -> dict[str, Any]:
-        """Read and verify one checkpoint; raises :class:`CheckpointError` if it is bad."""
+    def load(path: str | Path, required: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Read and verify one checkpoint; raises :class:`CheckpointError` if it is bad
+        (including when it lacks one of the ``required`` keys)."""
         path = Path(path)
         try:
             raw = path.read_bytes()
@@ -80,9 +96,16 @@ class Checkpointer:
             state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
         except Exception as err:  # checksum matched, so the payload itself is malformed
             raise CheckpointError(f"checkpoint {path} has an unreadable payload: {err}") from err
-        if state.get("format") != FORMAT_VERSION:
+        if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
+            found = state.get("format") if isinstance(state, dict) else type(state).__name__
             raise CheckpointError(
-                f"checkpoint {path} has format {state.get('format')!r}, expected {FORMAT_VERSION}"
+                f"checkpoint {path} has format {found!r}, expected {FORMAT_VERSION}"
+            )
+        missing = [key for key in ("step", *required) if key not in state]
+        if missing:
+            raise CheckpointError(
+                f"checkpoint {path} lacks {', '.join(map(repr, missing))} (not written by a "
+                "complete run of this kind)"
             )
         return state
 
@@ -90,12 +113,23 @@ class Checkpointer:
         """The newest valid checkpoint, skipping (and reporting) corrupt ones.
 
         Returns ``None`` when the folder holds no checkpoint at all; raises
-        :class:`CheckpointError` when there are checkpoints but none is valid.
+        :class:`CheckpointError` when there are checkpoints but none is valid. Temporary
+        files a crash left mid-write are removed (and reported).
         """
+        partial = self.partial_files()
+        for path in partial:
+            path.unlink(missing_ok=True)
+        if partial:
+            log.warning(
+                "removed %d partial checkpoint file(s) a crash left in %s: %s",
+                len(partial),
+                self.directory,
+                ", ".join(p.name for p in partial),
+            )
         errors = []
         for path in self.paths():
             try:
-                state = self.load(path)
+                state = self.load(path, self.required)
             except CheckpointError as err:
                 log.warning("%s; falling back to the previous checkpoint", err)
                 errors.append(str(err))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Any
 
@@ -85,6 +86,12 @@ def _common(p: argparse.ArgumentParser) -> None:
         default="error",
         choices=SIGNALS,
         help="what the drift detector watches: per-sample prequential error or batch loss",
+    )
+    p.add_argument(
+        "--max-classes",
+        type=int,
+        default=None,
+        help="refuse labels at or above this (default: the classes the stream declares)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--data-dir", default=None, help="dataset folder (or set STREAMKD_DATA)")
@@ -171,7 +178,16 @@ def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         progress=not args.quiet,
         drift=args.drift,
         drift_signal=args.drift_signal,
+        max_classes=args.max_classes,
     )
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Where results go must be writable before the run starts, not after it ends."""
+    from streamkd.atomic import check_writable
+
+    if args.json_out is not None:
+        check_writable(args.json_out, what="--json")
 
 
 def _tracker(args: argparse.Namespace):
@@ -217,6 +233,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         write_json,
     )
 
+    _check_outputs(args)
     result = run_one(
         args.strategy,
         args.stream,
@@ -242,6 +259,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from streamkd.experiment import compare, format_table, write_json
 
+    _check_outputs(args)
     out = compare(
         args.strategies,
         args.stream,
@@ -313,6 +331,13 @@ def main(argv: list[str] | None = None) -> int:
     from streamkd.types import InvalidBatchError
 
     args = build_parser().parse_args(argv)
+    # streamkd's own log lines (resuming, starting fresh, skipped checkpoints) go to stderr
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("streamkd: %(message)s"))
+    log = logging.getLogger("streamkd")
+    log.addHandler(handler)
+    level = log.level
+    log.setLevel(logging.INFO)
     try:
         COMMANDS[args.command](args)
     except (ValueError, DataNotFoundError, CheckpointError, InvalidBatchError) as err:
@@ -321,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("streamkd: interrupted", file=sys.stderr)
         return 130
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
     return 0
 
 

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 ENV_VAR = "STREAMKD_DATA"
@@ -12,6 +14,28 @@ DEFAULT_CANDIDATES = ("../shared/data", "data")
 
 class DataNotFoundError(FileNotFoundError):
     """A dataset was not found; the message says where we looked and how to point at it."""
+
+
+class DataError(ValueError):
+    """A dataset file exists but cannot be read (corrupt, truncated, unexpected contents)."""
+
+
+def require_file(file: Path, expected: str = "") -> Path:
+    """``file`` if it exists, else a :class:`DataNotFoundError` naming it (and what it holds)."""
+    if not file.is_file():
+        raise DataNotFoundError(f"expected {file}" + (f" ({expected})" if expected else ""))
+    return file
+
+
+@contextlib.contextmanager
+def reading(file: Path) -> Iterator[None]:
+    """Any failure while reading ``file`` becomes a :class:`DataError` that names it."""
+    try:
+        yield
+    except (DataError, DataNotFoundError):
+        raise
+    except Exception as err:  # numpy, zipfile, PIL, csv: each has its own exception types
+        raise DataError(f"cannot read {file}: {type(err).__name__}: {err}") from None
 
 
 def find_data(

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from streamkd.checks import positive_int
 from streamkd.strategy import Strategy
 from streamkd.types import Inputs, inputs_len, take
 
@@ -190,8 +191,8 @@ class Evaluator:
         self.curve.append([self.samples, acc, loss_avg])
         if logger is not None:
             metrics = {"loss": loss_avg}
-            if predicted:
-                metrics["prequential_acc"] = acc
+            if predicted:  # the run's overall prequential_acc is logged once, at the end
+                metrics["prequential_acc_window"] = acc
             logger.log_metrics(metrics, step=self.samples)
         self._win_correct = self._win_n = 0
         self._loss_sum = torch.zeros(())
@@ -314,15 +315,27 @@ def run(
     progress: bool = False,
     prequential: bool = True,
     drift: DriftMonitor | None = None,
+    config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Drive ``strategy`` over ``stream`` once and return the evaluation as a plain dict.
 
     With a ``checkpointer``, the full state (strategy, evaluator, stream position, MLflow run
     id) is saved every ``checkpoint_every`` samples and at the end; ``resume_state`` (a
     checkpoint's contents, e.g. ``Checkpointer.load_latest()``) restores a run first, so it
-    continues where it stopped. ``drift`` watches the run for concept drift (see the module
-    docstring); its state is part of the checkpoint.
+    continues where it stopped. The logger's buffered metrics are flushed before each
+    checkpoint, so MLflow holds every point a checkpoint covers; after a crash only the
+    points since the last checkpoint are logged again. ``config`` (the run's settings, see
+    :func:`streamkd.experiment.run_config`) is stored in each checkpoint. ``drift`` watches
+    the run for concept drift (see the module docstring); its state is part of the
+    checkpoint.
     """
+    for name, value in (
+        ("max_samples", max_samples),
+        ("eval_every", eval_every),
+        ("checkpoint_every", checkpoint_every),
+        ("log_every", log_every),
+    ):
+        positive_int(name, value)
     if drift is not None and drift.signal == "error" and not prequential:
         raise ValueError("the drift signal 'error' needs prequential=True (it uses its errors)")
     if log_every is None:
@@ -339,12 +352,15 @@ def run(
         next_ckpt = (ev.samples // checkpoint_every + 1) * checkpoint_every
 
     def save_checkpoint() -> None:
+        if logger is not None:  # what the checkpoint covers is in MLflow before it exists
+            logger.flush()
         checkpointer.save(
             {
                 "strategy": strategy.state_dict(),
                 "evaluator": ev.state_dict(),
                 "stream_position": stream.position(),
                 "mlflow_run_id": logger.run_id if logger is not None else "",
+                "config": config or {},
             },
             step=ev.samples,
         )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,20 +14,37 @@ import torch
 
 from streamkd.atomic import atomic_write
 from streamkd.checkpoint import Checkpointer
+from streamkd.checks import check_seed, positive_int
 from streamkd.evaluate import run
 from streamkd.models import Classifier, build_model
 from streamkd.strategy import Strategy, resolve_device
 
 MLP_HIDDEN = {"split-digits": (100, 100)}
+log = logging.getLogger(__name__)
+CHECKPOINT_KEYS = ("strategy", "evaluator", "stream_position", "config")
+"""What every run checkpoint holds; one without them is skipped for the previous one."""
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with NaN and infinities replaced by ``None`` (JSON has no such numbers)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    return value
 
 
 def write_json(path: str | Path | None, payload: Any) -> None:
-    """Write ``payload`` as indented JSON, atomically (a killed run keeps the previous file).
+    """Write ``payload`` as indented, strict JSON (NaN and infinities become ``null``),
+    atomically (a killed run keeps the previous file).
 
     ``None`` writes nothing, so callers can pass an optional ``--json`` argument straight in.
     """
     if path is not None:
-        atomic_write(path, json.dumps(payload, indent=1, default=str))
+        text = json.dumps(strict_json(payload), indent=1, default=str, allow_nan=False)
+        atomic_write(path, text)
 
 
 def make_stream(name: str, *, seed: int = 0, batch_size: int = 10, data_dir=None, **kwargs):
@@ -47,12 +66,13 @@ def make_model(
     """The stream's default architecture (MLP for vectors and digits/MNIST, reduced ResNet18
     for CIFAR-10), initialised under ``seed``. Naming the ``strategy`` takes the head and
     ResNet width it expects (e.g. PCR's cosine head, OnPro's nf=64)."""
+    positive_int("nf", nf)
     if strategy is not None:
         from streamkd.strategies import get_strategy
 
         cls = get_strategy(strategy)
         head, head_scale = cls.head, cls.head_scale
-        nf = nf or cls.default_nf
+        nf = nf if nf is not None else cls.default_nf
     torch.manual_seed(seed)
     arch = arch or stream.default_arch
     return build_model(
@@ -67,8 +87,13 @@ def make_model(
     )
 
 
-# set by their own arguments of run_one / the CLI (--memory, --seed, --device), never twice
-RESERVED_ARGS = {"memory": "--memory", "seed": "--seed/--seeds", "device": "--device"}
+# set by their own arguments of run_one / the CLI (--memory, --seed, ...), never twice
+RESERVED_ARGS = {
+    "memory": "--memory",
+    "seed": "--seed/--seeds",
+    "device": "--device",
+    "max_classes": "--max-classes",
+}
 
 
 def parse_strategy_args(values: str | Sequence[str] | None) -> dict[str, Any]:
@@ -187,9 +212,15 @@ def run_one(
     progress: bool = False,
     drift: str | None = None,
     drift_signal: str = "error",
+    max_classes: int | None = None,
 ) -> dict[str, Any]:
     """One strategy x seed on one stream; returns the evaluation dict (plus run metadata and
     the strategy's ``hparams``).
+
+    Labels must lie below ``max_classes`` (default: the classes the stream declares; a cap
+    below them is refused). A checkpoint records the run's configuration
+    (:func:`run_config`); ``resume`` refuses a checkpoint written under another one, listing
+    the differences, since its state would not mean what the new arguments say.
 
     ``strategy_kwargs`` are constructor arguments of this strategy (see
     :func:`strategy_kwargs` for ``--strategy-args``). ``resume`` continues from the newest
@@ -201,19 +232,62 @@ def run_one(
     from streamkd.strategies import get_strategy
 
     get_strategy(strategy_name)  # fail fast with the list of names, before loading data
+    check_seed(seed)
+    for name, value in (
+        ("max_samples", max_samples),
+        ("eval_every", eval_every),
+        ("checkpoint_every", checkpoint_every),
+        ("max_classes", max_classes),
+    ):
+        positive_int(name, value)
     if resume and checkpoint_dir is None:
         raise ValueError("--resume needs --checkpoint-dir: the folder to resume from")
     monitor = DriftMonitor(drift, signal=drift_signal) if drift is not None else None
     stream = make_stream(
         stream_name, seed=seed, batch_size=batch_size, data_dir=data_dir, **(stream_kwargs or {})
     )
+    declared = getattr(stream, "n_classes", None)
+    if max_classes is not None and declared is not None and max_classes < declared:
+        raise ValueError(
+            f"--max-classes {max_classes} is below the stream's classes: the stream declares "
+            f"{declared} classes"
+        )
     dev = resolve_device(device)
     model = make_model(stream, seed=seed, strategy=strategy_name, **(model_kwargs or {}))
     strategy = make_strategy(
-        strategy_name, model, memory=memory, seed=seed, device=dev, **(strategy_kwargs or {})
+        strategy_name,
+        model,
+        memory=memory,
+        seed=seed,
+        device=dev,
+        max_classes=max_classes or declared,
+        **(strategy_kwargs or {}),
     )
-    checkpointer = Checkpointer(checkpoint_dir) if checkpoint_dir is not None else None
-    state = checkpointer.load_latest() if (resume and checkpointer is not None) else None
+    config = run_config(
+        strategy_name,
+        strategy,
+        stream,
+        model_kwargs=model_kwargs,
+        stream_kwargs=stream_kwargs,
+        eval_every=eval_every,
+        drift=drift,
+        drift_signal=drift_signal,
+    )
+    checkpointer = (
+        Checkpointer(checkpoint_dir, required=CHECKPOINT_KEYS)
+        if checkpoint_dir is not None
+        else None
+    )
+    state = None
+    if resume and checkpointer is not None:
+        state = checkpointer.load_latest()
+        if state is None:
+            log.warning(
+                "--resume: no checkpoint in %s; starting from the beginning", checkpoint_dir
+            )
+        else:
+            check_resumable(state, config, checkpoint_dir)
+            log.info("resuming from %s at sample %d", checkpoint_dir, int(state["step"]))
     logger = None
     if tracker is not None:
         if state is not None and state.get("mlflow_run_id"):
@@ -241,6 +315,7 @@ def run_one(
             resume_state=state,
             progress=progress,
             drift=monitor,
+            config=config,
         )
     except BaseException:
         if logger is not None:
@@ -260,6 +335,60 @@ def run_one(
     return result
 
 
+def run_config(
+    strategy_name: str,
+    strategy: Strategy,
+    stream,
+    *,
+    model_kwargs: dict[str, Any] | None = None,
+    stream_kwargs: dict[str, Any] | None = None,
+    eval_every: int | None = None,
+    drift: str | None = None,
+    drift_signal: str = "error",
+) -> dict[str, Any]:
+    """Everything that decides a run's result, as plain JSON values: the strategy and every
+    argument it resolved (the device excepted: a run may move to another), the stream and
+    its options (the batch size among them: positions count batches), the model, the
+    evaluation and drift settings. Stored in every checkpoint and compared on resume."""
+    from streamkd.streams import OPTION_FLAGS
+
+    model_kwargs, stream_kwargs = model_kwargs or {}, stream_kwargs or {}
+    config = {
+        "strategy": strategy_name,
+        **{k: v for k, v in strategy.hparams.items() if k != "device"},
+        **stream.describe(),
+        **{option: stream_kwargs.get(option) for option in OPTION_FLAGS},
+        "arch": model_kwargs.get("arch") or getattr(stream, "default_arch", None),
+        "nf": model_kwargs.get("nf"),
+        "eval_every": eval_every,
+        "drift": drift,
+        "drift_signal": drift_signal if drift is not None else None,
+    }
+    return json.loads(json.dumps(config, default=str))
+
+
+def check_resumable(state: dict[str, Any], config: dict[str, Any], where) -> None:
+    """Refuse, in one line listing every difference, a checkpoint written under another
+    configuration (or by a version that did not record one)."""
+    saved = state.get("config")
+    if not isinstance(saved, dict) or not saved:
+        raise ValueError(
+            f"cannot resume from {where}: the checkpoint does not record its run's "
+            "configuration (written by an older streamkd); start a fresh --checkpoint-dir"
+        )
+    diffs = [
+        f"{key} {saved.get(key)} -> {config.get(key)}"
+        for key in dict.fromkeys([*saved, *config])
+        if saved.get(key) != config.get(key)
+    ]
+    if diffs:
+        raise ValueError(
+            f"cannot resume from {where}: the run's configuration differs from the "
+            f"checkpoint's: {', '.join(diffs)} (resume with the original settings, or start "
+            "a fresh --checkpoint-dir)"
+        )
+
+
 def compare(
     strategies: Sequence[str],
     stream_name: str,
@@ -275,6 +404,12 @@ def compare(
     every strategy's arguments are checked before the first run starts."""
     if "strategy_kwargs" in run_kwargs:
         raise ValueError("compare() takes strategy_args (per strategy), not strategy_kwargs")
+    if not strategies:
+        raise ValueError("--strategies names no strategy: give at least one, e.g. er,mir")
+    if not seeds:
+        raise ValueError("--seeds names no seed: give at least one, e.g. 0,1,2")
+    for seed in seeds:
+        check_seed(seed)
     kwargs_of = {name: strategy_kwargs(name, strategy_args) for name in strategies}
     parent = None
     if tracker is not None:

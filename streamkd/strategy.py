@@ -24,10 +24,13 @@ import torch
 from torch import Tensor
 
 from streamkd.buffer import ReplayBuffer
+from streamkd.checks import check_seed, finite_numbers, positive_int
 from streamkd.models import Classifier
 from streamkd.types import Batch, Inputs, InvalidBatchError, StepResult, to_device, validate_batch
 
 OPTIMIZERS = ("sgd", "adam")
+DEVICE_TYPES = ("cpu", "cuda")
+MAX_CLASSES = 10_000  # the default cap on a head's growth (ImageNet-1k fits ten times)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -38,6 +41,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
         dev = torch.device(device)
     except RuntimeError as err:
         raise ValueError(f"unknown device {device!r}; expected auto, cpu or cuda[:N]") from err
+    if dev.type not in DEVICE_TYPES:  # mps, meta, xpu...: never tested here, so refused
+        raise ValueError(f"unknown device {device!r}; expected auto, cpu or cuda[:N]")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available here")
     return dev
@@ -76,6 +81,7 @@ def _records_arguments(init):
             if name in ("self", "model") or param.kind is param.VAR_KEYWORD:
                 continue
             value = bound.arguments[name]
+            finite_numbers(name, value)  # NaN or inf would train silently into NaN weights
             recorded.setdefault(name, tuple(value) if isinstance(value, list) else value)
         init(self, *args, **kwargs)
 
@@ -123,6 +129,7 @@ class Strategy:
         device: str | torch.device = "cpu",
         seed: int = 0,
         channels_last: bool | None = None,
+        max_classes: int = MAX_CLASSES,
     ) -> None:
         """Args:
         lr: learning rate
@@ -136,6 +143,8 @@ class Strategy:
         device: auto, cpu or cuda[:N]
         seed: seeds the strategy's generator (buffer sampling, augmentation, mixing draws)
         channels_last: NHWC weights (default: on for conv models on CUDA only)
+        max_classes: labels must lie below this; the head never grows past it (runs set it
+            to the stream's declared classes)
         """
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {OPTIMIZERS}")
@@ -143,6 +152,12 @@ class Strategy:
             raise ValueError(f"lr must be positive, got {lr}")
         if replay_batch < 0 or memory < 0:
             raise ValueError(f"memory and replay_batch must be >= 0, got {memory}, {replay_batch}")
+        check_seed(seed)
+        self.max_classes = positive_int("max_classes", max_classes, optional=False)
+        if model.n_classes > self.max_classes:
+            raise ValueError(
+                f"the model has {model.n_classes} outputs, more than max_classes={max_classes}"
+            )
         spec = input_spec(model)
         if self.needs_images and spec is not None and (isinstance(spec, dict) or len(spec) != 3):
             takes = f"fields {', '.join(spec)}" if isinstance(spec, dict) else tuple(spec)
@@ -180,6 +195,7 @@ class Strategy:
         self.extra_modules: dict[str, torch.nn.Module] = {}
         self._training: bool | None = None
         self._valid: tuple[Inputs, Tensor | None] | None = None  # the last batch validated
+        self.input_dtype: torch.dtype | None = None  # fixed by the first batch learned
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -229,14 +245,15 @@ class Strategy:
         raise NotImplementedError
 
     def validate(self, batch: Batch) -> None:
-        """Check ``batch`` against the model's inputs (:func:`validate_batch`) once: the
+        """Check ``batch`` against the model's inputs (:func:`validate_batch`: shape, dtype,
+        values, labels below ``max_classes``, the dtype of the inputs learned so far) once: the
         evaluator validates before its prequential prediction and ``observe()`` does not
         check the same batch again. The mark lasts until ``prepare()`` has taken the batch,
         so a tensor refilled in place is checked again next time."""
         last = self._valid
         if last is not None and last[0] is batch.x and last[1] is batch.y:
             return
-        validate_batch(batch, self.input_spec)
+        validate_batch(batch, self.input_spec, max_classes=self.max_classes, dtype=self.input_dtype)
         self._valid = (batch.x, batch.y)
 
     @property
@@ -252,6 +269,8 @@ class Strategy:
         x = to_device(batch.x, self.device)
         y = batch.y.to(self.device, torch.long, non_blocking=True)
         self._valid = None
+        if self.input_dtype is None and isinstance(batch.x, Tensor):
+            self.input_dtype = batch.x.dtype
         self.ensure_classes(int(batch.y.max()) + 1)
         self.seen_classes[y] = True
         self.train_mode(True)
@@ -278,14 +297,20 @@ class Strategy:
         Classes never seen in training score ``-inf``: a class-incremental learner cannot
         know them, and untrained rows (e.g. PCR's unused proxies) must not win. Inputs are
         checked like a batch's (shape; fields, dtypes and id ranges of multi-field inputs),
-        except a batch's inputs that :meth:`validate` has just checked.
+        except a batch's inputs that :meth:`validate` has just checked; tensor inputs must
+        have the dtype of those learned (values are not scanned here, for speed).
         """
         if self._valid is None or self._valid[0] is not x:
             spec = self.input_spec
-            if isinstance(x, Tensor) and isinstance(spec, tuple):  # shape only, no data read
+            if isinstance(x, Tensor) and isinstance(spec, tuple):  # no data read
                 if tuple(x.shape[1:]) != spec:
                     raise InvalidBatchError(
                         f"predict() got per-sample shape {tuple(x.shape[1:])}, expected {spec}"
+                    )
+                if self.input_dtype is not None and x.dtype != self.input_dtype:
+                    raise InvalidBatchError(
+                        f"predict() got inputs of dtype {x.dtype}; this learner learned "
+                        f"{self.input_dtype} inputs"
                     )
             else:
                 validate_batch(Batch(x), spec)
@@ -303,6 +328,10 @@ class Strategy:
         head = self.model.head
         if n_classes <= head.out_features:
             return
+        if n_classes > self.max_classes:
+            raise InvalidBatchError(
+                f"cannot grow the head to {n_classes} classes: max_classes is {self.max_classes}"
+            )
         old = list(head.parameters())
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=self.generator)))
@@ -350,6 +379,7 @@ class Strategy:
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "samples_seen": self.samples_seen,
+            "input_dtype": str(self.input_dtype or "").replace("torch.", ""),
             "extra": self.extra_state(),
         }
 
@@ -366,6 +396,8 @@ class Strategy:
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.samples_seen = int(state["samples_seen"])
+        dtype = state.get("input_dtype") or None  # absent in older checkpoints
+        self.input_dtype = getattr(torch, dtype) if dtype else None
         self.load_extra_state(state["extra"])
         self._training = None
 

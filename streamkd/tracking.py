@@ -3,6 +3,11 @@
 Metrics are buffered and sent with ``log_batch`` (one request per 1,000 values and at the
 end), so logging never dominates the step time; ``step`` is always the number of samples
 seen. Default store: ``sqlite:///mlflow.db`` in the working directory.
+
+A store is checked when the :class:`Tracker` is made, before any work: the URI's scheme, a
+sqlite file's folder (never created behind the user's back), a server's reachability. A
+new sqlite store is created and migrated under a file lock (``<db>.lock``), so several
+processes starting on a fresh store at once do not race through MLflow's migrations.
 """
 
 from __future__ import annotations
@@ -10,12 +15,58 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "streamkd"
 FLUSH_AT = 1000
+SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+PROBE_SECONDS = 5.0
+
+
+def check_tracking_uri(uri: str) -> Path | None:
+    """Refuse a tracking URI MLflow would fail on later (or silently misread), in one line;
+    returns the database file of a sqlite store (``None`` for the others)."""
+    from streamkd.atomic import check_writable
+
+    parsed = urllib.parse.urlparse(uri)
+    scheme = parsed.scheme.split("+")[0]  # postgresql+psycopg2 -> postgresql
+    if scheme not in SCHEMES:
+        raise ValueError(
+            f"--tracking-uri {uri!r} is not a store URI: expected sqlite:///PATH.db, "
+            "http(s)://HOST:PORT, file:///PATH or a database URI (postgresql://, mysql://)"
+        )
+    if scheme == "sqlite":
+        path = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else ""
+        if not path or path == ":memory:":
+            raise ValueError(
+                f"--tracking-uri {uri!r}: expected sqlite:///PATH.db (a file; "
+                "sqlite:////abs/path.db for an absolute one)"
+            )
+        db = Path(path)
+        if not db.parent.is_dir():
+            raise ValueError(
+                f"--tracking-uri {uri!r}: the folder {db.parent} does not exist (it is not "
+                "created for you: a typo would scatter stores)"
+            )
+        check_writable(db, what="MLflow store")
+        return db
+    if scheme in ("http", "https"):
+        probe = uri.rstrip("/") + "/health"
+        try:
+            urllib.request.urlopen(probe, timeout=PROBE_SECONDS).close()
+        except urllib.error.HTTPError:
+            pass  # a server answered (an auth proxy may refuse /health): reachable
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise ValueError(
+                f"--tracking-uri {uri!r}: cannot reach the MLflow server ({reason})"
+            ) from None
+    return None
 
 
 class Tracker:
@@ -24,14 +75,28 @@ class Tracker:
     def __init__(
         self, tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT
     ) -> None:
+        import contextlib
+
+        from filelock import FileLock
+        from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
         self.tracking_uri = tracking_uri or DEFAULT_TRACKING_URI
-        self.client = MlflowClient(tracking_uri=self.tracking_uri)
-        found = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = (
-            found.experiment_id if found is not None else self.client.create_experiment(experiment)
-        )
+        db = check_tracking_uri(self.tracking_uri)
+        # the first connection creates and migrates a new sqlite store; one process at a time
+        lock = FileLock(f"{db}.lock") if db is not None else contextlib.nullcontext()
+        try:
+            with lock:
+                self.client = MlflowClient(tracking_uri=self.tracking_uri)
+                found = self.client.get_experiment_by_name(experiment)
+                self.experiment_id = (
+                    found.experiment_id
+                    if found is not None
+                    else self.client.create_experiment(experiment)
+                )
+        except MlflowException as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"--tracking-uri {self.tracking_uri!r}: {first}") from None
 
     def start_run(
         self,

@@ -186,12 +186,25 @@ def _validate_fields(x: dict, schema: Schema | None) -> int:
     return n
 
 
-def validate_batch(batch: Batch, spec: InputSpec) -> None:
+FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
+def validate_batch(
+    batch: Batch,
+    spec: InputSpec,
+    *,
+    max_classes: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> None:
     """Reject a malformed batch with a specific message (shape, dtype, NaN, ids, labels).
 
     ``spec`` is what the model takes: the per-sample shape of a tensor input, a
     :data:`Schema` for multi-field inputs, or ``None`` (a tensor of any shape; a dict of
-    fields is refused, since nothing declares what its fields should be).
+    fields is refused, since nothing declares what its fields should be). Tensor inputs are
+    ``uint8`` (images, scaled by 1/255 in the model) or floating point, finite once cast to
+    float32; other integer dtypes are refused (int32 pixels would reach the network
+    unscaled). ``dtype``, when given, is the dtype the learner's inputs already have (its
+    replay memory stores that one). Labels are integer class ids in ``[0, max_classes)``.
     """
     if not isinstance(batch, Batch):
         raise InvalidBatchError(f"expected a streamkd Batch, got {type(batch).__name__}")
@@ -199,11 +212,11 @@ def validate_batch(batch: Batch, spec: InputSpec) -> None:
     if isinstance(x, dict):
         n = _validate_fields(x, spec if isinstance(spec, dict) else None)
     else:
-        n = _validate_tensor(x, spec)
-    _validate_labels(batch.y, n)
+        n = _validate_tensor(x, spec, dtype)
+    _validate_labels(batch.y, n, max_classes)
 
 
-def _validate_tensor(x, spec: InputSpec) -> int:
+def _validate_tensor(x, spec: InputSpec, dtype: torch.dtype | None = None) -> int:
     if not isinstance(x, Tensor):
         raise InvalidBatchError(f"batch.x must be a torch.Tensor, got {type(x).__name__}")
     if isinstance(spec, dict):
@@ -218,15 +231,27 @@ def _validate_tensor(x, spec: InputSpec) -> int:
             f"batch.x has per-sample shape {tuple(x.shape[1:])}, expected {tuple(spec)} "
             f"(full batch shape {tuple(x.shape)})"
         )
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
-        raise InvalidBatchError(f"batch.x contains NaN or infinite values in {bad} sample(s)")
-    if x.dtype == torch.bool or x.is_complex():
-        raise InvalidBatchError(f"batch.x has dtype {x.dtype}; expected uint8 or floating point")
+    if x.dtype != torch.uint8 and not x.is_floating_point():
+        raise InvalidBatchError(
+            f"batch.x has dtype {x.dtype}; expected uint8 (images, scaled by 1/255) or "
+            "floating point (other integer dtypes would reach the network unscaled)"
+        )
+    if dtype is not None and x.dtype != dtype:
+        raise InvalidBatchError(
+            f"batch.x has dtype {x.dtype}, but this learner's inputs are {dtype} (fixed by "
+            "the first batch it learned; its replay memory stores them): convert the stream"
+        )
+    if x.is_floating_point():
+        finite = torch.isfinite(x) if x.dtype != torch.float64 else x.abs() <= FLOAT32_MAX
+        if not bool(finite.all()):
+            bad = int((~finite).flatten(1).any(1).sum())
+            raise InvalidBatchError(
+                f"batch.x contains NaN or infinite values (once cast to float32) in {bad} sample(s)"
+            )
     return len(x)
 
 
-def _validate_labels(y, n: int) -> None:
+def _validate_labels(y, n: int, max_classes: int | None = None) -> None:
     if y is None:
         return
     if not isinstance(y, Tensor):
@@ -236,8 +261,13 @@ def _validate_labels(y, n: int) -> None:
             f"batch.y must be 1-D with one label per sample: got shape {tuple(y.shape)} "
             f"for {n} inputs"
         )
-    if y.is_floating_point() or y.dtype == torch.bool:
+    if y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
         raise InvalidBatchError(f"batch.y must hold integer class ids, got dtype {y.dtype}")
-    lo = int(y.min())
+    lo, hi = (int(v) for v in torch.stack([y.min(), y.max()]).tolist())
     if lo < 0:
         raise InvalidBatchError(f"batch.y holds a negative class id ({lo}); ids must be >= 0")
+    if max_classes is not None and hi >= max_classes:
+        raise InvalidBatchError(
+            f"batch.y holds class id {hi}; this learner takes class ids below {max_classes} "
+            "(max_classes: the stream's declared classes or the cap, --max-classes)"
+        )

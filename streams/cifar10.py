@@ -13,19 +13,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from streamkd.data import DataNotFoundError, reading
 from streamkd.streams.split import Arrays, cached_loader, class_split_stream
 
 
 def _decode_pack(file: Path) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
 
-    with np.load(file) as d:
-        jpeg, offsets, labels = d["jpeg"], d["offsets"], d["labels"]
-    images = np.empty((len(labels), 32, 32, 3), dtype=np.uint8)
-    for i in range(len(labels)):
-        buf = jpeg[offsets[i] : offsets[i + 1]].tobytes()
-        images[i] = np.asarray(Image.open(io.BytesIO(buf)).convert("RGB"))
-    return images, labels.astype(np.int64)
+    with reading(file):
+        with np.load(file) as d:
+            jpeg, offsets, labels = d["jpeg"], d["offsets"], d["labels"]
+        images = np.empty((len(labels), 32, 32, 3), dtype=np.uint8)
+        for i in range(len(labels)):
+            buf = jpeg[offsets[i] : offsets[i + 1]].tobytes()
+            images[i] = np.asarray(Image.open(io.BytesIO(buf)).convert("RGB"))
+        return images, labels.astype(np.int64)
 
 
 def _read_cifar10(p: Path) -> Arrays:
@@ -38,7 +40,7 @@ def _read_cifar10(p: Path) -> Arrays:
     else:
         train_files = sorted(p.glob("train-*.npz"))
         if not train_files or not (p / "test.npz").exists():
-            raise FileNotFoundError(f"expected train-*.npz and test.npz in {p}")
+            raise DataNotFoundError(f"expected train-*.npz and test.npz in {p}")
         packs = [_decode_pack(f) for f in train_files]
         parts = [
             (np.concatenate([a for a, _ in packs]), np.concatenate([b for _, b in packs])),

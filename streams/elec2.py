@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from streamkd.data import find_data
+from streamkd.data import find_data, reading, require_file
 from streamkd.streams.split import SegmentedStream, chronological_stream, period_bounds
 from streamkd.types import Field, Inputs, Schema
 
@@ -25,13 +25,12 @@ FEATURES = ("period", "nswprice", "nswdemand", "vicprice", "vicdemand", "transfe
 
 def load_elec2(data_dir: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The six features (float32) and labels (1 = UP) of every row, in time order."""
-    file = find_data("elec2", data_dir) / "elec.csv"
-    if not file.exists():
-        raise FileNotFoundError(f"expected {file}")
-    table = np.genfromtxt(file, delimiter=",", names=True, dtype=None, encoding="utf-8")
-    x = np.stack([table[f].astype(np.float32) for f in FEATURES], axis=1)
-    raw = table["class"]
-    y = (raw == "UP") if raw.dtype.kind in "US" else raw.astype(np.int64)
+    file = require_file(find_data("elec2", data_dir) / "elec.csv")
+    with reading(file):
+        table = np.genfromtxt(file, delimiter=",", names=True, dtype=None, encoding="utf-8")
+        x = np.stack([table[f].astype(np.float32) for f in FEATURES], axis=1)
+        raw = table["class"]
+        y = (raw == "UP") if raw.dtype.kind in "US" else raw.astype(np.int64)
     return torch.from_numpy(x), torch.from_numpy(np.asarray(y, dtype=np.int64))
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from streamkd.data import reading, require_file
 from streamkd.streams.split import (
     Arrays,
     SegmentData,
@@ -33,10 +34,8 @@ def _read_mnist(p: Path) -> Arrays:
 
         tr, te = MNIST(str(p.parent), train=True), MNIST(str(p.parent), train=False)
         return tr.data[:, None], tr.targets.long(), te.data[:, None], te.targets.long()
-    file = p / "mnist.npz"
-    if not file.exists():
-        raise FileNotFoundError(f"expected {file} (arrays train_images, train_labels, ...)")
-    with np.load(file) as d:
+    file = require_file(p / "mnist.npz", "arrays train_images, train_labels, ...")
+    with reading(file), np.load(file) as d:
         return (
             torch.from_numpy(d["train_images"][:, None].copy()),
             torch.from_numpy(d["train_labels"].astype(np.int64)),

@@ -11,10 +11,14 @@ How river's world maps onto streamkd's:
 
 * Features: the model is built on the first learned sample. Its feature names, sorted, fix the
   input layout for good (so dict order never matters); a later sample with missing or unknown
-  features, or a value that is not a finite number, raises a ``ValueError`` naming them.
+  features, or a value that is not a finite number within float32's range, raises a
+  ``ValueError`` naming them. A sample without features is refused.
   Scale features first (``preprocessing.StandardScaler() | ...``): the network sees raw values.
-* Labels: any hashable (bool, str, int); class ids are given in order of first appearance and
-  the head grows when a new label arrives. ``predict_proba_one`` covers every label seen so
+* Labels: any hashable (bool, str, int) except ``None`` and NaN; class ids are given in order
+  of first appearance and the head grows when a new label arrives, up to the strategy's
+  ``max_classes`` (10,000 unless ``strategy_kwargs`` says otherwise).
+* A refused sample or frame changes nothing: not the pending mini-batch, not the labels, not
+  the network. ``predict_proba_one`` covers every label seen so
   far; before anything was learned it returns ``{}`` (and ``predict_one`` ``None``).
 * ``learn_one`` buffers samples until ``batch_size`` of them are waiting, then makes one
   ``observe()`` step on them (``batch_size=1``, the default, learns from every sample at
@@ -57,11 +61,13 @@ import torch
 from river import base
 
 from streamkd.models import MLP, Classifier, CosineHead, InputNormalizer, LinearHead
-from streamkd.strategy import Strategy
+from streamkd.strategy import MAX_CLASSES, Strategy
 from streamkd.types import Batch
 
 if TYPE_CHECKING:
     import pandas as pd
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 SKIPPED_CHECKS = frozenset(
     {
@@ -183,7 +189,12 @@ class RiverClassifier(base.MiniBatchClassifier):
         )
 
     def _row(self, x: dict) -> list[float]:
-        """The sample's values in the fixed feature order, checked to be finite numbers."""
+        """The sample's values in the fixed feature order, checked to be finite numbers that
+        float32 (the network's dtype) can hold."""
+        if not isinstance(x, dict):
+            raise ValueError(f"RiverClassifier: x must be a dict of features, got {type(x)}")
+        if not x:
+            raise ValueError("RiverClassifier: the sample has no features (an empty dict)")
         self._check_names(x)
         row = []
         for name in self._features:
@@ -194,6 +205,11 @@ class RiverClassifier(base.MiniBatchClassifier):
                 raise ValueError(
                     f"RiverClassifier: feature {name!r} is {value!r} "
                     f"({type(value).__name__}); every feature must be a finite number"
+                )
+            if abs(value) > FLOAT32_MAX:
+                raise ValueError(
+                    f"RiverClassifier: feature {name!r} is {value!r}, beyond float32's range "
+                    f"(|x| <= {FLOAT32_MAX:.3g}); scale it first"
                 )
             row.append(float(value))
         return row
@@ -209,18 +225,51 @@ class RiverClassifier(base.MiniBatchClassifier):
                 f"RiverClassifier: features {bad} are not numeric "
                 f"(dtypes {[str(X[c].dtype) for c in bad]})"
             )
-        values = X.to_numpy(dtype=np.float32)
+        with np.errstate(over="ignore"):  # beyond float32's range becomes inf: refused below
+            values = X.to_numpy(dtype=np.float32)
         finite = np.isfinite(values).all(axis=0)
         if not finite.all():
             bad = [c for c, ok in zip(X.columns, finite, strict=True) if not ok]
-            raise ValueError(f"RiverClassifier: features {bad} hold NaN or infinite values")
+            raise ValueError(
+                f"RiverClassifier: features {bad} hold NaN or infinite values, or values "
+                "beyond float32's range"
+            )
         return torch.from_numpy(values)
 
-    def _label_id(self, y: Hashable) -> int:
-        if y not in self._label_ids:
+    def _label_ids_of(self, labels: list) -> tuple[list[int], list]:
+        """Class ids of ``labels`` and the labels new among them, registering nothing: a
+        refused sample must leave the classes as they were."""
+        ids, new = [], {}
+        for y in labels:
+            try:
+                hash(y)
+            except TypeError:
+                raise ValueError(
+                    f"RiverClassifier: label {y!r} ({type(y).__name__}) is not hashable"
+                ) from None
+            if y is None or (isinstance(y, numbers.Real) and math.isnan(y)):
+                raise ValueError(f"RiverClassifier: label {y!r} is not a class (None or NaN)")
+            if y in self._label_ids:
+                ids.append(self._label_ids[y])
+            else:
+                ids.append(new.setdefault(y, len(self._labels) + len(new)))
+        cap = (self.strategy_kwargs or {}).get("max_classes", MAX_CLASSES)
+        if len(self._labels) + len(new) > cap:
+            raise ValueError(
+                f"RiverClassifier: label {next(reversed(new))!r} would be class "
+                f"{len(self._labels) + len(new)}; max_classes is {cap}"
+            )
+        return ids, list(new)
+
+    def _register(self, new_labels: list) -> None:
+        for y in new_labels:
             self._label_ids[y] = len(self._labels)
             self._labels.append(y)
-        return self._label_ids[y]
+
+    def _forget(self, new_labels: list) -> None:
+        for y in new_labels:
+            del self._label_ids[y]
+            self._labels.pop()
 
     # -- the network ----------------------------------------------------------------------------
     def _build(self) -> None:
@@ -261,10 +310,10 @@ class RiverClassifier(base.MiniBatchClassifier):
         self._strategy.observe(Batch(x, torch.tensor(y, dtype=torch.long)))
 
     def _flush(self) -> None:
+        """Learn the pending samples; they stay pending if the step is refused."""
         if self._pending_y:
-            x, y = torch.tensor(self._pending_x, dtype=torch.float32), self._pending_y
+            self._observe(torch.tensor(self._pending_x, dtype=torch.float32), self._pending_y)
             self._pending_x, self._pending_y = [], []
-            self._observe(x, y)
 
     @property
     def _fitted(self) -> bool:
@@ -297,18 +346,27 @@ class RiverClassifier(base.MiniBatchClassifier):
 
     # -- river API ------------------------------------------------------------------------------
     def learn_one(self, x: dict, y: Hashable) -> None:
-        if self._features is None:
+        first = self._features is None
+        if first and isinstance(x, dict):
             self._features = _feature_order(x)
         try:
             row = self._row(x)
+            (label,), new = self._label_ids_of([y])
         except ValueError:
-            if self._strategy is None and not self._pending_y:
+            if first:
                 self._features = None  # a rejected first sample must not fix the layout
             raise
+        self._register(new)
         self._pending_x.append(row)
-        self._pending_y.append(self._label_id(y))
+        self._pending_y.append(label)
         if len(self._pending_y) >= self.batch_size:
-            self._flush()
+            try:
+                self._flush()
+            except BaseException:  # the step was refused: this sample was never taken
+                self._pending_x.pop()
+                self._pending_y.pop()
+                self._forget(new)
+                raise
 
     def predict_proba_one(self, x: dict, **kwargs: Any) -> dict[Hashable, float]:
         if not self._fitted:
@@ -321,16 +379,23 @@ class RiverClassifier(base.MiniBatchClassifier):
             raise ValueError(f"learn_many got {len(X)} rows of features and {len(y)} labels")
         if len(X) == 0:
             return
-        if self._features is None:
+        first = self._features is None
+        if first:
             self._features = _feature_order(X.columns)
         try:
             x = self._frame(X)
+            ids, new = self._label_ids_of(y.tolist())
         except ValueError:
-            if self._strategy is None and not self._pending_y:
+            if first:
                 self._features = None
             raise
         self._flush()  # samples buffered by learn_one come first, in stream order
-        self._observe(x, [self._label_id(label) for label in y.tolist()])
+        self._register(new)
+        try:
+            self._observe(x, ids)
+        except BaseException:
+            self._forget(new)
+            raise
 
     def predict_proba_many(self, X: pd.DataFrame) -> pd.DataFrame:
         import pandas as pd
