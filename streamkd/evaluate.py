@@ -376,7 +376,8 @@ def run(
             leave=False,
             disable=not sys.stderr.isatty(),
         )
-    for batch in stream:
+    done = max_samples is not None and ev.samples >= max_samples  # a resumed, finished run
+    for batch in () if done else stream:
         seg = batch.segment if batch.segment is not None else 0
         if ev.current_segment is not None and seg != ev.current_segment:
             ev.end_segment(strategy, ev.current_segment, logger)

@@ -283,6 +283,14 @@ def test_resume_with_the_same_configuration_and_a_new_stopping_point(saved_run, 
     assert 600 <= run["resumed_from"] < 700 and run["samples"] == 1347
 
 
+def test_resuming_a_finished_run_trains_nothing_more(saved_run, tmp_path):
+    out = tmp_path / "res.json"
+    args = [*BASE_RUN, "--checkpoint-dir", str(saved_run), "--resume", "--max-samples", "600"]
+    assert main([*args, "--json", str(out)]) == 0
+    run = json.loads(out.read_text())["runs"][0]
+    assert run["samples"] == run["resumed_from"] >= 600
+
+
 def test_resume_removes_partial_temp_files_and_says_it_starts_fresh(tmp_path, capsys):
     ck = tmp_path / "ck"
     ck.mkdir()
@@ -522,7 +530,12 @@ def test_metrics_are_flushed_with_every_checkpoint(tmp_path, monkeypatch):
         assert step - logged < 13 + 10, (step, logged)  # log interval 13 on split-digits
 
 
-def _kill_at(args: list[str], ck: Path, n_checkpoints: int, env: dict) -> None:
+def _newest_step(ck: Path) -> int:
+    return max((int(p.stem.split("-")[1]) for p in ck.glob("ckpt-*.pt")), default=0)
+
+
+def _kill_at(args: list[str], ck: Path, min_step: int, env: dict) -> None:
+    """Start the CLI, SIGKILL it a moment after a checkpoint at ``min_step`` or later."""
     import signal
     import subprocess
     import sys
@@ -535,13 +548,12 @@ def _kill_at(args: list[str], ck: Path, n_checkpoints: int, env: dict) -> None:
         stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 240
-    while time.time() < deadline and len(list(ck.glob("ckpt-*.pt"))) < n_checkpoints:
-        if proc.poll() is not None:
-            break
+    while time.time() < deadline and _newest_step(ck) < min_step and proc.poll() is None:
         time.sleep(0.01)
-    time.sleep(0.05 * n_checkpoints)  # somewhere between this checkpoint and the next
+    time.sleep(0.3)  # between this checkpoint and the next: curve points not yet covered
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
 
 
 @pytest.mark.slow
@@ -567,8 +579,9 @@ def test_kill_and_resume_keeps_the_mlflow_metric_history(tmp_path, data_dir):
     assert full.returncode == 0, full.stderr
     ck = tmp_path / "killed"
     args = [*base, "--checkpoint-dir", str(ck)]
-    for n_checkpoints in (1, 4, 8):
-        _kill_at([*args, *(["--resume"] if n_checkpoints > 1 else [])], ck, n_checkpoints, env)
+    for min_step in (500, 2000, 4000):  # three kills, each run resumed by the next
+        _kill_at([*args, *(["--resume"] if min_step > 500 else [])], ck, min_step, env)
+        assert min_step <= _newest_step(ck) < 6000
     done = subprocess.run(
         [*cli, *args, "--resume", "--json", str(tmp_path / "r")],
         env=env,
