@@ -51,4 +51,4 @@ notebooks: $(VENV)/.full
 		$(PY) notebooks/execute.py $(NOTEBOOKS)
 
 clean:
-	rm -rf $(VENV) results mlflow.db mlruns mlartifacts
+	rm -rf $(VENV) results mlflow.db mlflow.db.lock mlruns mlartifacts

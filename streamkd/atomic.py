@@ -8,10 +8,13 @@ new one under the final name, never a half-written one.
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -26,7 +29,7 @@ def _fsync_dir(directory: Path) -> None:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` for a writer that wants a file name (FAISS);
     on success it is fsynced and renamed over ``path``, on error it is removed."""
-    path = Path(path)
+    path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")  # one name per target: a crash leaves no litter
     try:
@@ -48,14 +51,30 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
     payload = data.encode() if isinstance(data, str) else data
     with atomic_path(path) as tmp:
         tmp.write_bytes(payload)
-    return Path(path)
+    return Path(path).expanduser()
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with NaN and infinities replaced by ``None`` (JSON has no such numbers)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def json_text(payload: Any) -> str:
+    """Indented, strict JSON: NaN and infinities become ``null``, other objects ``str()``."""
+    return json.dumps(strict_json(payload), indent=1, default=str, allow_nan=False)
 
 
 def check_writable(path: str | Path, *, what: str = "output", directory: bool = False) -> None:
     """Refuse, before any work starts, a location a later write would fail on: a file path
     that is a folder, a path under a file, or a folder this process cannot write into
     (probed by creating a temporary file, so it holds for root and read-only mounts too)."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if directory and path.exists() and not path.is_dir():
         raise ValueError(f"{what} {path} is not a directory (it is a file)")
     if not directory and path.is_dir():

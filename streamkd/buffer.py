@@ -78,6 +78,11 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return self.size
 
+    @property
+    def input_dtype(self) -> torch.dtype | None:
+        """The dtype of the stored tensor inputs (``None``: nothing stored, or fields)."""
+        return self.x.dtype if isinstance(self.x, Tensor) else None
+
     # -- storage ---------------------------------------------------------------------------
     def _allocate(self, x: Inputs, extras: dict[str, Tensor]) -> None:
         cap, dev = self.capacity, self.device

@@ -31,20 +31,28 @@ class CheckpointError(RuntimeError):
 class Checkpointer:
     """Saves ``ckpt-<samples>.pt`` files in ``directory``, keeping the newest ``keep``.
 
-    The folder is checked for writing when the checkpointer is made, so a run that could
-    not save fails before it trains, not at its first checkpoint. ``required`` keys are
-    those every checkpoint must hold: one without them is skipped like a corrupt one.
+    The folder is checked for writing when the checkpointer is made (unless ``writable`` is
+    false: a reader of someone else's checkpoints), so a run that could not save fails
+    before it trains, not at its first checkpoint; temporary files a crash left mid-write
+    are removed then, and reported. ``required`` keys are those every checkpoint must hold:
+    one without them is skipped like a corrupt one.
     """
 
     def __init__(
-        self, directory: str | Path, keep: int = 3, required: tuple[str, ...] = ()
+        self,
+        directory: str | Path,
+        keep: int = 3,
+        required: tuple[str, ...] = (),
+        writable: bool = True,
     ) -> None:
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
-        check_writable(directory, what="checkpoint folder", directory=True)
-        self.directory = Path(directory)
+        self.directory = Path(directory).expanduser()
         self.keep = keep
         self.required = tuple(required)
+        if writable:
+            check_writable(self.directory, what="checkpoint folder", directory=True)
+            self.remove_partial_files()
 
     def paths(self) -> list[Path]:
         """Checkpoint files, newest (most samples) first."""
@@ -68,11 +76,20 @@ class Checkpointer:
             old.unlink(missing_ok=True)
         return final
 
-    def partial_files(self) -> list[Path]:
-        """Temporary files a crash left mid-write (never valid checkpoints)."""
-        if not self.directory.exists():
-            return []
-        return sorted({*self.directory.glob(".ckpt-*.tmp"), *self.directory.glob("ckpt-*.tmp")})
+    def remove_partial_files(self) -> None:
+        """Delete the temporary files a crash left mid-write (never valid checkpoints)."""
+        if not self.directory.is_dir():
+            return
+        partial = sorted({*self.directory.glob(".ckpt-*.tmp"), *self.directory.glob("ckpt-*.tmp")})
+        for path in partial:
+            path.unlink(missing_ok=True)
+        if partial:
+            log.warning(
+                "removed %d partial checkpoint file(s) a crash left in %s: %s",
+                len(partial),
+                self.directory,
+                ", ".join(p.name for p in partial),
+            )
 
     @staticmethod
     def load(path: str | Path, required: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -113,19 +130,8 @@ class Checkpointer:
         """The newest valid checkpoint, skipping (and reporting) corrupt ones.
 
         Returns ``None`` when the folder holds no checkpoint at all; raises
-        :class:`CheckpointError` when there are checkpoints but none is valid. Temporary
-        files a crash left mid-write are removed (and reported).
+        :class:`CheckpointError` when there are checkpoints but none is valid.
         """
-        partial = self.partial_files()
-        for path in partial:
-            path.unlink(missing_ok=True)
-        if partial:
-            log.warning(
-                "removed %d partial checkpoint file(s) a crash left in %s: %s",
-                len(partial),
-                self.directory,
-                ", ".join(p.name for p in partial),
-            )
         errors = []
         for path in self.paths():
             try:

@@ -336,8 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     handler.setFormatter(logging.Formatter("streamkd: %(message)s"))
     log = logging.getLogger("streamkd")
     log.addHandler(handler)
-    level = log.level
+    level, propagate = log.level, log.propagate
     log.setLevel(logging.INFO)
+    log.propagate = False  # printed once, by this handler
     try:
         COMMANDS[args.command](args)
     except (ValueError, DataNotFoundError, CheckpointError, InvalidBatchError) as err:
@@ -349,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         log.removeHandler(handler)
         log.setLevel(level)
+        log.propagate = propagate
     return 0
 
 

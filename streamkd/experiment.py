@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,28 +11,17 @@ from typing import Any
 
 import torch
 
-from streamkd.atomic import atomic_write
+from streamkd.atomic import atomic_write, json_text
 from streamkd.checkpoint import Checkpointer
-from streamkd.checks import check_seed, positive_int
+from streamkd.checks import check_seed, finite_numbers, positive_int
 from streamkd.evaluate import run
 from streamkd.models import Classifier, build_model
 from streamkd.strategy import Strategy, resolve_device
 
 MLP_HIDDEN = {"split-digits": (100, 100)}
 log = logging.getLogger(__name__)
-CHECKPOINT_KEYS = ("strategy", "evaluator", "stream_position", "config")
+CHECKPOINT_KEYS = ("strategy", "evaluator", "stream_position")
 """What every run checkpoint holds; one without them is skipped for the previous one."""
-
-
-def strict_json(value: Any) -> Any:
-    """``value`` with NaN and infinities replaced by ``None`` (JSON has no such numbers)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: strict_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [strict_json(v) for v in value]
-    return value
 
 
 def write_json(path: str | Path | None, payload: Any) -> None:
@@ -43,8 +31,7 @@ def write_json(path: str | Path | None, payload: Any) -> None:
     ``None`` writes nothing, so callers can pass an optional ``--json`` argument straight in.
     """
     if path is not None:
-        text = json.dumps(strict_json(payload), indent=1, default=str, allow_nan=False)
-        atomic_write(path, text)
+        atomic_write(path, json_text(payload))
 
 
 def make_stream(name: str, *, seed: int = 0, batch_size: int = 10, data_dir=None, **kwargs):
@@ -162,7 +149,8 @@ def strategy_kwargs(name: str, strategy_args: dict[str, Any] | None) -> dict[str
 
 def _check_keys(name: str, cls: type[Strategy], kwargs: dict[str, Any]) -> None:
     valid = cls.arguments()
-    for key in kwargs:
+    for key, value in kwargs.items():
+        finite_numbers(key, value)
         if key in RESERVED_ARGS:
             raise ValueError(
                 f"--strategy-args: set {key!r} with {RESERVED_ARGS[key]}, not in --strategy-args"
@@ -188,6 +176,14 @@ def make_strategy(name: str, model: Classifier, **kwargs) -> Strategy:
             f"valid: {', '.join(valid)}"
         )
     return cls(model, **{k: v for k, v in kwargs.items() if v is not None})
+
+
+def check_run_arguments(seed: int = 0, **counts: int | None) -> None:
+    """The seed and the counts of a run (``max_samples``...: positive or ``None``), checked
+    before any data is loaded; :func:`compare` checks every run's before the first starts."""
+    check_seed(seed)
+    for name, value in counts.items():
+        positive_int(name, value)
 
 
 def run_one(
@@ -232,14 +228,13 @@ def run_one(
     from streamkd.strategies import get_strategy
 
     get_strategy(strategy_name)  # fail fast with the list of names, before loading data
-    check_seed(seed)
-    for name, value in (
-        ("max_samples", max_samples),
-        ("eval_every", eval_every),
-        ("checkpoint_every", checkpoint_every),
-        ("max_classes", max_classes),
-    ):
-        positive_int(name, value)
+    check_run_arguments(
+        seed=seed,
+        max_samples=max_samples,
+        eval_every=eval_every,
+        checkpoint_every=checkpoint_every,
+        max_classes=max_classes,
+    )
     if resume and checkpoint_dir is None:
         raise ValueError("--resume needs --checkpoint-dir: the folder to resume from")
     monitor = DriftMonitor(drift, signal=drift_signal) if drift is not None else None
@@ -335,6 +330,10 @@ def run_one(
     return result
 
 
+# a run may move between devices: these resolve per device (channels_last: NHWC on CUDA)
+RESOLVED_PER_DEVICE = ("device", "channels_last")
+
+
 def run_config(
     strategy_name: str,
     strategy: Strategy,
@@ -346,20 +345,25 @@ def run_config(
     drift: str | None = None,
     drift_signal: str = "error",
 ) -> dict[str, Any]:
-    """Everything that decides a run's result, as plain JSON values: the strategy and every
-    argument it resolved (the device excepted: a run may move to another), the stream and
-    its options (the batch size among them: positions count batches), the model, the
-    evaluation and drift settings. Stored in every checkpoint and compared on resume."""
+    """Everything that decides a run's result, as plain JSON values, resolved (a default
+    spelled out compares equal to the default left out): the strategy and every argument it
+    resolved (those that depend on the device excepted: a run may move to another), the
+    stream, its options and class order (the batch size among them: positions count
+    batches), the model, the evaluation and drift settings. Stored in every checkpoint and
+    compared on resume."""
     from streamkd.streams import OPTION_FLAGS
 
     model_kwargs, stream_kwargs = model_kwargs or {}, stream_kwargs or {}
+    model = strategy.model
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     config = {
         "strategy": strategy_name,
-        **{k: v for k, v in strategy.hparams.items() if k != "device"},
+        **{k: v for k, v in strategy.hparams.items() if k not in RESOLVED_PER_DEVICE},
         **stream.describe(),
-        **{option: stream_kwargs.get(option) for option in OPTION_FLAGS},
-        "arch": model_kwargs.get("arch") or getattr(stream, "default_arch", None),
-        "nf": model_kwargs.get("nf"),
+        **{option: stream_kwargs.get(option) for option in OPTION_FLAGS if option != "order"},
+        "segment_classes": [list(s.classes) for s in stream.segments],  # the class order
+        "model": type(model.backbone).__name__,
+        "width": convs[0].out_channels if convs else None,  # ResNet18's nf, as resolved
         "eval_every": eval_every,
         "drift": drift,
         "drift_signal": drift_signal if drift is not None else None,
@@ -408,8 +412,9 @@ def compare(
         raise ValueError("--strategies names no strategy: give at least one, e.g. er,mir")
     if not seeds:
         raise ValueError("--seeds names no seed: give at least one, e.g. 0,1,2")
-    for seed in seeds:
-        check_seed(seed)
+    counts = ("max_samples", "eval_every", "checkpoint_every", "max_classes")
+    for seed in seeds:  # every run's arguments, before the first run starts
+        check_run_arguments(seed, **{k: run_kwargs.get(k) for k in counts})
     kwargs_of = {name: strategy_kwargs(name, strategy_args) for name in strategies}
     parent = None
     if tracker is not None:

@@ -43,6 +43,10 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise ValueError(f"unknown device {device!r}; expected auto, cpu or cuda[:N]") from err
     if dev.type not in DEVICE_TYPES:  # mps, meta, xpu...: never tested here, so refused
         raise ValueError(f"unknown device {device!r}; expected auto, cpu or cuda[:N]")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(
+            f"device {device!r} requested but this machine has {torch.cuda.device_count()} GPU(s)"
+        )
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available here")
     return dev
@@ -113,6 +117,9 @@ class Strategy:
     head_scale: ClassVar[float] = 1.0
     default_nf: ClassVar[int] = 20  # ResNet18 width when the stream's default model is a ResNet
     needs_images: ClassVar[bool] = False  # augments images: inputs must be (C, H, W)
+    # class-level defaults keep strategies pickled before these existed loadable
+    max_classes: int = MAX_CLASSES
+    input_dtype: torch.dtype | None = None
 
     def __init__(
         self,
@@ -396,8 +403,8 @@ class Strategy:
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.samples_seen = int(state["samples_seen"])
-        dtype = state.get("input_dtype") or None  # absent in older checkpoints
-        self.input_dtype = getattr(torch, dtype) if dtype else None
+        dtype = state.get("input_dtype") or None  # absent in older checkpoints: the buffer's
+        self.input_dtype = getattr(torch, dtype) if dtype else self.buffer.input_dtype
         self.load_extra_state(state["extra"])
         self._training = None
 

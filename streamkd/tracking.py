@@ -21,10 +21,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from streamkd.atomic import json_text
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "streamkd"
 FLUSH_AT = 1000
 SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+PLAIN = ("databricks", "databricks-uc", "uc")  # MLflow's bare store names
 PROBE_SECONDS = 5.0
 
 
@@ -35,13 +38,15 @@ def check_tracking_uri(uri: str) -> Path | None:
 
     parsed = urllib.parse.urlparse(uri)
     scheme = parsed.scheme.split("+")[0]  # postgresql+psycopg2 -> postgresql
+    if uri in PLAIN or scheme in PLAIN:
+        return None
     if scheme not in SCHEMES:
         raise ValueError(
             f"--tracking-uri {uri!r} is not a store URI: expected sqlite:///PATH.db, "
             "http(s)://HOST:PORT, file:///PATH or a database URI (postgresql://, mysql://)"
         )
     if scheme == "sqlite":
-        path = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else ""
+        path = uri[len("sqlite:///") :].split("?")[0] if uri.startswith("sqlite:///") else ""
         if not path or path == ":memory:":
             raise ValueError(
                 f"--tracking-uri {uri!r}: expected sqlite:///PATH.db (a file; "
@@ -55,7 +60,7 @@ def check_tracking_uri(uri: str) -> Path | None:
             )
         check_writable(db, what="MLflow store")
         return db
-    if scheme in ("http", "https"):
+    if scheme == "http":  # https is left to MLflow's own TLS settings (private CAs...)
         probe = uri.rstrip("/") + "/health"
         try:
             urllib.request.urlopen(probe, timeout=PROBE_SECONDS).close()
@@ -174,7 +179,7 @@ class RunLogger:
                     indent=1,
                 )
             )
-            (out / "result.json").write_text(json.dumps(result, indent=1, default=str))
+            (out / "result.json").write_text(json_text(result))
             if any(v is not None for row in result["acc_matrix"] for v in row):
                 plot_acc_matrix(result["acc_matrix"], out / "acc_matrix.png")
             if result.get("curve"):

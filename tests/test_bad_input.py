@@ -215,6 +215,19 @@ def test_river_rejected_samples_leave_pending_batch_and_classes_untouched(batch_
     assert model.classes == [0, 1]
 
 
+def test_river_refused_first_samples_fix_no_layout():
+    from streamkd.integrations.river import RiverClassifier
+
+    model = RiverClassifier("er", seed=0)
+    with pytest.raises(ValueError, match="float32"):
+        model.learn_one({"a": 10**400}, 1)  # an int too large for a float
+    assert model.features is None
+    model = RiverClassifier("er", {"momentum": float("nan")}, seed=0)
+    with pytest.raises(ValueError, match="momentum must be a finite number"):
+        model.learn_one({"a": 1.0}, 1)  # the first step builds the strategy, which refuses
+    assert model.features is None and model.classes == [] and not model._pending_y
+
+
 def test_river_refuses_an_empty_first_sample_and_bad_frames():
     import pandas as pd
 
@@ -275,11 +288,13 @@ def test_resume_refuses_a_changed_configuration(saved_run, capsys, extra, words)
 
 
 def test_resume_with_the_same_configuration_and_a_new_stopping_point(saved_run, tmp_path):
+    """Defaults spelled out (class order, width, the stream's classes) compare equal."""
     out = tmp_path / "res.json"
-    assert (
-        main([*BASE_RUN, "--checkpoint-dir", str(saved_run), "--resume", "--json", str(out)]) == 0
-    )
+    same = ["--class-order", "seeded", "--nf", "20", "--max-classes", "10", "--lr", "0.1"]
+    argv = [*BASE_RUN, "--checkpoint-dir", str(saved_run), "--resume", "--json", str(out)]
+    assert main([*argv, *same]) == 0
     run = json.loads(out.read_text())["runs"][0]
+    assert run["hparams"]["max_classes"] == 10  # a run caps labels at the stream's classes
     assert 600 <= run["resumed_from"] < 700 and run["samples"] == 1347
 
 
@@ -289,6 +304,36 @@ def test_resuming_a_finished_run_trains_nothing_more(saved_run, tmp_path):
     assert main([*args, "--json", str(out)]) == 0
     run = json.loads(out.read_text())["runs"][0]
     assert run["samples"] == run["resumed_from"] >= 600
+
+
+def test_a_checkpoint_without_a_recorded_configuration_is_refused_clearly(saved_run, capsys):
+    ck = Checkpointer(saved_run)
+    for path in ck.paths():
+        state = Checkpointer.load(path)
+        del state["config"]
+        state.pop("format")
+        path.unlink()
+        ck.save(state, step=state.pop("step"))
+    _refused(
+        capsys,
+        [*BASE_RUN, "--checkpoint-dir", str(saved_run), "--resume"],
+        "does not record its run's configuration",
+    )
+
+
+def test_the_configuration_ignores_what_resolves_per_device(mnist_batches):
+    from streamkd.experiment import run_config
+
+    stream, _ = mnist_batches
+    configs = [
+        run_config(
+            "er",
+            make_strategy("er", make_model(stream, seed=0), channels_last=flag),
+            stream,
+        )
+        for flag in (False, True)
+    ]
+    assert configs[0] == configs[1] and "device" not in configs[0]
 
 
 def test_resume_removes_partial_temp_files_and_says_it_starts_fresh(tmp_path, capsys):
@@ -380,6 +425,17 @@ REFUSED_COMMANDS: list[tuple[str, list[str], str | list[str]]] = [
     ),
     ("seeds empty", ["compare", "--seeds", "", "--no-track", "--quiet"], "--seeds names no seed"),
     ("seeds commas", ["compare", "--seeds", ",,,", "--no-track", "--quiet"], "--seeds names no"),
+    (
+        "compare: a later strategy's NaN argument",
+        ["compare", "--strategies", "naive,er", "--strategy-args", "er.lr=NaN", "--no-track"],
+        "lr must be a finite number",
+    ),
+    (
+        "compare max-samples 0",
+        ["compare", "--max-samples", "0", "--no-track", "--quiet"],
+        "max_samples must be a positive",
+    ),
+    ("device cuda:7", [*RUN, "--device", "cuda:7"], "device 'cuda:7'"),
     (
         "strategies empty",
         ["compare", "--strategies", "", "--no-track", "--quiet"],
@@ -550,7 +606,7 @@ def _kill_at(args: list[str], ck: Path, min_step: int, env: dict) -> None:
     deadline = time.time() + 240
     while time.time() < deadline and _newest_step(ck) < min_step and proc.poll() is None:
         time.sleep(0.01)
-    time.sleep(0.3)  # between this checkpoint and the next: curve points not yet covered
+    time.sleep(0.05)  # after this checkpoint: curve points it does not cover yet
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
@@ -579,7 +635,7 @@ def test_kill_and_resume_keeps_the_mlflow_metric_history(tmp_path, data_dir):
     assert full.returncode == 0, full.stderr
     ck = tmp_path / "killed"
     args = [*base, "--checkpoint-dir", str(ck)]
-    for min_step in (500, 2000, 4000):  # three kills, each run resumed by the next
+    for min_step in (500, 2000, 3500):  # three kills, each run resumed by the next
         _kill_at([*args, *(["--resume"] if min_step > 500 else [])], ck, min_step, env)
         assert min_step <= _newest_step(ck) < 6000
     done = subprocess.run(

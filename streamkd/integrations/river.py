@@ -91,6 +91,13 @@ def _reduce_generator(generator: torch.Generator):
     return _rebuild_generator, (str(generator.device), generator.get_state().numpy().tobytes())
 
 
+def _finite(value: numbers.Real) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float: finite, and refused by range
+        return True
+
+
 def _feature_order(names) -> list:
     try:
         return sorted(names)
@@ -201,7 +208,7 @@ class RiverClassifier(base.MiniBatchClassifier):
             value = x[name]
             if isinstance(value, np.bool_):
                 value = bool(value)
-            if not isinstance(value, numbers.Real) or not math.isfinite(value):
+            if not isinstance(value, numbers.Real) or not _finite(value):
                 raise ValueError(
                     f"RiverClassifier: feature {name!r} is {value!r} "
                     f"({type(value).__name__}); every feature must be a finite number"
@@ -247,7 +254,7 @@ class RiverClassifier(base.MiniBatchClassifier):
                 raise ValueError(
                     f"RiverClassifier: label {y!r} ({type(y).__name__}) is not hashable"
                 ) from None
-            if y is None or (isinstance(y, numbers.Real) and math.isnan(y)):
+            if y is None or (isinstance(y, numbers.Real) and y != y):  # NaN != NaN
                 raise ValueError(f"RiverClassifier: label {y!r} is not a class (None or NaN)")
             if y in self._label_ids:
                 ids.append(self._label_ids[y])
@@ -366,6 +373,8 @@ class RiverClassifier(base.MiniBatchClassifier):
                 self._pending_x.pop()
                 self._pending_y.pop()
                 self._forget(new)
+                if first:
+                    self._features = None
                 raise
 
     def predict_proba_one(self, x: dict, **kwargs: Any) -> dict[Hashable, float]:
@@ -395,6 +404,8 @@ class RiverClassifier(base.MiniBatchClassifier):
             self._observe(x, ids)
         except BaseException:
             self._forget(new)
+            if first:
+                self._features = None
             raise
 
     def predict_proba_many(self, X: pd.DataFrame) -> pd.DataFrame:
