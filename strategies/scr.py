@@ -20,7 +20,7 @@ from streamkd.augment import SimCLRAugment
 from streamkd.losses import supcon_loss
 from streamkd.models import ProjectionHead
 from streamkd.strategy import Strategy
-from streamkd.types import Batch, StepResult
+from streamkd.types import Batch, StepResult, to_device
 
 
 class SCR(Strategy):
@@ -92,6 +92,26 @@ class SCR(Strategy):
         in_memory = torch.zeros(len(means), dtype=torch.bool, device=self.device)
         in_memory[self.buffer.classes().to(self.device)] = True
         return scores.masked_fill(~in_memory, float("-inf"))
+
+    def predictor(self):
+        """NCM over a frozen copy of the model and of the class means and memory classes."""
+        import copy
+
+        if len(self.buffer) == 0:
+            n, device = self.model.n_classes, self.device
+            return lambda x: torch.zeros(len(x), n, device=device)
+        model = copy.deepcopy(self.model).eval()
+        means = self.class_means().clone()
+        in_memory = torch.zeros(len(means), dtype=torch.bool, device=self.device)
+        in_memory[self.buffer.classes().to(self.device)] = True
+        device = self.device
+
+        @torch.no_grad()
+        def predict(x):
+            feats = F.normalize(model.features(to_device(x, device)), dim=1)
+            return (-torch.cdist(feats, means).pow(2)).masked_fill(~in_memory, float("-inf"))
+
+        return predict
 
     def load_extra_state(self, state: dict) -> None:
         self._means = None

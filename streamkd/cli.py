@@ -134,7 +134,56 @@ def build_parser() -> argparse.ArgumentParser:
         "--verbose", "-v", action="store_true", help="each strategy's arguments and defaults"
     )
     sub.add_parser("streams", help="list the available streams")
+    _serve_parsers(sub)
     return parser
+
+
+def _serve_parsers(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="a long-running learner beside a live source, with an HTTP API",
+        description="Flags override the [serve] table of --config; see README, 'Serve'.",
+    )
+    p.add_argument("--config", default=None, help="TOML file with a [serve] table")
+    p.add_argument("--strategy", default=None, help="strategy name (default er)")
+    p.add_argument(
+        "--strategy-args",
+        action="append",
+        default=None,
+        metavar="JSON|KEY=VALUE",
+        help="strategy arguments, as for `streamkd run`",
+    )
+    p.add_argument("--like", default=None, help="borrow this stream's inputs and model")
+    p.add_argument("--source", default=None, help="jsonl:PATH or http (POST /learn)")
+    p.add_argument("--checkpoint-dir", default=None, help="checkpoints, WAL, dead letters")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="every N events")
+    p.add_argument("--checkpoint-seconds", type=float, default=None, help="every S seconds")
+    p.add_argument("--keep", type=int, default=None, help="checkpoints kept (default 3)")
+    p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    p.add_argument("--token", default=None, help="bearer token (or STREAMKD_TOKEN)")
+    p.add_argument(
+        "--stop-at-eof",
+        action="store_true",
+        default=None,
+        help="finite source: final checkpoint at its end, then exit 0",
+    )
+    p.add_argument("--batch-size", type=int, default=None, help="events per learning step")
+    p.add_argument("--memory", type=int, default=None, help="replay memory size (samples)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None, help="auto, cpu or cuda[:N] (default cpu)")
+    p.add_argument("--data-dir", default=None, help="dataset folder for --like")
+    p.add_argument("--tracking-uri", default=None, help="MLflow store")
+    p.add_argument("--no-track", action="store_true", default=None, help="no MLflow")
+    p_inspect = sub.add_parser("inspect", help="what the newest good checkpoint of a folder holds")
+    p_inspect.add_argument("checkpoint_dir")
+    p_inspect.add_argument("--json", action="store_true", help="one JSON object")
+    p_export = sub.add_parser("export-jsonl", help="write a registered stream as JSON events")
+    p_export.add_argument("--stream", required=True)
+    p_export.add_argument("--out", required=True)
+    p_export.add_argument("--max-samples", type=int, default=None)
+    p_export.add_argument("--seed", type=int, default=0)
+    p_export.add_argument("--data-dir", default=None)
 
 
 def _strategy_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -317,11 +366,64 @@ def cmd_streams(_: argparse.Namespace) -> None:
         print(f"{name:<16} {help_text}")
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from streamkd.experiment import parse_strategy_args
+    from streamkd.serve import load_config, serve
+
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    if flags.get("strategy_args") is not None:
+        flags["strategy_args"] = parse_strategy_args(flags["strategy_args"])
+    return serve(load_config(args.config, flags))
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    import json
+
+    from streamkd.checkpoint import Checkpointer, CheckpointError
+    from streamkd.serve.learner import model_digest
+
+    state = Checkpointer(args.checkpoint_dir, writable=False).load_latest()
+    if state is None:
+        raise CheckpointError(f"no checkpoint in {args.checkpoint_dir}")
+    counters = state.get("counters") or {}
+    evaluator = state.get("evaluator") or {}
+    predicted = counters.get("predicted") or (evaluator.get("counts") or [0, 0, 0])[2]
+    correct = counters.get("correct") or (evaluator.get("counts") or [0, 0, 0])[1]
+    info = {
+        "step": int(state["step"]),
+        "events_learned": state.get("events_learned", int(state["step"])),
+        "source_position": state.get("source_position", state.get("stream_position")),
+        "strategy": state["strategy"]["strategy"],
+        "prequential_acc": correct / predicted if predicted else None,
+        "mlflow_run_id": state.get("mlflow_run_id") or None,
+        "model_sha256": model_digest(state["strategy"]["model"]),
+    }
+    if args.json:
+        print(json.dumps(info))
+    else:
+        for key, value in info.items():
+            print(f"{key:<16} {value}")
+
+
+def cmd_export_jsonl(args: argparse.Namespace) -> None:
+    from streamkd.atomic import check_writable
+    from streamkd.experiment import make_stream
+    from streamkd.streams.jsonl import export_events
+
+    check_writable(args.out, what="--out")
+    stream = make_stream(args.stream, seed=args.seed, data_dir=args.data_dir)
+    n = export_events(stream, args.out, max_samples=args.max_samples)
+    print(f"wrote {n} events of {args.stream} to {args.out}")
+
+
 COMMANDS = {
     "run": cmd_run,
     "compare": cmd_compare,
     "strategies": cmd_strategies,
     "streams": cmd_streams,
+    "serve": cmd_serve,
+    "inspect": cmd_inspect,
+    "export-jsonl": cmd_export_jsonl,
 }
 
 
@@ -340,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     log.setLevel(logging.INFO)
     log.propagate = False  # printed once, by this handler
     try:
-        COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
     except (ValueError, DataNotFoundError, CheckpointError, InvalidBatchError) as err:
         print(f"streamkd: error: {err}", file=sys.stderr)
         return 2
@@ -351,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         log.removeHandler(handler)
         log.setLevel(level)
         log.propagate = propagate
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

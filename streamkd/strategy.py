@@ -18,6 +18,7 @@ import functools
 import inspect
 import re
 import textwrap
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -324,6 +325,19 @@ class Strategy:
         self.train_mode(False)
         scores = self.scores(to_device(x, self.device))
         return scores.masked_fill(~self.seen_classes, float("-inf"))
+
+    def predictor(self) -> Callable[[Inputs], Tensor]:
+        """A frozen copy of :meth:`predict` for readers in other threads (the daemon's
+        ``/predict``): later training does not change what it computes. Strategies whose
+        :meth:`scores` read more than the model (SCR's class means) override it."""
+        model = copy.deepcopy(self.model).eval()
+        seen, device = self.seen_classes.clone(), self.device
+
+        @torch.no_grad()
+        def predict(x: Inputs) -> Tensor:
+            return model(to_device(x, device)).masked_fill(~seen, float("-inf"))
+
+        return predict
 
     def scores(self, x: Inputs) -> Tensor:
         """Raw class scores in eval mode; override for non-parametric classifiers (NCM)."""

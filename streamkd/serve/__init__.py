@@ -1,0 +1,39 @@
+"""The streamkd daemon: ``streamkd serve`` (a learner beside a live source, with an HTTP API),
+``streamkd inspect`` (what a checkpoint folder holds) and their parts."""
+
+from __future__ import annotations
+
+import logging
+
+from streamkd.serve.config import ServeConfig, load_config
+
+__all__ = ["ServeConfig", "load_config", "serve"]
+log = logging.getLogger(__name__)
+
+
+def serve(config: ServeConfig) -> int:
+    """Run the daemon until SIGTERM/SIGINT (or, with ``stop_at_eof``, the source's end);
+    returns the exit code (0 after a clean stop with its final checkpoint)."""
+    import uvicorn
+
+    from streamkd.serve.app import Service, create_app
+
+    service = Service(config)
+    app = create_app(service)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=config.host, port=config.port, log_level="warning")
+    )
+    app.state.server = server
+    log.info(
+        "serving %s on http://%s:%d, learning from %s (%s)",
+        config.strategy,
+        config.host,
+        config.port,
+        config.source,
+        "resumed" if service.resumed else "fresh",
+    )
+    server.run()
+    if service.learner.error is not None:
+        log.error("the learner failed: %s", service.learner.error)
+        return 1
+    return 0

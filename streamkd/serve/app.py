@@ -1,0 +1,418 @@
+"""``streamkd serve``: the HTTP API around a :class:`~streamkd.serve.learner.Learner`.
+
+Routes (OpenAPI schema at ``/docs``):
+
+* ``POST /predict`` -- ``{"x": ...}`` or ``{"batch": [{"id"?, "x"}, ...]}``; concurrent
+  requests are batched into one forward pass (up to ``PREDICT_BATCH`` rows, waiting at most
+  ``PREDICT_WAIT`` seconds) on the newest frozen predictor the learner published. An ``id``
+  keeps the features, so a later ``/learn`` may send only the label.
+* ``POST /learn`` -- an event or ``{"events": [...]}`` (the ``http`` source): validated
+  whole, then appended to the write-ahead log ``<checkpoint-dir>/wal.jsonl`` and fsynced
+  before the answer, so an acknowledged event survives a crash; an id already logged is
+  refused (409), so a client that re-posts after a lost answer never makes it learn twice.
+* ``POST /checkpoint`` (waits for it), ``GET /health``, ``GET /metrics`` (Prometheus).
+* ``POST /correct`` -- for strategies that take corrections; others answer 409.
+
+Mutating routes need ``Authorization: Bearer <token>`` when a token is set. Every refusal is a
+4xx with a precise message, counted in ``/metrics`` and written with its reason to
+``<checkpoint-dir>/dead-letters.jsonl``; none changes the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hmac
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from streamkd.atomic import strict_json
+from streamkd.checkpoint import Checkpointer
+from streamkd.serve.config import ServeConfig
+from streamkd.serve.learner import CHECKPOINT_KEYS, DeadLetters, Learner
+from streamkd.streams.jsonl import EventError, JsonlSource, append_lines, parse_event
+
+log = logging.getLogger(__name__)
+PREDICT_BATCH = 256
+PREDICT_WAIT = 0.002
+REMEMBERED_PREDICTIONS = 10_000  # ids whose features a delayed /learn may reuse
+
+
+class Refused(Exception):
+    """A request refused with an HTTP status and a message."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+class Service:
+    """The learner, its source, the WAL and the counters behind the routes."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        from streamkd.experiment import make_model, make_strategy, make_stream, strategy_kwargs
+
+        self.config = config
+        ck_dir = Path(config.checkpoint_dir).expanduser()
+        self.checkpointer = Checkpointer(ck_dir, keep=config.keep, required=CHECKPOINT_KEYS)
+        ck_dir.mkdir(parents=True, exist_ok=True)
+        like = make_stream(config.like, seed=config.seed, data_dir=config.data_dir)
+        if like.input_shape is None:
+            raise ValueError(f"--like {config.like}: multi-field streams cannot be served yet")
+        first = next(iter(like)).x
+        self.shape, self.dtype = tuple(like.input_shape), first.dtype
+        self.max_classes = like.n_classes
+        kwargs = strategy_kwargs(config.strategy, config.strategy_args)
+        model = make_model(like, seed=config.seed, strategy=config.strategy)
+        self.strategy = make_strategy(
+            config.strategy,
+            model,
+            memory=config.memory,
+            seed=config.seed,
+            device=config.device,
+            max_classes=self.max_classes,
+            **kwargs,
+        )
+        if config.source == "http":
+            self.wal = ck_dir / "wal.jsonl"
+            source_path = self.wal
+        else:
+            self.wal = None
+            source_path = Path(config.source.split(":", 1)[1]).expanduser()
+            if config.stop_at_eof and not source_path.exists():
+                raise ValueError(f"--source {config.source}: {source_path} does not exist")
+        self.source = JsonlSource(
+            source_path,
+            self.shape,
+            self.dtype,
+            max_classes=self.max_classes,
+            follow=not config.stop_at_eof,
+        )
+        self.dead = DeadLetters(ck_dir / "dead-letters.jsonl")
+        run_config = {
+            "strategy": config.strategy,
+            **{k: v for k, v in self.strategy.hparams.items() if k != "device"},
+            "like": config.like,
+            "source": config.source,
+            "batch_size": config.batch_size,
+        }
+        self.tracker_logger = self._mlflow()
+        self.learner = Learner(
+            self.strategy,
+            self.source,
+            self.checkpointer,
+            batch_size=config.batch_size,
+            checkpoint_every=config.checkpoint_every,
+            checkpoint_seconds=config.checkpoint_seconds,
+            stop_at_eof=config.stop_at_eof,
+            dead_letters=self.dead,
+            config=json.loads(json.dumps(run_config, default=str)),
+            logger=self.tracker_logger,
+        )
+        self.resumed = self.learner.resume()
+        self.known_ids = self._logged_ids()
+        self.remembered: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.rejected: dict[str, int] = {}
+        self.predictions = 0
+        self.predict_seconds: list[float] = []
+        self._wal_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def _mlflow(self):
+        if self.config.no_track:
+            return None
+        from streamkd.tracking import Tracker
+
+        tracker = Tracker(self.config.tracking_uri, experiment="streamkd-serve")
+        state = self.checkpointer.load_latest() if self.checkpointer.paths() else None
+        if state is not None and state.get("mlflow_run_id"):
+            return tracker.resume_run(state["mlflow_run_id"])
+        return tracker.start_run(
+            f"serve-{self.config.strategy}",
+            {
+                "strategy": self.config.strategy,
+                "source": self.config.source,
+                "like": self.config.like,
+            },
+        )
+
+    def _logged_ids(self) -> set[str]:
+        """Ids already in the write-ahead log (a re-post after a crash is a duplicate)."""
+        ids: set[str] = set()
+        if self.wal is not None and self.wal.exists():
+            with open(self.wal) as f:
+                for line in f:
+                    try:
+                        ids.add(json.loads(line)["id"])
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        continue
+        return ids
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.learner.run, name="learner", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.learner.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+        self.source.close()
+        if self.tracker_logger is not None:
+            self.tracker_logger.end()
+
+    # -- refusals ----------------------------------------------------------------------------
+    def refuse(self, status: int, reason: str, payload: str, kind: str) -> Refused:
+        self.rejected[kind] = self.rejected.get(kind, 0) + 1
+        self.dead.write(reason, payload, f"http:{kind}")
+        return Refused(status, reason)
+
+    # -- predict -----------------------------------------------------------------------------
+    def parse_inputs(self, body: Any, raw: str) -> tuple[list[str | None], torch.Tensor, bool]:
+        if isinstance(body, dict) and "batch" in body:
+            items, single = body["batch"], False
+            if not isinstance(items, list) or not items:
+                raise self.refuse(422, "batch must be a non-empty list", raw, "predict")
+        else:
+            items, single = [body], True
+        ids, xs = [], []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict) or "x" not in item:
+                raise self.refuse(422, f"item {i}: expected an object with x", raw, "predict")
+            event_id = item.get("id") or f"predict-{i}"
+            try:
+                event = parse_event(
+                    {"id": event_id, "x": item["x"]}, self.shape, self.dtype, self.max_classes
+                )
+            except EventError as err:
+                raise self.refuse(422, str(err), raw, "predict") from None
+            ids.append(item.get("id"))
+            xs.append(event.x)
+        return ids, torch.from_numpy(np.stack(xs)), single
+
+    def remember(self, ids: list[str | None], x: torch.Tensor) -> None:
+        for event_id, row in zip(ids, x.numpy(), strict=True):
+            if event_id is not None:
+                self.remembered[event_id] = row.copy()
+                self.remembered.move_to_end(event_id)
+                while len(self.remembered) > REMEMBERED_PREDICTIONS:
+                    self.remembered.popitem(last=False)
+
+    # -- learn -------------------------------------------------------------------------------
+    def learn(self, body: Any, raw: str) -> list[str]:
+        if self.wal is None:
+            raise self.refuse(
+                409,
+                f"this daemon learns from {self.config.source}; POST /learn needs --source http",
+                raw,
+                "learn",
+            )
+        items = body.get("events") if isinstance(body, dict) and "events" in body else [body]
+        if not isinstance(items, list) or not items:
+            raise self.refuse(422, "events must be a non-empty list", raw, "learn")
+        lines, ids = [], []
+        for i, item in enumerate(items):
+            if isinstance(item, dict) and "x" not in item and item.get("id") in self.remembered:
+                item = {**item, "x": self.remembered[item["id"]].tolist()}
+            try:
+                event = parse_event(item, self.shape, self.dtype, self.max_classes)
+            except EventError as err:
+                raise self.refuse(422, f"event {i}: {err}", raw, "learn") from None
+            if event.y is None:
+                raise self.refuse(422, f"event {event.id!r}: /learn needs a label y", raw, "learn")
+            ids.append(event.id)
+            lines.append(json.dumps(event.to_json(), separators=(",", ":")))
+        with self._wal_lock:
+            seen = [i for i in ids if i in self.known_ids]
+            if seen or len(set(ids)) != len(ids):
+                dup = seen or [i for i in ids if ids.count(i) > 1]
+                raise self.refuse(
+                    409, f"duplicate event id(s) {sorted(set(dup))[:10]}", raw, "learn"
+                )
+            append_lines(self.wal, lines)
+            self.known_ids.update(ids)
+        return ids
+
+
+def create_app(service: Service):
+    """The FastAPI application over ``service`` (the learner thread starts with the app)."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, PlainTextResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from streamkd.serve.metrics import Metrics
+
+    metrics = Metrics(service)
+    batcher = PredictBatcher(service, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        service.start()
+        watcher = asyncio.create_task(_exit_when_finished(app, service))
+        yield
+        watcher.cancel()
+        await asyncio.get_running_loop().run_in_executor(None, service.stop)
+
+    app = FastAPI(title="streamkd serve", lifespan=lifespan)
+
+    async def body_of(request: Request, kind: str) -> tuple[Any, str]:
+        limit = service.config.max_body
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > limit:
+            raise service.refuse(413, f"request body over {limit} bytes", "", kind)
+        chunks, total = [], 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise service.refuse(413, f"request body over {limit} bytes", "", kind)
+            chunks.append(chunk)
+        raw = b"".join(chunks).decode("utf-8", errors="replace")
+        try:
+            return json.loads(raw), raw
+        except json.JSONDecodeError as err:
+            reason = f"invalid JSON: {err.msg} at column {err.colno}"
+            raise service.refuse(400, reason, raw, kind) from None
+
+    def authorize(request: Request, kind: str) -> None:
+        token = service.config.token
+        if token is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise service.refuse(401, "missing or wrong bearer token", "", kind)
+
+    @app.exception_handler(Refused)
+    async def refused(request: Request, err: Refused):
+        return JSONResponse({"error": err.reason}, status_code=err.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException):
+        reason = f"{request.method} {request.url.path}: {err.detail}"
+        service.refuse(err.status_code, reason, "", "route")
+        return JSONResponse({"error": reason}, status_code=err.status_code)
+
+    @app.post("/predict")
+    async def predict(request: Request):
+        body, raw = await body_of(request, "predict")
+        ids, x, single = service.parse_inputs(body, raw)
+        service.remember(ids, x)
+        scores, version = await batcher.submit(x)
+        rows = [
+            {"id": i, "label": int(s.argmax()) if s.numel() else None, "scores": s.tolist()}
+            for i, s in zip(ids, scores, strict=True)
+        ]
+        out = {**rows[0]} if single else {"predictions": rows}
+        out["model_version"] = version
+        return JSONResponse(strict_json(out))
+
+    @app.post("/learn")
+    async def learn(request: Request):
+        authorize(request, "learn")
+        body, raw = await body_of(request, "learn")
+        loop = asyncio.get_running_loop()
+        ids = await loop.run_in_executor(None, service.learn, body, raw)  # fsync off the loop
+        return {"accepted": len(ids), "ids": ids}
+
+    @app.post("/checkpoint")
+    async def checkpoint(request: Request):
+        authorize(request, "checkpoint")
+        loop = asyncio.get_running_loop()
+        done = await loop.run_in_executor(None, service.learner.request_checkpoint)
+        if not done:
+            raise service.refuse(503, "the learner did not checkpoint within 30 s", "", "route")
+        return {"step": service.learner.last_checkpoint_step}
+
+    @app.post("/correct")
+    async def correct(request: Request):
+        authorize(request, "correct")
+        raise service.refuse(
+            409,
+            f"strategy {service.config.strategy!r} does not take corrections "
+            "(a correction-memory strategy such as DROC does)",
+            "",
+            "correct",
+        )
+
+    @app.get("/health")
+    async def health():
+        return JSONResponse(strict_json(service.learner.health()))
+
+    @app.get("/metrics")
+    async def prometheus():
+        return PlainTextResponse(metrics.render(), media_type=metrics.content_type)
+
+    return app
+
+
+async def _exit_when_finished(app, service: Service) -> None:
+    """With ``--stop-at-eof``: stop the server once the learner has finished."""
+    while not service.learner.finished.is_set():
+        await asyncio.sleep(0.05)
+    server = getattr(app.state, "server", None)
+    if server is not None:
+        server.should_exit = True
+
+
+class PredictBatcher:
+    """Dynamic batching: requests arriving together share one forward pass."""
+
+    def __init__(self, service: Service, metrics) -> None:
+        self.service, self.metrics = service, metrics
+        self.queue: list[tuple[torch.Tensor, asyncio.Future]] = []
+        self.wakeup: asyncio.Event | None = None
+        self.worker: asyncio.Task | None = None
+
+    async def submit(self, x: torch.Tensor):
+        loop = asyncio.get_running_loop()
+        if self.worker is None:
+            self.wakeup = asyncio.Event()
+            self.worker = loop.create_task(self._work())
+        future = loop.create_future()
+        self.queue.append((x, future))
+        self.wakeup.set()
+        return await future
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            if not self.queue:
+                continue
+            if sum(len(x) for x, _ in self.queue) < PREDICT_BATCH:
+                await asyncio.sleep(PREDICT_WAIT)  # let concurrent requests join
+            taken, rows = [], 0
+            while self.queue and rows < PREDICT_BATCH:
+                taken.append(self.queue.pop(0))
+                rows += len(taken[-1][0])
+            if self.queue:
+                self.wakeup.set()
+            predictor = self.service.learner.predictor
+            x = torch.cat([t for t, _ in taken])
+            started = time.perf_counter()
+            try:
+                run = functools.partial(_scores_on_cpu, predictor, x)
+                scores = await loop.run_in_executor(None, run)
+            except Exception as err:  # noqa: BLE001 - each waiting request gets the error
+                for _, future in taken:
+                    future.set_exception(err)
+                continue
+            self.metrics.observe_predict(time.perf_counter() - started, len(x))
+            start = 0
+            for t, future in taken:
+                future.set_result((scores[start : start + len(t)], predictor.version))
+                start += len(t)
+
+
+def _scores_on_cpu(predictor, x: torch.Tensor) -> torch.Tensor:
+    return predictor.scores(x).cpu()

@@ -1,0 +1,101 @@
+"""The daemon's configuration: a TOML file (``--config serve.toml``, read with ``tomllib``)
+whose ``[serve]`` table holds the same keys as the flags; a flag given on the command line
+wins over the file. Unknown keys are refused, so a typo never passes as a default."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streamkd.checks import check_seed, positive_int
+
+MAX_BODY = 8 * 2**20  # bytes per request body
+
+
+@dataclass
+class ServeConfig:
+    """Everything ``streamkd serve`` runs with (see ``streamkd serve --help``)."""
+
+    strategy: str = "er"
+    strategy_args: dict[str, Any] = field(default_factory=dict)
+    like: str | None = "split-digits"
+    source: str = "http"
+    checkpoint_dir: str = "serve-checkpoints"
+    checkpoint_every: int | None = 1000
+    checkpoint_seconds: float | None = 60.0
+    keep: int = 3
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = None
+    stop_at_eof: bool = False
+    batch_size: int = 10
+    tracking_uri: str | None = None
+    no_track: bool = False
+    seed: int = 0
+    memory: int = 500
+    data_dir: str | None = None
+    device: str = "cpu"
+    max_body: int = MAX_BODY
+
+    def check(self) -> ServeConfig:
+        """Refuse what the daemon could not honour, before it starts (one line each)."""
+        check_seed(self.seed)
+        for name in ("checkpoint_every", "batch_size", "keep", "max_body"):
+            positive_int(name, getattr(self, name))
+        if self.checkpoint_seconds is not None and not self.checkpoint_seconds > 0:
+            raise ValueError(f"checkpoint_seconds must be positive, got {self.checkpoint_seconds}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535, got {self.port}")
+        if self.like is None:
+            raise ValueError("--like STREAM is required: it gives the inputs' shape and model")
+        if not (self.source == "http" or self.source.startswith("jsonl:")):
+            raise ValueError(
+                f"unknown source {self.source!r}; expected jsonl:PATH or http "
+                "(redis:// is not implemented yet)"
+            )
+        if self.stop_at_eof and self.source == "http":
+            raise ValueError("--stop-at-eof needs a finite source (jsonl:PATH), not http")
+        self.token = self.token or os.environ.get("STREAMKD_TOKEN") or None
+        if not _loopback(self.host) and not self.token:
+            raise ValueError(
+                f"--host {self.host} listens beyond this machine: set --token (or "
+                "STREAMKD_TOKEN) so that /learn, /correct and /checkpoint need it"
+            )
+        return self
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any]) -> ServeConfig:
+    """``[serve]`` of the TOML file at ``path`` (if any), then ``overrides`` (flags given)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                document = tomllib.load(f)
+        except OSError as err:
+            raise ValueError(f"cannot read --config {path}: {err.strerror}") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"--config {path} is not valid TOML: {err}") from None
+        values = dict(document.get("serve", {}))
+        extra = sorted(set(document) - {"serve"})
+        if extra:
+            raise ValueError(f"--config {path}: unknown tables {extra}; expected [serve]")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in dataclasses.fields(ServeConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown serve settings {unknown}; known: {sorted(known)}")
+    return ServeConfig(**values).check()

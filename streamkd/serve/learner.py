@@ -1,0 +1,273 @@
+"""The daemon's learner: the single writer. It reads a source in batches, predicts each batch
+before learning it (prequential accuracy), learns it, and checkpoints its whole state with the
+source's position, so a restart after ``kill -9`` continues from the newest checkpoint and the
+events after it are read again: nothing lost, nothing learned twice.
+
+Readers in other threads (``/predict``) never touch the training model: the learner publishes
+a frozen predictor (:meth:`Strategy.predictor`) between steps, and they use the newest one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from streamkd.checkpoint import Checkpointer
+from streamkd.experiment import check_resumable
+from streamkd.strategy import Strategy
+from streamkd.streams.jsonl import Event, JsonlSource, events_batch
+from streamkd.types import InvalidBatchError
+
+log = logging.getLogger(__name__)
+CHECKPOINT_KEYS = ("strategy", "source_position", "events_learned", "counters", "config")
+PUBLISH_SECONDS = 0.05  # a new predictor at most this often (and after every checkpoint)
+
+
+def model_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over a model's parameters and buffers (its ``state_dict``), by name in sorted
+    order: equal digests mean the same model, bit for bit."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class DeadLetters:
+    """Refused input, one JSON line each (why, what, where from), appended and flushed."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def write(self, reason: str, payload: str, source: str) -> None:
+        record = {"time": time.time(), "source": source, "reason": reason, "input": payload[:10000]}
+        with self._lock, open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            self.count += 1
+
+
+@dataclass
+class Counters:
+    """What the learner has done; part of every checkpoint."""
+
+    events_learned: int = 0
+    lines_rejected: int = 0
+    correct: int = 0
+    predicted: int = 0
+
+    @property
+    def prequential_acc(self) -> float | None:
+        return self.correct / self.predicted if self.predicted else None
+
+
+@dataclass
+class Predictor:
+    """A frozen scorer and the model version (events learned) it was taken at."""
+
+    scores: Callable[[torch.Tensor], torch.Tensor]
+    version: int
+    taken_at: float = field(default_factory=time.time)
+
+
+class Learner:
+    """Consumes ``source`` with ``strategy``; checkpoints into ``checkpointer``."""
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        source: JsonlSource,
+        checkpointer: Checkpointer,
+        *,
+        batch_size: int = 10,
+        checkpoint_every: int | None = 1000,
+        checkpoint_seconds: float | None = 60.0,
+        stop_at_eof: bool = False,
+        dead_letters: DeadLetters | None = None,
+        config: dict[str, Any] | None = None,
+        logger=None,
+    ) -> None:
+        self.strategy, self.source, self.checkpointer = strategy, source, checkpointer
+        self.batch_size = batch_size
+        self.checkpoint_every, self.checkpoint_seconds = checkpoint_every, checkpoint_seconds
+        self.stop_at_eof = stop_at_eof
+        self.dead_letters = dead_letters
+        self.config = config or {}
+        self.logger = logger
+        self.counters = Counters()
+        self.last_checkpoint_step: int | None = None
+        self.last_checkpoint_time = time.time()
+        self.step_seconds: list[float] = []  # drained by the metrics endpoint
+        self.finished = threading.Event()
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._checkpoint_wanted = threading.Event()
+        self._checkpoint_done = threading.Condition()
+        self._checkpoints_written = 0
+        self._next_checkpoint = checkpoint_every
+        self.predictor = self._publish()
+
+    # -- state -------------------------------------------------------------------------------
+    def resume(self) -> bool:
+        """Load the newest good checkpoint (corrupt ones are skipped and logged)."""
+        state = self.checkpointer.load_latest()
+        if state is None:
+            log.info("no checkpoint in %s: starting fresh", self.checkpointer.directory)
+            return False
+        check_resumable(state, self.config, self.checkpointer.directory)
+        self.strategy.load_state_dict(state["strategy"])
+        self.source.seek(int(state["source_position"]))
+        self.counters = Counters(**state["counters"])
+        self.last_checkpoint_step = int(state["step"])
+        if self.checkpoint_every:
+            n = self.counters.events_learned
+            self._next_checkpoint = (n // self.checkpoint_every + 1) * self.checkpoint_every
+        self.predictor = self._publish()
+        log.info(
+            "resumed from %s: %d events learned, source position %d",
+            self.checkpointer.directory,
+            self.counters.events_learned,
+            self.source.position(),
+        )
+        return True
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy.state_dict(),
+            "source_position": self.source.position(),
+            "events_learned": self.counters.events_learned,
+            "counters": dict(vars(self.counters)),
+            "config": self.config,
+            "mlflow_run_id": self.logger.run_id if self.logger is not None else "",
+        }
+
+    def checkpoint(self) -> None:
+        """Write a checkpoint now (learner thread only: between steps)."""
+        if self.logger is not None:
+            self.logger.flush()
+        step = self.counters.events_learned
+        self.checkpointer.save(self.state(), step=step)
+        self.last_checkpoint_step, self.last_checkpoint_time = step, time.time()
+        self.predictor = self._publish()
+        with self._checkpoint_done:
+            self._checkpoints_written += 1
+            self._checkpoint_done.notify_all()
+
+    def request_checkpoint(self, timeout: float = 30.0) -> bool:
+        """Ask the learner thread for a checkpoint and wait for it (other threads)."""
+        with self._checkpoint_done:
+            before = self._checkpoints_written
+            self._checkpoint_wanted.set()
+            return self._checkpoint_done.wait_for(
+                lambda: self._checkpoints_written > before, timeout=timeout
+            )
+
+    # -- the loop ----------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        """Learn until stopped (or, with ``stop_at_eof``, until the source is exhausted);
+        a final checkpoint is written either way."""
+        try:
+            while not self._stop.is_set():
+                lines = self.source.read(self.batch_size)
+                if lines:
+                    self._learn_lines(lines)
+                elif self.stop_at_eof and self.source.at_end():
+                    break
+                else:
+                    self._stop.wait(0.01)
+                self._maybe_checkpoint()
+            self.checkpoint()
+        except BaseException as err:  # a crash of the loop is reported, never silent
+            self.error = err
+            log.exception("the learner stopped on an error")
+            raise
+        finally:
+            self.finished.set()
+
+    def _learn_lines(self, lines) -> None:
+        events: list[Event] = []
+        for line in lines:
+            if line.event is None:
+                self.counters.lines_rejected += 1
+                if self.dead_letters is not None:
+                    self.dead_letters.write(line.error or "", line.text, self.source.describe())
+            elif line.event.y is not None:
+                events.append(line.event)
+        if events:
+            self._learn(events)
+
+    def _learn(self, events: list[Event]) -> None:
+        batch = events_batch(events, self.source.dtype)
+        started = time.perf_counter()
+        try:
+            self.strategy.validate(batch)
+        except InvalidBatchError as err:  # e.g. a label beyond max_classes: dead-lettered
+            self.counters.lines_rejected += len(events)
+            if self.dead_letters is not None:
+                for e in events:
+                    self.dead_letters.write(str(err), json.dumps(e.to_json()), "learner")
+            return
+        scores = self.strategy.predict(batch.x)
+        if scores.shape[1]:
+            self.counters.correct += int((scores.argmax(1).cpu() == batch.y).sum())
+        self.counters.predicted += len(events)
+        step = self.strategy.observe(batch)
+        self.counters.events_learned += len(events)
+        self.step_seconds.append(time.perf_counter() - started)
+        if self.logger is not None:
+            self.logger.log_metrics(
+                {"loss": float(step.loss), "prequential_acc": self.counters.prequential_acc},
+                step=self.counters.events_learned,
+            )
+        if time.time() - self.predictor.taken_at >= PUBLISH_SECONDS:
+            self.predictor = self._publish()
+
+    def _maybe_checkpoint(self) -> None:
+        n = self.counters.events_learned
+        due = self._checkpoint_wanted.is_set()
+        if self._next_checkpoint is not None and n >= self._next_checkpoint:
+            self._next_checkpoint = (n // self.checkpoint_every + 1) * self.checkpoint_every
+            due = True
+        if self.checkpoint_seconds and time.time() - self.last_checkpoint_time >= (
+            self.checkpoint_seconds
+        ):
+            due = True
+        if due:
+            self._checkpoint_wanted.clear()
+            self.checkpoint()
+
+    def _publish(self) -> Predictor:
+        return Predictor(self.strategy.predictor(), self.counters.events_learned)
+
+    # -- what operators read -----------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        age = (
+            time.time() - self.last_checkpoint_time
+            if self.last_checkpoint_step is not None
+            else None
+        )
+        return {
+            "status": "error" if self.error else ("finished" if self.finished.is_set() else "ok"),
+            "events_learned": self.counters.events_learned,
+            "lines_rejected": self.counters.lines_rejected,
+            "prequential_acc": self.counters.prequential_acc,
+            "model_version": self.predictor.version,
+            "source": self.source.describe(),
+            "source_position": self.source.position(),
+            "last_checkpoint_step": self.last_checkpoint_step,
+            "last_checkpoint_age_s": age,
+        }

@@ -1,0 +1,72 @@
+"""Prometheus metrics of the daemon, read from the learner and the service at scrape time
+(one registry per service, so several in one process never collide)."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """``streamkd_*`` counters, gauges and histograms for ``GET /metrics``."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, service) -> None:
+        self.service = service
+        self.registry = CollectorRegistry()
+        self.registry.register(self)
+        self.learn_step = Histogram(
+            "streamkd_learn_step_seconds",
+            "Seconds per learning step (prediction + observe of one batch)",
+            registry=self.registry,
+        )
+        self.predict_seconds = Histogram(
+            "streamkd_predict_seconds",
+            "Seconds per batched forward pass of /predict",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=self.registry,
+        )
+
+    def observe_predict(self, seconds: float, rows: int) -> None:
+        self.predict_seconds.observe(seconds)
+        self.service.predictions += rows
+
+    def collect(self):
+        learner, service = self.service.learner, self.service
+        counters = learner.counters
+        yield _counter("events_learned", "Events learned", counters.events_learned)
+        rejected = CounterMetricFamily(
+            "streamkd_events_rejected", "Refused input, by where", labels=["where"]
+        )
+        rejected.add_metric(["source"], counters.lines_rejected)
+        for kind, n in sorted(service.rejected.items()):
+            rejected.add_metric([kind], n)
+        yield rejected
+        yield _counter("predictions", "Rows predicted by /predict", service.predictions)
+        yield _counter("drift_events", "Drift events detected", 0)
+        acc = GaugeMetricFamily(
+            "streamkd_prequential_accuracy", "Accuracy of predictions made before learning"
+        )
+        acc.add_metric([], counters.prequential_acc or 0.0)
+        yield acc
+        age = GaugeMetricFamily(
+            "streamkd_checkpoint_age_seconds", "Seconds since the last checkpoint"
+        )
+        age.add_metric([], time.time() - learner.last_checkpoint_time)
+        yield age
+
+    def render(self) -> bytes:
+        steps, self.service.learner.step_seconds = self.service.learner.step_seconds, []
+        for seconds in steps:
+            self.learn_step.observe(seconds)
+        return generate_latest(self.registry)
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    family = CounterMetricFamily(f"streamkd_{name}", doc)
+    family.add_metric([], value)
+    return family

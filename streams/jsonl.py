@@ -1,0 +1,292 @@
+"""Events as JSON lines: the daemon's file source, its HTTP write-ahead log, and the export of
+any registered stream as events.
+
+An event is one JSON object per line::
+
+    {"id": "e42", "x": [[...]], "y": 3, "ts": 1700000000.0}
+
+``id`` is a non-empty string (at most 256 characters), ``x`` a number or nested lists of
+numbers with the learner's per-sample shape (images as 0..255 integers when the learner takes
+uint8), ``y`` a class id or ``null`` (predict-only), ``ts`` an optional timestamp. Unknown keys
+are refused, so a misspelt ``"label"`` is not silently ignored.
+
+:class:`JsonlSource` reads a file that may still be growing, like ``tail -f``; its position is
+a byte offset, always at the end of a whole line. Events already in the file are read in
+batches formed by count, in file order, so what is learned from them does not depend on
+timing; only a partial batch at the live end waits (at most ``max_wait`` seconds) for more.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from streamkd.types import Batch
+
+ID_MAX = 256
+EVENT_KEYS = frozenset({"id", "x", "y", "ts"})
+NUMPY_DTYPES = {torch.uint8: np.uint8, torch.float32: np.float32}
+
+
+class EventError(ValueError):
+    """An event (or a line) that cannot be learned: the message says what and why."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One parsed, validated event: ``x`` already has the learner's shape and dtype."""
+
+    id: str
+    x: np.ndarray
+    y: int | None = None
+    ts: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "x": self.x.tolist(), "y": self.y}
+        if self.ts is not None:
+            out["ts"] = self.ts
+        return out
+
+
+def parse_event(
+    obj: Any,
+    shape: tuple[int, ...],
+    dtype: torch.dtype = torch.float32,
+    max_classes: int | None = None,
+) -> Event:
+    """Validate a decoded JSON event against the learner's inputs; raises :class:`EventError`."""
+    if not isinstance(obj, dict):
+        raise EventError(f"an event must be a JSON object, got {type(obj).__name__}")
+    unknown = sorted(set(obj) - EVENT_KEYS)
+    if unknown:
+        raise EventError(f"unknown keys {unknown}; an event has id, x, y and optional ts")
+    event_id = obj.get("id")
+    if not isinstance(event_id, str) or not 0 < len(event_id) <= ID_MAX:
+        raise EventError(f"id must be a non-empty string of at most {ID_MAX} characters")
+    if "x" not in obj:
+        raise EventError(f"event {event_id!r} has no x")
+    x = _features(obj["x"], shape, dtype, event_id)
+    y = obj.get("y")
+    if y is not None:
+        if isinstance(y, bool) or not isinstance(y, int):
+            raise EventError(f"event {event_id!r}: y must be an integer class id or null")
+        if y < 0 or (max_classes is not None and y >= max_classes):
+            bound = f"[0, {max_classes - 1}]" if max_classes is not None else ">= 0"
+            raise EventError(f"event {event_id!r}: label {y} is out of range (expected {bound})")
+    ts = obj.get("ts")
+    if ts is not None and (
+        isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts)
+    ):
+        raise EventError(f"event {event_id!r}: ts must be a finite number or absent")
+    return Event(event_id, x, y, None if ts is None else float(ts))
+
+
+def _features(raw: Any, shape: tuple[int, ...], dtype: torch.dtype, event_id: str) -> np.ndarray:
+    try:
+        values = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise EventError(
+            f"event {event_id!r}: x must be numbers or evenly nested lists of numbers"
+        ) from None
+    if values.shape != tuple(shape):
+        raise EventError(
+            f"event {event_id!r}: x has shape {list(values.shape)}, expected {list(shape)}"
+        )
+    if not np.isfinite(values).all():
+        raise EventError(f"event {event_id!r}: x holds NaN or infinite values")
+    if dtype == torch.uint8:
+        if values.min(initial=0) < 0 or values.max(initial=0) > 255 or (values % 1).any():
+            raise EventError(f"event {event_id!r}: x must hold integers in 0..255 (uint8 images)")
+    elif np.abs(values).max(initial=0) > np.finfo(np.float32).max:
+        raise EventError(f"event {event_id!r}: x holds values beyond float32's range")
+    if dtype not in NUMPY_DTYPES:
+        raise EventError(f"inputs of dtype {dtype} cannot come from JSON events")
+    return values.astype(NUMPY_DTYPES[dtype])
+
+
+def events_batch(events: list[Event], dtype: torch.dtype) -> Batch:
+    """One labelled batch of events (their ids in ``meta["ids"]``)."""
+    x = torch.from_numpy(np.stack([e.x for e in events])).to(dtype)
+    y = torch.tensor([e.y for e in events], dtype=torch.long)
+    return Batch(x, y, meta={"ids": [e.id for e in events]})
+
+
+@dataclass
+class Line:
+    """One line read from a source: its decoded event or why it could not be."""
+
+    end: int  # the byte offset just after the line
+    event: Event | None
+    error: str | None = None
+    text: str = ""
+
+
+class JsonlSource:
+    """Events from a JSON-lines file that may still be growing.
+
+    ``read(n)`` returns up to ``n`` lines (parsed events, or errors for the dead-letter
+    file) from the current position, waiting at most ``max_wait`` seconds at the live end
+    for a full batch; with ``follow=False`` the end of the file is the end of the source.
+    ``position()`` is the byte offset after the last line returned; ``seek(offset)`` goes
+    back to one (a checkpoint's). A line without its newline is not read until it is
+    complete, so a writer caught mid-line is never half-read.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        shape: tuple[int, ...],
+        dtype: torch.dtype = torch.float32,
+        *,
+        max_classes: int | None = None,
+        follow: bool = True,
+        max_wait: float = 0.05,
+        poll: float = 0.01,
+    ) -> None:
+        self.path = Path(path)
+        self.shape, self.dtype, self.max_classes = tuple(shape), dtype, max_classes
+        self.follow, self.max_wait, self.poll = follow, max_wait, poll
+        self._offset = 0
+        self._file = None
+
+    def position(self) -> int:
+        return self._offset
+
+    def seek(self, offset: int) -> None:
+        self._offset = int(offset)
+
+    def describe(self) -> str:
+        return f"jsonl:{self.path}"
+
+    def _open(self):
+        if self._file is None:
+            if not self.path.exists():
+                return None
+            self._file = open(self.path, "rb")  # noqa: SIM115 - held open while tailing
+        return self._file
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def at_end(self) -> bool:
+        """True when every complete line has been read (a finite source is exhausted)."""
+        return not self.path.exists() or self._offset >= _complete_size(self.path)
+
+    def read(self, n: int) -> list[Line]:
+        """Up to ``n`` lines from the position; fewer only at the end of what is written."""
+        lines: list[Line] = []
+        deadline = None
+        while len(lines) < n:
+            got = self._read_available(n - len(lines))
+            lines.extend(got)
+            if len(lines) >= n or not self.follow:
+                break
+            if lines and deadline is None:
+                deadline = time.monotonic() + self.max_wait
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            if not got:
+                if not lines:  # nothing at all: return, the caller decides how long to wait
+                    break
+                time.sleep(self.poll)
+        return lines
+
+    def _read_available(self, n: int) -> list[Line]:
+        f = self._open()
+        if f is None:
+            return []
+        f.seek(self._offset)
+        out: list[Line] = []
+        while len(out) < n:
+            raw = f.readline()
+            if not raw or not raw.endswith(b"\n"):
+                break  # the end, or a line still being written
+            self._offset += len(raw)
+            text = raw.decode("utf-8", errors="replace").strip()
+            if not text:
+                continue
+            out.append(self._parse(text))
+        return out
+
+    def _parse(self, text: str) -> Line:
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as err:
+            return Line(self._offset, None, f"invalid JSON: {err.msg} at column {err.colno}", text)
+        try:
+            return Line(self._offset, parse_event(obj, self.shape, self.dtype, self.max_classes))
+        except EventError as err:
+            return Line(self._offset, None, str(err), text)
+
+    def __iter__(self) -> Iterator[Line]:
+        while True:
+            lines = self.read(1)
+            if not lines:
+                return
+            yield lines[0]
+
+
+def _complete_size(path: Path) -> int:
+    """The size of ``path`` up to its last newline."""
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    with open(path, "rb") as f:
+        f.seek(max(0, size - 1))
+        if f.read(1) == b"\n":
+            return size
+        # a partial last line: scan back to its start
+        pos = size
+        while pos > 0:
+            step = min(65536, pos)
+            f.seek(pos - step)
+            chunk = f.read(step)
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                return pos - step + cut + 1
+            pos -= step
+        return 0
+
+
+def append_lines(path: str | Path, lines: list[str]) -> None:
+    """Append whole lines and fsync before returning: what is acknowledged is durable."""
+    data = "".join(line.rstrip("\n") + "\n" for line in lines).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def export_events(stream, out: str | Path, max_samples: int | None = None) -> int:
+    """Write a registered stream's training samples as events (ids ``e0``, ``e1``...), in
+    stream order; returns the number written. Written to a temporary name and renamed, so
+    a reader tailing ``out`` never sees a half-written export."""
+    from streamkd.atomic import atomic_path
+
+    n = 0
+    with atomic_path(out) as tmp, open(tmp, "w") as f:
+        for batch in stream:
+            if isinstance(batch.x, dict):
+                raise ValueError(f"stream {stream.name!r} has multi-field inputs: not exportable")
+            xs = batch.x.numpy()
+            for x, y in zip(xs, batch.y.tolist(), strict=True):
+                if max_samples is not None and n >= max_samples:
+                    return n
+                value = x.tolist() if x.dtype == np.uint8 else np.round(x, 6).tolist()
+                f.write(json.dumps({"id": f"e{n}", "x": value, "y": y}, separators=(",", ":")))
+                f.write("\n")
+                n += 1
+    return n
