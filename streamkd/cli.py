@@ -169,6 +169,7 @@ def _serve_parsers(sub) -> None:
         help="finite source: final checkpoint at its end, then exit 0",
     )
     p.add_argument("--batch-size", type=int, default=None, help="events per learning step")
+    p.add_argument("--max-body", type=int, default=None, help="request body limit, bytes")
     p.add_argument("--memory", type=int, default=None, help="replay memory size (samples)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None, help="auto, cpu or cuda[:N] (default cpu)")
@@ -379,25 +380,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> None:
     import json
 
-    from streamkd.checkpoint import Checkpointer, CheckpointError
-    from streamkd.serve.learner import model_digest
+    from streamkd.serve.learner import inspect_checkpoints
 
-    state = Checkpointer(args.checkpoint_dir, writable=False).load_latest()
-    if state is None:
-        raise CheckpointError(f"no checkpoint in {args.checkpoint_dir}")
-    counters = state.get("counters") or {}
-    evaluator = state.get("evaluator") or {}
-    predicted = counters.get("predicted") or (evaluator.get("counts") or [0, 0, 0])[2]
-    correct = counters.get("correct") or (evaluator.get("counts") or [0, 0, 0])[1]
-    info = {
-        "step": int(state["step"]),
-        "events_learned": state.get("events_learned", int(state["step"])),
-        "source_position": state.get("source_position", state.get("stream_position")),
-        "strategy": state["strategy"]["strategy"],
-        "prequential_acc": correct / predicted if predicted else None,
-        "mlflow_run_id": state.get("mlflow_run_id") or None,
-        "model_sha256": model_digest(state["strategy"]["model"]),
-    }
+    info = inspect_checkpoints(args.checkpoint_dir)
     if args.json:
         print(json.dumps(info))
     else:

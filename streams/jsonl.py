@@ -137,8 +137,9 @@ class JsonlSource:
     file) from the current position, waiting at most ``max_wait`` seconds at the live end
     for a full batch; with ``follow=False`` the end of the file is the end of the source.
     ``position()`` is the byte offset after the last line returned; ``seek(offset)`` goes
-    back to one (a checkpoint's). A line without its newline is not read until it is
-    complete, so a writer caught mid-line is never half-read.
+    back to one (a checkpoint's). When following, a line without its newline is not read
+    until it is complete, so a writer caught mid-line is never half-read; a finite file's
+    unterminated last line is read as it is.
     """
 
     def __init__(
@@ -180,8 +181,12 @@ class JsonlSource:
             self._file = None
 
     def at_end(self) -> bool:
-        """True when every complete line has been read (a finite source is exhausted)."""
-        return not self.path.exists() or self._offset >= _complete_size(self.path)
+        """True when every line has been read: every complete one when following a growing
+        file, every one (an unterminated last line included) of a finite file."""
+        if not self.path.exists():
+            return True
+        end = _complete_size(self.path) if self.follow else self.path.stat().st_size
+        return self._offset >= end
 
     def read(self, n: int) -> list[Line]:
         """Up to ``n`` lines from the position; fewer only at the end of what is written."""
@@ -210,8 +215,8 @@ class JsonlSource:
         out: list[Line] = []
         while len(out) < n:
             raw = f.readline()
-            if not raw or not raw.endswith(b"\n"):
-                break  # the end, or a line still being written
+            if not raw or (not raw.endswith(b"\n") and self.follow):
+                break  # the end, or a line still being written (a finite file's last is whole)
             self._offset += len(raw)
             text = raw.decode("utf-8", errors="replace").strip()
             if not text:

@@ -28,16 +28,21 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from streamkd.atomic import strict_json
 from streamkd.checkpoint import Checkpointer
 from streamkd.serve.config import ServeConfig
 from streamkd.serve.learner import CHECKPOINT_KEYS, DeadLetters, Learner
+from streamkd.serve.metrics import Metrics
 from streamkd.streams.jsonl import EventError, JsonlSource, append_lines, parse_event
 
 log = logging.getLogger(__name__)
@@ -244,14 +249,6 @@ class Service:
 
 def create_app(service: Service):
     """The FastAPI application over ``service`` (the learner thread starts with the app)."""
-    from contextlib import asynccontextmanager
-
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, PlainTextResponse
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-
-    from streamkd.serve.metrics import Metrics
-
     metrics = Metrics(service)
     batcher = PredictBatcher(service, metrics)
 

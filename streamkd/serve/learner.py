@@ -43,6 +43,31 @@ def model_digest(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def inspect_checkpoints(directory: str | Path) -> dict[str, Any]:
+    """What the newest good checkpoint of ``directory`` holds (a daemon's or a run's): step,
+    events learned, source position, strategy, prequential accuracy, MLflow run id and the
+    model's digest. Reads only: the folder may belong to a running daemon."""
+    from streamkd.checkpoint import CheckpointError
+
+    state = Checkpointer(directory, writable=False).load_latest()
+    if state is None:
+        raise CheckpointError(f"no checkpoint in {directory}")
+    counters = state.get("counters")
+    if counters is None:  # a `streamkd run` checkpoint: the evaluator counts
+        counts = state.get("evaluator", {}).get("counts", [0, 0, 0])
+        counters = {"correct": counts[1], "predicted": counts[2]}
+    predicted = counters.get("predicted") or 0
+    return {
+        "step": int(state["step"]),
+        "events_learned": int(state.get("events_learned", state["step"])),
+        "source_position": state.get("source_position", state.get("stream_position")),
+        "strategy": state["strategy"]["strategy"],
+        "prequential_acc": counters.get("correct", 0) / predicted if predicted else None,
+        "mlflow_run_id": state.get("mlflow_run_id") or None,
+        "model_sha256": model_digest(state["strategy"]["model"]),
+    }
+
+
 class DeadLetters:
     """Refused input, one JSON line each (why, what, where from), appended and flushed."""
 

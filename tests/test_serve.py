@@ -1,0 +1,424 @@
+"""``streamkd serve``: events, the JSONL source, the HTTP API against a real server process,
+and crash safety (kill -9 and restart: nothing lost, nothing learned twice)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from streamkd.checkpoint import Checkpointer
+from streamkd.streams.jsonl import EventError, JsonlSource, parse_event
+
+CLI = [sys.executable, "-m", "streamkd.cli"]
+SHAPE = (1, 8, 8)
+
+
+# -- events and the JSONL source -----------------------------------------------------------------
+
+
+def _event(**kw):
+    return {"id": "e1", "x": np.zeros(SHAPE, dtype=int).tolist(), "y": 3, **kw}
+
+
+@pytest.mark.parametrize(
+    ("event", "words"),
+    [
+        (_event(x=[[1, 2]]), "x has shape [1, 2], expected [1, 8, 8]"),
+        (_event(x=np.full(SHAPE, 0.5).tolist()), "integers in 0..255"),
+        (_event(x=np.full(SHAPE, 300).tolist()), "integers in 0..255"),
+        (_event(x=np.full(SHAPE, np.nan).tolist()), "NaN or infinite"),
+        (_event(x=[[["a"] * 8] * 8]), "numbers or evenly nested lists"),
+        (_event(y=10), "label 10 is out of range (expected [0, 9])"),
+        (_event(y=-1), "out of range"),
+        (_event(y=True), "y must be an integer"),
+        (_event(label=3), "unknown keys ['label']"),
+        (_event(id=""), "id must be a non-empty string"),
+        (_event(id="x" * 257), "at most 256 characters"),
+        (_event(ts="now"), "ts must be a finite number"),
+        ([1, 2], "must be a JSON object"),
+    ],
+)
+def test_bad_events_are_refused_with_the_reason(event, words):
+    with pytest.raises(EventError, match=re.escape(words)):
+        parse_event(event, SHAPE, torch.uint8, max_classes=10)
+
+
+def test_a_good_event_has_the_learners_shape_and_dtype():
+    event = parse_event(_event(x=np.full(SHAPE, 7).tolist()), SHAPE, torch.uint8, 10)
+    assert event.x.dtype == np.uint8 and event.x.shape == SHAPE and event.y == 3
+
+
+def test_jsonl_source_reads_whole_lines_only_and_seeks_back(tmp_path):
+    path = tmp_path / "events.jsonl"
+    lines = [json.dumps(_event(id=f"e{i}", y=i % 10)) for i in range(5)]
+    path.write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])  # a writer caught mid-line
+    source = JsonlSource(path, SHAPE, torch.uint8, max_classes=10, max_wait=0.0)
+    got = source.read(10)
+    assert [line.event.id for line in got] == ["e0", "e1", "e2"]
+    middle = got[0].end
+    assert source.position() == len("\n".join(lines[:3])) + 1 and source.at_end()
+    with open(path, "a") as f:
+        f.write(lines[3][20:] + "\n{not json\n" + lines[4] + "\n")
+    got = source.read(10)
+    assert [line.event.id if line.event else line.error[:12] for line in got] == [
+        "e3",
+        "invalid JSON",
+        "e4",
+    ]
+    assert source.at_end()
+    finite = JsonlSource(path, SHAPE, torch.uint8, max_classes=10, follow=False)
+    path.write_text(lines[0] + "\n" + lines[1])  # no newline at the end of a finished file
+    assert [line.event.id for line in finite.read(10)] == ["e0", "e1"] and finite.at_end()
+    path.write_text("\n".join(lines) + "\n{not json\n")
+    source.seek(middle)
+    assert [line.event.id for line in source.read(2)] == ["e1", "e2"]
+
+
+# -- a real server ------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def request(port, method, path, body=None, token=None, raw: bytes | None = None):
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            text = resp.read().decode()
+            status = resp.status
+    except urllib.error.HTTPError as err:
+        text, status = err.read().decode(), err.code
+    try:
+        return status, json.loads(text)
+    except json.JSONDecodeError:
+        return status, text
+
+
+def start_server(args: list[str], env=None, wait=True) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [*CLI, "serve", "--port", str(port), *args],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    if wait:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"serve exited {proc.returncode}: {proc.stderr.read()}")
+            try:
+                if request(port, "GET", "/health")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+    return proc, port
+
+
+def inspect(ck: Path) -> dict:
+    """``streamkd inspect DIR --json``, in this process (it reads; the server keeps running)."""
+    import contextlib
+    import io
+
+    from streamkd.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["inspect", str(ck), "--json"]) == 0
+    return json.loads(out.getvalue())
+
+
+def export(stream: str, out: Path, n: int) -> None:
+    done = subprocess.run(
+        [*CLI, "export-jsonl", "--stream", stream, "--out", str(out), "--max-samples", str(n)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def serve_to_end(events: Path, ck: Path, like: str, extra=()) -> dict:
+    port = free_port()
+    done = subprocess.run(
+        [*CLI, "serve", "--like", like, "--source", f"jsonl:{events}", "--stop-at-eof"]
+        + ["--checkpoint-dir", str(ck), "--no-track", "--port", str(port), *extra],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    return inspect(ck)
+
+
+@pytest.mark.slow
+def test_serve_a_file_to_its_end_deterministically(tmp_path):
+    events = tmp_path / "digits.jsonl"
+    export("split-digits", events, 400)
+    a = serve_to_end(events, tmp_path / "a", "split-digits")
+    b = serve_to_end(events, tmp_path / "b", "split-digits", ["--checkpoint-every", "100"])
+    assert a["events_learned"] == b["events_learned"] == 400
+    assert a["model_sha256"] == b["model_sha256"]
+    assert a["prequential_acc"] == b["prequential_acc"] > 0.3
+    assert a["source_position"] == events.stat().st_size
+
+
+TOKEN = "s3cret"
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    ck = tmp_path / "ck"
+    args = ["--like", "split-digits", "--source", "http", "--checkpoint-dir", str(ck)]
+    args += ["--no-track", "--token", TOKEN, "--checkpoint-seconds", "3600", "--max-body", "200000"]
+    proc, port = start_server(args)
+    yield port, ck
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def _digits_events(n, start=0):
+    from streamkd.experiment import make_stream
+
+    out = []
+    for batch in make_stream("split-digits"):
+        for x, y in zip(batch.x.tolist(), batch.y.tolist(), strict=True):
+            out.append({"id": f"d{len(out)}", "x": x, "y": y})
+        if len(out) >= start + n:
+            break
+    return out[start : start + n]
+
+
+def _wait_learned(port, n, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        health = request(port, "GET", "/health")[1]
+        if health["events_learned"] >= n:
+            return health
+        time.sleep(0.05)
+    raise AssertionError(f"learned {health['events_learned']} of {n}")
+
+
+def test_predict_learn_and_delayed_labels_over_http(http_server):
+    port, ck = http_server
+    good = _digits_events(40)
+    status, body = request(port, "POST", "/learn", {"events": good[:30]}, token=TOKEN)
+    assert (status, body["accepted"]) == (200, 30)
+    _wait_learned(port, 30)
+    status, single = request(port, "POST", "/predict", {"id": "p1", "x": good[30]["x"]})
+    assert status == 200 and isinstance(single["label"], int) and single["model_version"] >= 0
+    status, many = request(port, "POST", "/predict", {"batch": [{"x": e["x"]} for e in good[31:]]})
+    assert status == 200 and len(many["predictions"]) == 9
+    # a label arriving later for the /predict id reuses the features seen then
+    status, body = request(port, "POST", "/learn", {"id": "p1", "y": good[30]["y"]}, token=TOKEN)
+    assert status == 200
+    _wait_learned(port, 31)
+    status, body = request(port, "POST", "/checkpoint", token=TOKEN)
+    assert status == 200 and body["step"] == 31
+    metrics = request(port, "GET", "/metrics")[1]
+    assert "streamkd_events_learned_total 31.0" in metrics
+    assert "streamkd_predictions_total 10.0" in metrics
+
+
+BAD_REQUESTS = [
+    # name, method, path, body (or raw bytes), token, status, words
+    ("wrong shape", "POST", "/learn", {"id": "b1", "x": [1, 2], "y": 1}, TOKEN, 422, "shape"),
+    (
+        "wrong dtype",
+        "POST",
+        "/learn",
+        {"id": "b2", "x": np.full(SHAPE, 0.5).tolist(), "y": 1},
+        TOKEN,
+        422,
+        "0..255",
+    ),
+    ("NaN", "POST", "/predict", b'{"x": [[[NaN]]]}', None, 422, "shape"),
+    (
+        "NaN values",
+        "POST",
+        "/learn",
+        json.dumps({"id": "b3", "x": np.full(SHAPE, np.nan).tolist(), "y": 1}).encode(),
+        TOKEN,
+        422,
+        "NaN",
+    ),
+    (
+        "label out of range",
+        "POST",
+        "/learn",
+        {"id": "b4", "x": np.zeros(SHAPE, int).tolist(), "y": 10},
+        TOKEN,
+        422,
+        "out of range",
+    ),
+    ("oversized body", "POST", "/learn", b"[" + b"0," * 150_000 + b"0]", TOKEN, 413, "over"),
+    ("missing token", "POST", "/learn", {"id": "b5"}, None, 401, "token"),
+    ("wrong token", "POST", "/checkpoint", None, "nope", 401, "token"),
+    ("invalid JSON", "POST", "/learn", b"{not json", TOKEN, 400, "invalid JSON"),
+    ("duplicate id", "POST", "/learn", {"id": "d0", "x": None, "y": 1}, TOKEN, 409, "duplicate"),
+    ("unknown route", "GET", "/nowhere", None, None, 404, "/nowhere"),
+    ("correct", "POST", "/correct", {}, TOKEN, 409, "does not take corrections"),
+]
+
+
+def test_bad_requests_get_their_4xx_are_counted_dead_lettered_and_change_nothing(http_server):
+    port, ck = http_server
+    good = _digits_events(20)
+    assert request(port, "POST", "/learn", {"events": good}, token=TOKEN)[0] == 200
+    _wait_learned(port, 20)
+    assert request(port, "POST", "/checkpoint", token=TOKEN)[0] == 200
+    before = inspect(ck)
+    failures = []
+    for name, method, path, body, token, status, words in BAD_REQUESTS:
+        if name == "duplicate id":
+            body = {**good[0]}
+        raw = body if isinstance(body, bytes) else None
+        got, answer = request(port, method, path, None if raw else body, token, raw=raw)
+        if got != status or words not in json.dumps(answer):
+            failures.append(f"{name}: {got} {answer}"[:300])
+    assert not failures, "\n".join(failures)
+    assert request(port, "POST", "/checkpoint", token=TOKEN)[0] == 200
+    after = inspect(ck)
+    assert after["model_sha256"] == before["model_sha256"]
+    assert after["events_learned"] == 20
+    dead = (ck / "dead-letters.jsonl").read_text().splitlines()
+    assert len(dead) == len(BAD_REQUESTS)
+    metrics = request(port, "GET", "/metrics")[1]
+    rejected = sum(
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("streamkd_events_rejected_total{")
+    )
+    assert rejected == len(BAD_REQUESTS)
+
+
+def test_serve_refuses_what_it_cannot_honour(tmp_path, capsys):
+    from streamkd.cli import main
+
+    base = ["serve", "--like", "split-digits", "--no-track", "--checkpoint-dir", str(tmp_path)]
+    cases = [
+        (["--host", "0.0.0.0"], "set --token"),
+        (["--source", "kafka://x"], "unknown source 'kafka://x'"),
+        (["--source", "http", "--stop-at-eof"], "needs a finite source"),
+        (["--batch-size", "0"], "batch_size must be a positive integer"),
+    ]
+    for extra, words in cases:
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err, err
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[serve]\nstrategy = "er"\nbatchsize = 3\n')
+    assert main(["serve", "--config", str(bad)]) == 2
+    assert "unknown serve settings ['batchsize']" in capsys.readouterr().err
+
+
+# -- crash safety (slow) -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_kill_9_five_times_on_a_file_source_loses_and_repeats_nothing(tmp_path):
+    events = tmp_path / "mnist.jsonl"
+    export("split-mnist", events, 20_000)
+    args = ["--like", "split-mnist", "--source", f"jsonl:{events}", "--stop-at-eof"]
+    args += ["--no-track", "--checkpoint-every", "1000"]
+    full = serve_to_end(events, tmp_path / "full", "split-mnist", ["--checkpoint-every", "1000"])
+    ck = tmp_path / "killed"
+    rng = random.Random(0)
+    kills = 0
+    while kills < 5:
+        proc, _ = start_server([*args, "--checkpoint-dir", str(ck)], wait=False)
+        time.sleep(rng.uniform(3.0, 8.0))  # startup takes ~3 s: some kills land while learning
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    assert kills == 5, "the run finished before five kills"
+    killed = serve_to_end(events, ck, "split-mnist", ["--checkpoint-every", "1000"])
+    assert full["events_learned"] == killed["events_learned"] == 20_000
+    assert killed["model_sha256"] == full["model_sha256"]
+    assert killed["prequential_acc"] == full["prequential_acc"]
+
+
+@pytest.mark.slow
+def test_http_source_kill_9_mid_posting_then_reposting_learns_each_event_once(tmp_path):
+    ck = tmp_path / "ck"
+    args = ["--like", "split-digits", "--source", "http", "--checkpoint-dir", str(ck)]
+    args += ["--no-track", "--checkpoint-every", "200"]
+    events = _digits_events(1347)
+    events = (events * 2)[:2000]
+    events = [{**e, "id": f"h{i}"} for i, e in enumerate(events)]
+    proc, port = start_server(args)
+    acknowledged: set[str] = set()
+    for i in range(0, 2000, 10):
+        if i == 1000:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        try:
+            status, _ = request(port, "POST", "/learn", {"events": events[i : i + 10]})
+        except OSError:
+            continue
+        if status == 200:
+            acknowledged.update(e["id"] for e in events[i : i + 10])
+    assert 0 < len(acknowledged) < 2000
+    proc, port = start_server(args)
+    try:
+        for e in events:
+            if e["id"] not in acknowledged:
+                status, answer = request(port, "POST", "/learn", e)
+                assert status in (200, 409), answer
+        health = _wait_learned(port, 2000, timeout=120)
+        assert health["events_learned"] == 2000
+        wal = [json.loads(line)["id"] for line in (ck / "wal.jsonl").read_text().splitlines()]
+        assert len(wal) == len(set(wal)) == 2000
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_exits_0_and_a_corrupt_newest_falls_back(tmp_path):
+    events = tmp_path / "digits.jsonl"
+    export("split-digits", events, 1347)
+    ck = tmp_path / "ck"
+    args = ["--like", "split-digits", "--source", f"jsonl:{events}", "--checkpoint-dir", str(ck)]
+    args += ["--no-track", "--checkpoint-every", "300"]
+    proc, port = start_server(args)
+    _wait_learned(port, 1347)
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0 and time.time() - sent < 10
+    newest = Checkpointer(ck).paths()[0]
+    assert Checkpointer.load(newest)["events_learned"] == 1347
+    previous = Checkpointer.load(Checkpointer(ck).paths()[1])["events_learned"]
+    newest.write_bytes(newest.read_bytes()[:-100])  # truncated
+    proc, port = start_server(args)
+    try:
+        health = request(port, "GET", "/health")[1]
+        assert health["events_learned"] >= previous
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert "falling back to the previous checkpoint" in err
