@@ -11,6 +11,20 @@ __all__ = ["ServeConfig", "load_config", "serve"]
 log = logging.getLogger(__name__)
 
 
+def _server_class():
+    import uvicorn
+
+    class DaemonServer(uvicorn.Server):
+        """SIGTERM/SIGINT end the daemon normally: a final checkpoint, then exit 0 (uvicorn
+        re-raises the signal after its graceful shutdown, which would exit -15)."""
+
+        def handle_exit(self, sig, frame) -> None:
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()
+
+    return DaemonServer
+
+
 def serve(config: ServeConfig) -> int:
     """Run the daemon until SIGTERM/SIGINT (or, with ``stop_at_eof``, the source's end);
     returns the exit code (0 after a clean stop with its final checkpoint)."""
@@ -20,7 +34,8 @@ def serve(config: ServeConfig) -> int:
 
     service = Service(config)
     app = create_app(service)
-    server = uvicorn.Server(
+    server_class = _server_class()
+    server = server_class(
         uvicorn.Config(app, host=config.host, port=config.port, log_level="warning")
     )
     app.state.server = server
