@@ -165,6 +165,9 @@ class JsonlSource:
     def seek(self, offset: int) -> None:
         self._offset = int(offset)
 
+    def commit(self) -> None:
+        """Called once a checkpoint covers the position: nothing to acknowledge in a file."""
+
     def describe(self) -> str:
         return f"jsonl:{self.path}"
 

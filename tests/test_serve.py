@@ -91,6 +91,10 @@ def test_jsonl_source_reads_whole_lines_only_and_seeks_back(tmp_path):
 # -- a real server ------------------------------------------------------------------------------
 
 
+def _newest_step(ck: Path) -> int:
+    return max((int(p.stem.split("-")[1]) for p in ck.glob("ckpt-*.pt")), default=0)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -422,3 +426,84 @@ def test_sigterm_checkpoints_and_exits_0_and_a_corrupt_newest_falls_back(tmp_pat
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert "falling back to the previous checkpoint" in err
+
+
+# -- Redis Stream source (slow: a real redis-server) ---------------------------------------------
+
+
+@pytest.fixture
+def redis_port(tmp_path):
+    """The redis-server .ci/run started (STREAMKD_REDIS_PORT), or one of our own."""
+    import shutil
+
+    if os.environ.get("STREAMKD_REDIS_PORT"):
+        yield int(os.environ["STREAMKD_REDIS_PORT"])
+        return
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (.ci/run installs it)")
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"]
+        + ["--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.05)
+    yield port
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_redis_source_kill_9_twice_gives_the_uninterrupted_model(tmp_path, redis_port):
+    import redis
+
+    client = redis.Redis(port=redis_port, decode_responses=True)
+    stream = f"events-{time.time_ns()}"
+    events = [{**e, "id": f"r{i}"} for i, e in enumerate(_digits_events(1347) * 4)]
+    for i in range(0, len(events), 200):
+        pipe = client.pipeline()
+        for e in events[i : i + 200]:
+            pipe.xadd(stream, {"event": json.dumps(e)})
+        pipe.execute()
+
+    def args(group: str, ck: Path) -> list[str]:
+        url = f"redis://127.0.0.1:{redis_port}/{stream}?group={group}&consumer=c1"
+        return ["--like", "split-digits", "--source", url, "--checkpoint-dir", str(ck)]
+
+    common = ["--no-track", "--checkpoint-every", "200", "--stop-at-eof"]
+    full = tmp_path / "full"
+    done = subprocess.run(
+        [*CLI, "serve", *args("full", full), *common, "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    ck = tmp_path / "killed"
+    for min_step in (1000, 3000):  # killed while learning, after these checkpoints
+        proc, _ = start_server([*args("killed", ck), *common], wait=False)
+        deadline = time.time() + 120
+        while time.time() < deadline and _newest_step(ck) < min_step and proc.poll() is None:
+            time.sleep(0.01)
+        time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before the kill"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert min_step <= _newest_step(ck) < len(events)
+    done = subprocess.run(
+        [*CLI, "serve", *args("killed", ck), *common, "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    a, b = inspect(full), inspect(ck)
+    assert a["events_learned"] == b["events_learned"] == len(events)
+    assert a["model_sha256"] == b["model_sha256"] and a["prequential_acc"] == b["prequential_acc"]
+    groups = {g["name"]: g for g in client.xinfo_groups(stream)}
+    assert groups["killed"]["pending"] == 0  # every entry acknowledged once checkpointed

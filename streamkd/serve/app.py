@@ -44,6 +44,7 @@ from streamkd.serve.config import ServeConfig
 from streamkd.serve.learner import CHECKPOINT_KEYS, DeadLetters, Learner
 from streamkd.serve.metrics import Metrics
 from streamkd.streams.jsonl import EventError, JsonlSource, append_lines, parse_event
+from streamkd.streams.redis import RedisSource
 
 log = logging.getLogger(__name__)
 PREDICT_BATCH = 256
@@ -86,21 +87,22 @@ class Service:
             max_classes=self.max_classes,
             **kwargs,
         )
-        if config.source == "http":
-            self.wal = ck_dir / "wal.jsonl"
-            source_path = self.wal
+        self.wal = ck_dir / "wal.jsonl" if config.source == "http" else None
+        if config.source.startswith("redis://"):
+            self.source = RedisSource(
+                config.source, self.shape, self.dtype, max_classes=self.max_classes
+            )
         else:
-            self.wal = None
-            source_path = Path(config.source.split(":", 1)[1]).expanduser()
-            if config.stop_at_eof and not source_path.exists():
-                raise ValueError(f"--source {config.source}: {source_path} does not exist")
-        self.source = JsonlSource(
-            source_path,
-            self.shape,
-            self.dtype,
-            max_classes=self.max_classes,
-            follow=not config.stop_at_eof,
-        )
+            path = self.wal or Path(config.source.split(":", 1)[1]).expanduser()
+            if config.stop_at_eof and not path.exists():
+                raise ValueError(f"--source {config.source}: {path} does not exist")
+            self.source = JsonlSource(
+                path,
+                self.shape,
+                self.dtype,
+                max_classes=self.max_classes,
+                follow=not config.stop_at_eof,
+            )
         self.dead = DeadLetters(ck_dir / "dead-letters.jsonl")
         run_config = {
             "strategy": config.strategy,

@@ -53,10 +53,14 @@ class ServeConfig:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         if self.like is None:
             raise ValueError("--like STREAM is required: it gives the inputs' shape and model")
-        if not (self.source == "http" or self.source.startswith("jsonl:")):
+        if not (
+            self.source == "http"
+            or self.source.startswith("jsonl:")
+            or self.source.startswith("redis://")
+        ):
             raise ValueError(
-                f"unknown source {self.source!r}; expected jsonl:PATH or http "
-                "(redis:// is not implemented yet)"
+                f"unknown source {self.source!r}; expected jsonl:PATH, "
+                "redis://HOST:PORT/STREAM?group=G&consumer=C or http"
             )
         if self.stop_at_eof and self.source == "http":
             raise ValueError("--stop-at-eof needs a finite source (jsonl:PATH), not http")

@@ -25,6 +25,7 @@ from streamkd.checkpoint import Checkpointer
 from streamkd.experiment import check_resumable
 from streamkd.strategy import Strategy
 from streamkd.streams.jsonl import Event, JsonlSource, events_batch
+from streamkd.streams.redis import RedisSource
 from streamkd.types import InvalidBatchError
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ class Learner:
     def __init__(
         self,
         strategy: Strategy,
-        source: JsonlSource,
+        source: JsonlSource | RedisSource,
         checkpointer: Checkpointer,
         *,
         batch_size: int = 10,
@@ -152,7 +153,7 @@ class Learner:
             return False
         check_resumable(state, self.config, self.checkpointer.directory)
         self.strategy.load_state_dict(state["strategy"])
-        self.source.seek(int(state["source_position"]))
+        self.source.seek(state["source_position"])
         self.counters = Counters(**state["counters"])
         self.last_checkpoint_step = int(state["step"])
         if self.checkpoint_every:
@@ -183,6 +184,7 @@ class Learner:
             self.logger.flush()
         step = self.counters.events_learned
         self.checkpointer.save(self.state(), step=step)
+        self.source.commit()  # e.g. XACK the Redis entries the checkpoint now covers
         self.last_checkpoint_step, self.last_checkpoint_time = step, time.time()
         self.predictor = self._publish()
         with self._checkpoint_done:
