@@ -170,6 +170,12 @@ def _serve_parsers(sub) -> None:
     )
     p.add_argument("--batch-size", type=int, default=None, help="events per learning step")
     p.add_argument("--max-body", type=int, default=None, help="request body limit, bytes")
+    p.add_argument(
+        "--replica-of",
+        default=None,
+        metavar="CHECKPOINT_DIR",
+        help="a read replica: serve /predict from the newest checkpoint a learner writes there",
+    )
     p.add_argument("--memory", type=int, default=None, help="replay memory size (samples)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None, help="auto, cpu or cuda[:N] (default cpu)")

@@ -507,3 +507,45 @@ def test_redis_source_kill_9_twice_gives_the_uninterrupted_model(tmp_path, redis
     assert a["model_sha256"] == b["model_sha256"] and a["prequential_acc"] == b["prequential_acc"]
     groups = {g["name"]: g for g in client.xinfo_groups(stream)}
     assert groups["killed"]["pending"] == 0  # every entry acknowledged once checkpointed
+
+
+@pytest.mark.slow
+def test_a_replica_follows_the_learners_checkpoints(tmp_path):
+    ck = tmp_path / "ck"
+    args = ["--like", "split-digits", "--no-track", "--checkpoint-seconds", "3600"]
+    learner, lport = start_server([*args, "--source", "http", "--checkpoint-dir", str(ck)])
+    replica = None
+    try:
+        events = _digits_events(200)
+        assert request(lport, "POST", "/learn", {"events": events[:100]})[0] == 200
+        _wait_learned(lport, 100)
+        assert request(lport, "POST", "/checkpoint")[1]["step"] == 100
+        replica, rport = start_server(
+            [*args, "--replica-of", str(ck), "--checkpoint-dir", str(tmp_path / "replica")]
+        )
+        assert request(rport, "GET", "/health")[1]["model_version"] == 100
+        assert request(rport, "POST", "/learn", events[100])[0] == 409
+        assert request(lport, "POST", "/learn", {"events": events[100:]})[0] == 200
+        _wait_learned(lport, 200)
+        assert request(lport, "POST", "/checkpoint")[1]["step"] == 200
+        written = time.time()
+        while request(rport, "GET", "/health")[1]["model_version"] < 200:
+            assert time.time() - written < 2.0, "the replica did not swap within 2 s"
+            time.sleep(0.02)
+        batch = {"batch": [{"x": e["x"]} for e in events[:20]]}
+        ours = request(rport, "POST", "/predict", batch)[1]
+        # the learner's predictions for that checkpoint: the same checkpoint loaded here
+        from streamkd.experiment import make_model, make_strategy, make_stream
+
+        stream = make_stream("split-digits")
+        strategy = make_strategy("er", make_model(stream), memory=500, max_classes=10)
+        strategy.load_state_dict(Checkpointer.load(Checkpointer(ck).paths()[0])["strategy"])
+        x = torch.tensor([e["x"] for e in events[:20]], dtype=torch.uint8)
+        labels = strategy.predict(x).argmax(1).tolist()
+        assert [p["label"] for p in ours["predictions"]] == labels
+        assert ours["model_version"] == 200
+    finally:
+        for proc in (learner, replica):
+            if proc is not None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=30)

@@ -41,7 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from streamkd.atomic import strict_json
 from streamkd.checkpoint import Checkpointer
 from streamkd.serve.config import ServeConfig
-from streamkd.serve.learner import CHECKPOINT_KEYS, DeadLetters, Learner
+from streamkd.serve.learner import CHECKPOINT_KEYS, DeadLetters, Learner, Replica
 from streamkd.serve.metrics import Metrics
 from streamkd.streams.jsonl import EventError, JsonlSource, append_lines, parse_event
 from streamkd.streams.redis import RedisSource
@@ -67,8 +67,13 @@ class Service:
         from streamkd.experiment import make_model, make_strategy, make_stream, strategy_kwargs
 
         self.config = config
-        ck_dir = Path(config.checkpoint_dir).expanduser()
-        self.checkpointer = Checkpointer(ck_dir, keep=config.keep, required=CHECKPOINT_KEYS)
+        self.replica = config.replica_of is not None
+        ck_dir = Path(config.replica_of or config.checkpoint_dir).expanduser()
+        self.checkpointer = Checkpointer(
+            ck_dir, keep=config.keep, required=CHECKPOINT_KEYS, writable=not self.replica
+        )
+        if self.replica and not self.checkpointer.paths():
+            raise ValueError(f"--replica-of {ck_dir}: no checkpoint there yet")
         ck_dir.mkdir(parents=True, exist_ok=True)
         like = make_stream(config.like, seed=config.seed, data_dir=config.data_dir)
         if like.input_shape is None:
@@ -88,7 +93,9 @@ class Service:
             **kwargs,
         )
         self.wal = ck_dir / "wal.jsonl" if config.source == "http" else None
-        if config.source.startswith("redis://"):
+        if self.replica:
+            self.source = None
+        elif config.source.startswith("redis://"):
             self.source = RedisSource(
                 config.source, self.shape, self.dtype, max_classes=self.max_classes
             )
@@ -103,7 +110,9 @@ class Service:
                 max_classes=self.max_classes,
                 follow=not config.stop_at_eof,
             )
-        self.dead = DeadLetters(ck_dir / "dead-letters.jsonl")
+        dead_dir = Path(config.checkpoint_dir).expanduser() if self.replica else ck_dir
+        dead_dir.mkdir(parents=True, exist_ok=True)
+        self.dead = DeadLetters(dead_dir / "dead-letters.jsonl")
         run_config = {
             "strategy": config.strategy,
             **{k: v for k, v in self.strategy.hparams.items() if k != "device"},
@@ -111,6 +120,16 @@ class Service:
             "source": config.source,
             "batch_size": config.batch_size,
         }
+        run_config = json.loads(json.dumps(run_config, default=str))
+        if self.replica:
+            self.tracker_logger = None
+            model_config = {
+                k: v for k, v in run_config.items() if k not in ("source", "batch_size")
+            }
+            self.learner = Replica(self.strategy, self.checkpointer, config=model_config)
+            self.resumed, self.known_ids = True, set()
+            self._init_counters()
+            return
         self.tracker_logger = self._mlflow()
         self.learner = Learner(
             self.strategy,
@@ -121,11 +140,14 @@ class Service:
             checkpoint_seconds=config.checkpoint_seconds,
             stop_at_eof=config.stop_at_eof,
             dead_letters=self.dead,
-            config=json.loads(json.dumps(run_config, default=str)),
+            config=run_config,
             logger=self.tracker_logger,
         )
         self.resumed = self.learner.resume()
         self.known_ids = self._logged_ids()
+        self._init_counters()
+
+    def _init_counters(self) -> None:
         self.remembered: OrderedDict[str, np.ndarray] = OrderedDict()
         self.rejected: dict[str, int] = {}
         self.predictions = 0
@@ -172,7 +194,8 @@ class Service:
         self.learner.stop()
         if self._thread is not None:
             self._thread.join(timeout=60)
-        self.source.close()
+        if self.source is not None:
+            self.source.close()
         if self.tracker_logger is not None:
             self.tracker_logger.end()
 
@@ -215,6 +238,9 @@ class Service:
 
     # -- learn -------------------------------------------------------------------------------
     def learn(self, body: Any, raw: str) -> list[str]:
+        if self.replica:
+            reason = "a replica serves predictions; POST /learn to the learner"
+            raise self.refuse(409, reason, raw, "learn")
         if self.wal is None:
             raise self.refuse(
                 409,
@@ -325,6 +351,8 @@ def create_app(service: Service):
     @app.post("/checkpoint")
     async def checkpoint(request: Request):
         authorize(request, "checkpoint")
+        if service.replica:
+            raise service.refuse(409, "a replica does not write checkpoints", "", "checkpoint")
         loop = asyncio.get_running_loop()
         done = await loop.run_in_executor(None, service.learner.request_checkpoint)
         if not done:

@@ -41,6 +41,7 @@ class ServeConfig:
     data_dir: str | None = None
     device: str = "cpu"
     max_body: int = MAX_BODY
+    replica_of: str | None = None
 
     def check(self) -> ServeConfig:
         """Refuse what the daemon could not honour, before it starts (one line each)."""
@@ -62,6 +63,8 @@ class ServeConfig:
                 f"unknown source {self.source!r}; expected jsonl:PATH, "
                 "redis://HOST:PORT/STREAM?group=G&consumer=C or http"
             )
+        if self.replica_of is not None and self.stop_at_eof:
+            raise ValueError("a replica (--replica-of) serves predictions: no --stop-at-eof")
         if self.stop_at_eof and self.source == "http":
             raise ValueError("--stop-at-eof needs a finite source (jsonl:PATH), not http")
         self.token = self.token or os.environ.get("STREAMKD_TOKEN") or None

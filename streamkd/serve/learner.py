@@ -298,3 +298,80 @@ class Learner:
             "last_checkpoint_step": self.last_checkpoint_step,
             "last_checkpoint_age_s": age,
         }
+
+
+class Replica:
+    """A read replica: serves predictions from the newest checkpoint a learner wrote in
+    ``checkpointer``'s folder, hot-swapping to each new one (polled every ``poll`` seconds):
+    the new predictor is built aside and swapped in one reference assignment, so a request
+    never sees half a model. It never learns and never writes into the folder."""
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        checkpointer: Checkpointer,
+        *,
+        config: dict[str, Any] | None = None,
+        poll: float = 0.25,
+    ) -> None:
+        self.strategy, self.checkpointer = strategy, checkpointer
+        self.config = config or {}
+        self.poll = poll
+        self.counters = Counters()
+        self.last_checkpoint_step: int | None = None
+        self.last_checkpoint_time = time.time()
+        self.loaded_path: Path | None = None
+        self.step_seconds: list[float] = []
+        self.finished = threading.Event()
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self.predictor = Predictor(strategy.predictor(), 0)
+        self.refresh()
+
+    def refresh(self) -> bool:
+        """Load the newest good checkpoint if it is not the one loaded; True if swapped."""
+        paths = self.checkpointer.paths()
+        if not paths or paths[0] == self.loaded_path:
+            return False
+        state = self.checkpointer.load_latest()
+        if state is None:
+            return False
+        saved = state.get("config", {})
+        diffs = [f"{k} {saved.get(k)} -> {v}" for k, v in self.config.items() if saved.get(k) != v]
+        if diffs:  # the model's settings only: the learner's source is its own business
+            raise ValueError(
+                f"--replica-of {self.checkpointer.directory}: the learner's model differs: "
+                + ", ".join(diffs)
+            )
+        self.strategy.load_state_dict(state["strategy"])
+        self.counters = Counters(**state["counters"])
+        self.last_checkpoint_step = int(state["step"])
+        self.last_checkpoint_time = time.time()
+        self.loaded_path = paths[0]
+        self.predictor = Predictor(self.strategy.predictor(), self.counters.events_learned)
+        log.info("replica now serves %s (%d events learned)", paths[0].name, state["step"])
+        return True
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        try:
+            while not self._stop.wait(self.poll):
+                try:
+                    self.refresh()
+                except (OSError, ValueError) as err:  # a learner mid-rotation: next poll
+                    log.warning("replica could not load a checkpoint yet: %s", err)
+        finally:
+            self.finished.set()
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "replica",
+            "events_learned": self.counters.events_learned,
+            "prequential_acc": self.counters.prequential_acc,
+            "model_version": self.predictor.version,
+            "replica_of": str(self.checkpointer.directory),
+            "checkpoint": self.loaded_path.name if self.loaded_path else None,
+            "last_checkpoint_step": self.last_checkpoint_step,
+        }
