@@ -47,7 +47,6 @@ class Metrics:
             rejected.add_metric([kind], n)
         yield rejected
         yield _counter("predictions", "Rows predicted by /predict", service.predictions)
-        yield _counter("drift_events", "Drift events detected", 0)
         acc = GaugeMetricFamily(
             "streamkd_prequential_accuracy", "Accuracy of predictions made before learning"
         )
