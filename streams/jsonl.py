@@ -84,16 +84,26 @@ def parse_event(
             raise EventError(f"event {event_id!r}: label {y} is out of range (expected {bound})")
     ts = obj.get("ts")
     if ts is not None and (
-        isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts)
+        isinstance(ts, bool) or not isinstance(ts, int | float) or not _finite(ts)
     ):
         raise EventError(f"event {event_id!r}: ts must be a finite number or absent")
     return Event(event_id, x, y, None if ts is None else float(ts))
 
 
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond float's range
+        return False
+
+
 def _features(raw: Any, shape: tuple[int, ...], dtype: torch.dtype, event_id: str) -> np.ndarray:
     try:
-        values = np.asarray(raw, dtype=np.float64)
-    except (TypeError, ValueError):
+        values = np.asarray(raw)
+        if values.dtype.kind not in "iuf":  # strings, booleans, objects, ragged lists
+            raise TypeError
+        values = values.astype(np.float64)
+    except (TypeError, ValueError, OverflowError, RecursionError):
         raise EventError(
             f"event {event_id!r}: x must be numbers or evenly nested lists of numbers"
         ) from None
@@ -118,6 +128,36 @@ def events_batch(events: list[Event], dtype: torch.dtype) -> Batch:
     x = torch.from_numpy(np.stack([e.x for e in events])).to(dtype)
     y = torch.tensor([e.y for e in events], dtype=torch.long)
     return Batch(x, y, meta={"ids": [e.id for e in events]})
+
+
+def decode_json(text: str) -> Any:
+    """``json.loads`` whose every failure (bad syntax, a 5,000-digit number, nesting deeper
+    than the interpreter's recursion limit) is an :class:`EventError`."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise EventError(f"invalid JSON: {err.msg} at column {err.colno}") from None
+    except (ValueError, RecursionError) as err:
+        raise EventError(f"invalid JSON: {type(err).__name__}: {str(err)[:200]}") from None
+
+
+def parse_line(
+    text: str,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    max_classes: int | None,
+    *,
+    end: int = 0,
+    where: str = "",
+) -> Line:
+    """One source line as an event, or as the reason it is not one: never raises, so one
+    bad line can never stop a learner (it goes to the dead-letter file)."""
+    try:
+        return Line(end, parse_event(decode_json(text), shape, dtype, max_classes))
+    except EventError as err:
+        return Line(end, None, f"{where}{err}", text)
+    except Exception as err:  # noqa: BLE001 - the last line of defence, reported
+        return Line(end, None, f"{where}unreadable event: {type(err).__name__}: {err}", text)
 
 
 @dataclass
@@ -228,14 +268,7 @@ class JsonlSource:
         return out
 
     def _parse(self, text: str) -> Line:
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as err:
-            return Line(self._offset, None, f"invalid JSON: {err.msg} at column {err.colno}", text)
-        try:
-            return Line(self._offset, parse_event(obj, self.shape, self.dtype, self.max_classes))
-        except EventError as err:
-            return Line(self._offset, None, str(err), text)
+        return parse_line(text, self.shape, self.dtype, self.max_classes, end=self._offset)
 
     def __iter__(self) -> Iterator[Line]:
         while True:
@@ -268,14 +301,36 @@ def _complete_size(path: Path) -> int:
 
 
 def append_lines(path: str | Path, lines: list[str]) -> None:
-    """Append whole lines and fsync before returning: what is acknowledged is durable."""
+    """Append whole lines and fsync before returning: what is acknowledged is durable. On
+    any failure the file is cut back to its size before the call (nothing half-appended)."""
     data = "".join(line.rstrip("\n") + "\n" for line in lines).encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
+        size = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except BaseException:
+            os.ftruncate(fd, size)
+            raise
     finally:
         os.close(fd)
+
+
+def repair_tail(path: str | Path) -> int:
+    """Cut an unterminated last line (a write a crash interrupted: never acknowledged) off
+    ``path``; returns the bytes removed."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    size, keep = path.stat().st_size, _complete_size(path)
+    if keep < size:
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+            os.fsync(f.fileno())
+    return size - keep
 
 
 def export_events(stream, out: str | Path, max_samples: int | None = None) -> int:

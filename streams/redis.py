@@ -3,21 +3,22 @@
 ``redis://HOST:PORT/STREAM?group=G&consumer=C`` (``group`` defaults to ``streamkd``,
 ``consumer`` to ``learner``). Each entry holds one event as JSON in its ``event`` field (see
 :mod:`streamkd.streams.jsonl`). Entries are acknowledged (``XACK``) only once a checkpoint
-covers them (:meth:`RedisSource.commit`): after a crash the entries delivered since the last
-checkpoint are still pending for this consumer, and are read again first, in id order, so
+covers them (:meth:`RedisSource.commit`). The position is the id of the last entry handed to
+the learner. On start, every entry after the position up to the group's last delivered one
+is read again first, in id order (``XRANGE``), then new ones (``XREADGROUP >``): after a
+crash, or after a fall back to an older checkpoint whose successors had acknowledged more,
 nothing is lost and, the learner having restarted from that checkpoint, nothing is learned
-twice. The position is the id of the last entry handed to the learner.
+twice. One learner per group and consumer.
 """
 
 from __future__ import annotations
 
-import json
 import urllib.parse
 from typing import Any
 
 import torch
 
-from streamkd.streams.jsonl import EventError, Line, parse_event
+from streamkd.streams.jsonl import Line, parse_line
 
 FIELD = "event"
 
@@ -58,7 +59,11 @@ class RedisSource:
         self.shape, self.dtype, self.max_classes = tuple(shape), dtype, max_classes
         self.block_ms = block_ms
         self.client = redis.Redis(
-            host=parsed.hostname, port=parsed.port or 6379, decode_responses=True
+            host=parsed.hostname,
+            port=parsed.port or 6379,
+            decode_responses=True,
+            socket_timeout=30,  # a half-open connection fails the learner, never hangs it
+            health_check_interval=10,
         )
         try:
             self.client.xgroup_create(stream, self.group, id="0", mkstream=True)
@@ -68,7 +73,7 @@ class RedisSource:
         except redis.ConnectionError as err:
             raise ValueError(f"--source {url!r}: cannot reach Redis ({err})") from None
         self._position = "0-0"  # the last entry handed to the learner
-        self._pending_cursor: str | None = "0-0"  # re-read this consumer's pending entries first
+        self._replay_end = self._last_delivered()  # entries up to here are read again first
         self._delivered: list[str] = []  # handed out, not yet acknowledged
 
     def describe(self) -> str:
@@ -79,14 +84,16 @@ class RedisSource:
 
     def seek(self, position: Any) -> None:
         """Resume after ``position`` (a checkpoint's): pending entries up to it were
-        learned and checkpointed already, so they are acknowledged, not read again."""
+        learned and checkpointed already, so they are acknowledged; those after it are read
+        again (see the module docstring)."""
         self._position = str(position)
-        covered = []
-        for entry in self._pending_entries():
-            if _id_key(entry) <= _id_key(self._position):
-                covered.append(entry)
+        covered = [e for e in self._pending_entries() if _id_key(e) <= _id_key(self._position)]
         if covered:
             self.client.xack(self.stream, self.group, *covered)
+
+    def _last_delivered(self) -> str:
+        group = next(g for g in self.client.xinfo_groups(self.stream) if g["name"] == self.group)
+        return group["last-delivered-id"]
 
     def _pending_entries(self) -> list[str]:
         pending = self.client.xpending_range(
@@ -103,27 +110,18 @@ class RedisSource:
             self._delivered = [e for e in self._delivered if _id_key(e) > upto]
 
     def at_end(self) -> bool:
-        """No pending entry left and every entry of the stream delivered to the group."""
-        if self._pending_cursor is not None:
-            return False
-        info = self.client.xinfo_groups(self.stream)
-        group = next(g for g in info if g["name"] == self.group)
+        """Every entry of the stream handed to the learner."""
         last = self.client.xinfo_stream(self.stream)["last-generated-id"]
-        return group["last-delivered-id"] == last and _id_key(self._position) >= _id_key(last)
+        return _id_key(self._position) >= _id_key(last)
 
     def read(self, n: int) -> list[Line]:
-        if self._pending_cursor is not None:
-            got = self.client.xreadgroup(
-                self.group, self.consumer, {self.stream: self._pending_cursor}, count=n
+        if _id_key(self._position) < _id_key(self._replay_end):
+            entries = self.client.xrange(
+                self.stream, min=f"({self._position}", max=self._replay_end, count=n
             )
-            entries = got[0][1] if got else []
-            entries = [(i, f) for i, f in entries if _id_key(i) > _id_key(self._position)]
-            if not got or not got[0][1]:
-                self._pending_cursor = None  # the pending ones are done: new entries next
-            else:
-                self._pending_cursor = got[0][1][-1][0]
-            if entries or self._pending_cursor is not None:
+            if entries:
                 return self._lines(entries)
+            self._replay_end = self._position  # trimmed away: nothing more to replay
         got = self.client.xreadgroup(
             self.group, self.consumer, {self.stream: ">"}, count=n, block=self.block_ms
         )
@@ -135,13 +133,8 @@ class RedisSource:
             self._delivered.append(entry_id)
             self._position = entry_id
             text = fields.get(FIELD, "")
-            try:
-                event = parse_event(json.loads(text), self.shape, self.dtype, self.max_classes)
-                lines.append(Line(0, event))
-            except json.JSONDecodeError as err:
-                lines.append(Line(0, None, f"entry {entry_id}: invalid JSON: {err.msg}", text))
-            except EventError as err:
-                lines.append(Line(0, None, f"entry {entry_id}: {err}", text))
+            where = f"entry {entry_id}: "
+            lines.append(parse_line(text, self.shape, self.dtype, self.max_classes, where=where))
         return lines
 
     def close(self) -> None:

@@ -231,19 +231,25 @@ def test_predict_learn_and_delayed_labels_over_http(http_server):
     status, body = request(port, "POST", "/learn", {"events": good[:30]}, token=TOKEN)
     assert (status, body["accepted"]) == (200, 30)
     _wait_learned(port, 30)
-    status, single = request(port, "POST", "/predict", {"id": "p1", "x": good[30]["x"]})
-    assert status == 200 and isinstance(single["label"], int) and single["model_version"] >= 0
+    status, single = request(
+        port, "POST", "/predict", {"id": "p1", "x": good[30]["x"]}, token=TOKEN
+    )
+    assert status == 200 and isinstance(single["label"], int) and single["model_version"] == 30
     status, many = request(port, "POST", "/predict", {"batch": [{"x": e["x"]} for e in good[31:]]})
     assert status == 200 and len(many["predictions"]) == 9
-    # a label arriving later for the /predict id reuses the features seen then
+    # a label arriving later for the /predict id reuses the features seen then, if the
+    # /predict was authorised (an anonymous client may not choose training features)
     status, body = request(port, "POST", "/learn", {"id": "p1", "y": good[30]["y"]}, token=TOKEN)
     assert status == 200
+    request(port, "POST", "/predict", {"id": "p2", "x": good[31]["x"]})
+    status, body = request(port, "POST", "/learn", {"id": "p2", "y": 1}, token=TOKEN)
+    assert status == 422 and "has no x" in body["error"]
     _wait_learned(port, 31)
     status, body = request(port, "POST", "/checkpoint", token=TOKEN)
     assert status == 200 and body["step"] == 31
     metrics = request(port, "GET", "/metrics")[1]
     assert "streamkd_events_learned_total 31.0" in metrics
-    assert "streamkd_predictions_total 10.0" in metrics
+    assert "streamkd_predictions_total 11.0" in metrics
 
 
 BAD_REQUESTS = [
@@ -258,7 +264,27 @@ BAD_REQUESTS = [
         422,
         "0..255",
     ),
-    ("NaN", "POST", "/predict", b'{"x": [[[NaN]]]}', None, 422, "shape"),
+    (
+        "NaN in /predict",
+        "POST",
+        "/predict",
+        json.dumps({"x": np.full(SHAPE, np.nan).tolist()}).encode(),
+        None,
+        422,
+        "NaN",
+    ),
+    ("huge number", "POST", "/predict", b'{"x": ' + b"9" * 5000 + b"}", None, 400, "JSON"),
+    ("deep nesting", "POST", "/predict", b"[" * 100_000 + b"]" * 100_000, None, 400, "JSON"),
+    (
+        "unhashable id",
+        "POST",
+        "/learn",
+        {"id": [1], "x": np.zeros(SHAPE, int).tolist(), "y": 1},
+        TOKEN,
+        422,
+        "id must be",
+    ),
+    ("string pixels", "POST", "/predict", {"x": [[["1"] * 8] * 8]}, None, 422, "numbers"),
     (
         "NaN values",
         "POST",
@@ -350,16 +376,17 @@ def test_kill_9_five_times_on_a_file_source_loses_and_repeats_nothing(tmp_path):
     full = serve_to_end(events, tmp_path / "full", "split-mnist", ["--checkpoint-every", "1000"])
     ck = tmp_path / "killed"
     rng = random.Random(0)
-    kills = 0
-    while kills < 5:
+    for kill in range(5):  # each after a checkpoint that moved on, at a random moment past it
         proc, _ = start_server([*args, "--checkpoint-dir", str(ck)], wait=False)
-        time.sleep(rng.uniform(3.0, 8.0))  # startup takes ~3 s: some kills land while learning
-        if proc.poll() is not None:
-            break
+        target = 2000 * (kill + 1)
+        deadline = time.time() + 240
+        while time.time() < deadline and _newest_step(ck) < target and proc.poll() is None:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.5))
+        assert proc.poll() is None, "the run finished before five kills"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        kills += 1
-    assert kills == 5, "the run finished before five kills"
+        assert target <= _newest_step(ck) < 20_000
     killed = serve_to_end(events, ck, "split-mnist", ["--checkpoint-every", "1000"])
     assert full["events_learned"] == killed["events_learned"] == 20_000
     assert killed["model_sha256"] == full["model_sha256"]

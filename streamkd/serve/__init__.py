@@ -48,7 +48,8 @@ def serve(config: ServeConfig) -> int:
         "resumed" if service.resumed else "fresh",
     )
     server.run()
+    finished = service.stop()  # after a forced exit too (uvicorn then skips the shutdown)
     if service.learner.error is not None:
         log.error("the learner failed: %s", service.learner.error)
         return 1
-    return 0
+    return 0 if finished else 1

@@ -43,7 +43,14 @@ from streamkd.checkpoint import Checkpointer
 from streamkd.serve.config import ServeConfig
 from streamkd.serve.learner import CHECKPOINT_KEYS, DeadLetters, Learner, Replica
 from streamkd.serve.metrics import Metrics
-from streamkd.streams.jsonl import EventError, JsonlSource, append_lines, parse_event
+from streamkd.streams.jsonl import (
+    EventError,
+    JsonlSource,
+    append_lines,
+    decode_json,
+    parse_event,
+    repair_tail,
+)
 from streamkd.streams.redis import RedisSource
 
 log = logging.getLogger(__name__)
@@ -75,6 +82,17 @@ class Service:
         if self.replica and not self.checkpointer.paths():
             raise ValueError(f"--replica-of {ck_dir}: no checkpoint there yet")
         ck_dir.mkdir(parents=True, exist_ok=True)
+        self._folder_lock = None
+        if not self.replica:  # one learner per folder: two would both write and both log
+            from filelock import FileLock, Timeout
+
+            self._folder_lock = FileLock(ck_dir / "serve.lock")
+            try:
+                self._folder_lock.acquire(timeout=0)
+            except Timeout:
+                raise ValueError(
+                    f"--checkpoint-dir {ck_dir} is held by another streamkd serve"
+                ) from None
         like = make_stream(config.like, seed=config.seed, data_dir=config.data_dir)
         if like.input_shape is None:
             raise ValueError(f"--like {config.like}: multi-field streams cannot be served yet")
@@ -101,6 +119,10 @@ class Service:
             )
         else:
             path = self.wal or Path(config.source.split(":", 1)[1]).expanduser()
+            if self.wal is not None and (cut := repair_tail(self.wal)):
+                log.warning(
+                    "cut %d bytes of an unfinished write (never acknowledged) off %s", cut, self.wal
+                )
             if config.stop_at_eof and not path.exists():
                 raise ValueError(f"--source {config.source}: {path} does not exist")
             self.source = JsonlSource(
@@ -153,7 +175,9 @@ class Service:
         self.predictions = 0
         self.predict_seconds: list[float] = []
         self._wal_lock = threading.Lock()
+        self._count_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._stopped = False
 
     def _mlflow(self):
         if self.config.no_track:
@@ -190,18 +214,30 @@ class Service:
         self._thread = threading.Thread(target=self.learner.run, name="learner", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self) -> bool:
+        """Stop the learner (its final checkpoint) and release everything; safe to call
+        twice. False if the learner did not finish within its time."""
+        if self._stopped:
+            return not (self._thread is not None and self._thread.is_alive())
+        self._stopped = True
         self.learner.stop()
         if self._thread is not None:
-            self._thread.join(timeout=60)
+            self._thread.join(timeout=300)
+            if self._thread.is_alive():
+                log.error("the learner did not finish its final checkpoint in 300 s")
+                return False
         if self.source is not None:
             self.source.close()
         if self.tracker_logger is not None:
-            self.tracker_logger.end()
+            self.tracker_logger.end("FAILED" if self.learner.error else "FINISHED")
+        if self._folder_lock is not None:
+            self._folder_lock.release()
+        return True
 
     # -- refusals ----------------------------------------------------------------------------
     def refuse(self, status: int, reason: str, payload: str, kind: str) -> Refused:
-        self.rejected[kind] = self.rejected.get(kind, 0) + 1
+        with self._count_lock:
+            self.rejected[kind] = self.rejected.get(kind, 0) + 1
         self.dead.write(reason, payload, f"http:{kind}")
         return Refused(status, reason)
 
@@ -217,6 +253,8 @@ class Service:
         for i, item in enumerate(items):
             if not isinstance(item, dict) or "x" not in item:
                 raise self.refuse(422, f"item {i}: expected an object with x", raw, "predict")
+            if "id" in item and not isinstance(item["id"], str):
+                raise self.refuse(422, f"item {i}: id must be a string", raw, "predict")
             event_id = item.get("id") or f"predict-{i}"
             try:
                 event = parse_event(
@@ -229,12 +267,18 @@ class Service:
         return ids, torch.from_numpy(np.stack(xs)), single
 
     def remember(self, ids: list[str | None], x: torch.Tensor) -> None:
-        for event_id, row in zip(ids, x.numpy(), strict=True):
-            if event_id is not None:
-                self.remembered[event_id] = row.copy()
-                self.remembered.move_to_end(event_id)
-                while len(self.remembered) > REMEMBERED_PREDICTIONS:
-                    self.remembered.popitem(last=False)
+        with self._count_lock:
+            for event_id, row in zip(ids, x.numpy(), strict=True):
+                if event_id:
+                    self.remembered[event_id] = row.copy()
+                    self.remembered.move_to_end(event_id)
+                    while len(self.remembered) > REMEMBERED_PREDICTIONS:
+                        self.remembered.popitem(last=False)
+
+    def remembered_x(self, event_id: Any) -> list | None:
+        with self._count_lock:
+            row = self.remembered.get(event_id) if isinstance(event_id, str) else None
+        return None if row is None else row.tolist()
 
     # -- learn -------------------------------------------------------------------------------
     def learn(self, body: Any, raw: str) -> list[str]:
@@ -253,8 +297,10 @@ class Service:
             raise self.refuse(422, "events must be a non-empty list", raw, "learn")
         lines, ids = [], []
         for i, item in enumerate(items):
-            if isinstance(item, dict) and "x" not in item and item.get("id") in self.remembered:
-                item = {**item, "x": self.remembered[item["id"]].tolist()}
+            if isinstance(item, dict) and "x" not in item:
+                x = self.remembered_x(item.get("id"))
+                if x is not None:
+                    item = {**item, "x": x}
             try:
                 event = parse_event(item, self.shape, self.dtype, self.max_classes)
             except EventError as err:
@@ -303,34 +349,38 @@ def create_app(service: Service):
             chunks.append(chunk)
         raw = b"".join(chunks).decode("utf-8", errors="replace")
         try:
-            return json.loads(raw), raw
-        except json.JSONDecodeError as err:
-            reason = f"invalid JSON: {err.msg} at column {err.colno}"
-            raise service.refuse(400, reason, raw, kind) from None
+            return decode_json(raw), raw
+        except EventError as err:
+            raise service.refuse(400, str(err), raw, kind) from None
 
-    def authorize(request: Request, kind: str) -> None:
+    def authorized(request: Request) -> bool:
         token = service.config.token
         if token is None:
-            return
+            return True
         given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+    def authorize(request: Request, kind: str) -> None:
+        if not authorized(request):
             raise service.refuse(401, "missing or wrong bearer token", "", kind)
 
     @app.exception_handler(Refused)
     async def refused(request: Request, err: Refused):
-        return JSONResponse({"error": err.reason}, status_code=err.status)
+        headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+        return JSONResponse({"error": err.reason}, status_code=err.status, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException):
         reason = f"{request.method} {request.url.path}: {err.detail}"
         service.refuse(err.status_code, reason, "", "route")
-        return JSONResponse({"error": reason}, status_code=err.status_code)
+        return JSONResponse({"error": reason}, status_code=err.status_code, headers=err.headers)
 
     @app.post("/predict")
     async def predict(request: Request):
         body, raw = await body_of(request, "predict")
         ids, x, single = service.parse_inputs(body, raw)
-        service.remember(ids, x)
+        if authorized(request):  # only a client trusted to /learn may name features for it
+            service.remember(ids, x)
         scores, version = await batcher.submit(x)
         rows = [
             {"id": i, "label": int(s.argmax()) if s.numel() else None, "scores": s.tolist()}
@@ -353,10 +403,15 @@ def create_app(service: Service):
         authorize(request, "checkpoint")
         if service.replica:
             raise service.refuse(409, "a replica does not write checkpoints", "", "checkpoint")
+        if service.learner.finished.is_set():
+            return JSONResponse(
+                {"error": "the learner has stopped", "step": service.learner.last_checkpoint_step},
+                status_code=503,
+            )
         loop = asyncio.get_running_loop()
         done = await loop.run_in_executor(None, service.learner.request_checkpoint)
         if not done:
-            raise service.refuse(503, "the learner did not checkpoint within 30 s", "", "route")
+            return JSONResponse({"error": "no checkpoint within 30 s"}, status_code=503)
         return {"step": service.learner.last_checkpoint_step}
 
     @app.post("/correct")
@@ -372,7 +427,8 @@ def create_app(service: Service):
 
     @app.get("/health")
     async def health():
-        return JSONResponse(strict_json(service.learner.health()))
+        status = 503 if service.learner.error is not None else 200
+        return JSONResponse(strict_json(service.learner.health()), status_code=status)
 
     @app.get("/metrics")
     async def prometheus():
@@ -432,12 +488,14 @@ class PredictBatcher:
                 scores = await loop.run_in_executor(None, run)
             except Exception as err:  # noqa: BLE001 - each waiting request gets the error
                 for _, future in taken:
-                    future.set_exception(err)
+                    if not future.done():  # a client that went away cancelled its future
+                        future.set_exception(err)
                 continue
             self.metrics.observe_predict(time.perf_counter() - started, len(x))
             start = 0
             for t, future in taken:
-                future.set_result((scores[start : start + len(t)], predictor.version))
+                if not future.done():
+                    future.set_result((scores[start : start + len(t)], predictor.version))
                 start += len(t)
 
 

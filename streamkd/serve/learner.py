@@ -14,6 +14,7 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,7 +135,7 @@ class Learner:
         self.counters = Counters()
         self.last_checkpoint_step: int | None = None
         self.last_checkpoint_time = time.time()
-        self.step_seconds: list[float] = []  # drained by the metrics endpoint
+        self.step_seconds: deque[float] = deque(maxlen=100_000)  # drained by /metrics
         self.finished = threading.Event()
         self.error: BaseException | None = None
         self._stop = threading.Event()
@@ -196,9 +197,11 @@ class Learner:
         with self._checkpoint_done:
             before = self._checkpoints_written
             self._checkpoint_wanted.set()
-            return self._checkpoint_done.wait_for(
-                lambda: self._checkpoints_written > before, timeout=timeout
+            self._checkpoint_done.wait_for(
+                lambda: self._checkpoints_written > before or self.finished.is_set(),
+                timeout=timeout,
             )
+            return self._checkpoints_written > before
 
     # -- the loop ----------------------------------------------------------------------------
     def stop(self) -> None:
@@ -214,7 +217,9 @@ class Learner:
                     self._learn_lines(lines)
                 elif self.stop_at_eof and self.source.at_end():
                     break
-                else:
+                else:  # the source is quiet: predictions catch up with the last step
+                    if self.predictor.version != self.counters.events_learned:
+                        self.predictor = self._publish()
                     self._stop.wait(0.01)
                 self._maybe_checkpoint()
             self.checkpoint()
@@ -224,6 +229,8 @@ class Learner:
             raise
         finally:
             self.finished.set()
+            with self._checkpoint_done:  # nobody waits for a checkpoint that cannot come
+                self._checkpoint_done.notify_all()
 
     def _learn_lines(self, lines) -> None:
         events: list[Event] = []
@@ -278,6 +285,9 @@ class Learner:
             self.checkpoint()
 
     def _publish(self) -> Predictor:
+        # eval mode, as predict() uses: what a predictor computes (e.g. SCR's class means,
+        # cached) must not depend on when it was published
+        self.strategy.train_mode(False)
         return Predictor(self.strategy.predictor(), self.counters.events_learned)
 
     # -- what operators read -----------------------------------------------------------------
@@ -321,7 +331,7 @@ class Replica:
         self.last_checkpoint_step: int | None = None
         self.last_checkpoint_time = time.time()
         self.loaded_path: Path | None = None
-        self.step_seconds: list[float] = []
+        self.step_seconds: deque[float] = deque()
         self.finished = threading.Event()
         self.error: BaseException | None = None
         self._stop = threading.Event()
@@ -360,7 +370,7 @@ class Replica:
             while not self._stop.wait(self.poll):
                 try:
                     self.refresh()
-                except (OSError, ValueError) as err:  # a learner mid-rotation: next poll
+                except Exception as err:  # noqa: BLE001 - a learner mid-rotation: next poll
                     log.warning("replica could not load a checkpoint yet: %s", err)
         finally:
             self.finished.set()

@@ -43,7 +43,7 @@ class Metrics:
             "streamkd_events_rejected", "Refused input, by where", labels=["where"]
         )
         rejected.add_metric(["source"], counters.lines_rejected)
-        for kind, n in sorted(service.rejected.items()):
+        for kind, n in sorted(dict(service.rejected).items()):
             rejected.add_metric([kind], n)
         yield rejected
         yield _counter("predictions", "Rows predicted by /predict", service.predictions)
@@ -59,9 +59,9 @@ class Metrics:
         yield age
 
     def render(self) -> bytes:
-        steps, self.service.learner.step_seconds = self.service.learner.step_seconds, []
-        for seconds in steps:
-            self.learn_step.observe(seconds)
+        steps = self.service.learner.step_seconds
+        while steps:  # popleft is atomic: no sample lost to the learner's appends
+            self.learn_step.observe(steps.popleft())
         return generate_latest(self.registry)
 
 
