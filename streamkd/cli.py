@@ -154,6 +154,19 @@ def _serve_parsers(sub) -> None:
         help="strategy arguments, as for `streamkd run`",
     )
     p.add_argument("--like", default=None, help="borrow this stream's inputs and model")
+    p.add_argument(
+        "--input-shape",
+        default=None,
+        metavar="C,H,W|F",
+        help="instead of --like: float32 inputs of this per-sample shape, an MLP",
+    )
+    p.add_argument("--max-classes", type=int, default=None, help="refuse labels at or above")
+    p.add_argument(
+        "--drift",
+        default=None,
+        choices=tuple(DETECTORS),
+        help="watch the prequential error with this river detector",
+    )
     p.add_argument("--source", default=None, help="jsonl:PATH or http (POST /learn)")
     p.add_argument("--checkpoint-dir", default=None, help="checkpoints, WAL, dead letters")
     p.add_argument("--checkpoint-every", type=int, default=None, help="every N events")

@@ -132,6 +132,10 @@ class RunLogger:
         self.client, self.run_id = client, run_id
         self._pending: list = []
 
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, str(value))
+
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 

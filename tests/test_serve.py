@@ -576,3 +576,21 @@ def test_a_replica_follows_the_learners_checkpoints(tmp_path):
             if proc is not None:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=30)
+
+
+def test_serve_feature_vectors_by_input_shape_with_drift_detection(tmp_path):
+    """No --like: float32 vectors of --input-shape, an MLP, labels capped by --max-classes;
+    ADWIN watches the prequential error and its state is checkpointed."""
+    events = tmp_path / "elec2.jsonl"
+    export("elec2", events, 3000)
+    info = serve_to_end(
+        events,
+        tmp_path / "ck",
+        "elec2",
+        ["--input-shape", "6", "--max-classes", "2", "--drift", "adwin"],
+    )
+    assert info["events_learned"] == 3000 and info["prequential_acc"] > 0.55
+    state = Checkpointer.load(Checkpointer(tmp_path / "ck").paths()[0])
+    assert state["drift"]["detector"] == "adwin" and state["drift"]["n_updates"] == 3000
+    assert state["config"]["input_shape"] == "6" and state["config"]["like"] is None
+    assert state["strategy"]["hparams"]["max_classes"] == 2

@@ -40,9 +40,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from streamkd.atomic import strict_json
 from streamkd.checkpoint import Checkpointer
+from streamkd.drift import DriftMonitor
 from streamkd.serve.config import ServeConfig
 from streamkd.serve.learner import CHECKPOINT_KEYS, DeadLetters, Learner, Replica
 from streamkd.serve.metrics import Metrics
+from streamkd.strategy import MAX_CLASSES
 from streamkd.streams.jsonl import (
     EventError,
     JsonlSource,
@@ -93,14 +95,29 @@ class Service:
                 raise ValueError(
                     f"--checkpoint-dir {ck_dir} is held by another streamkd serve"
                 ) from None
-        like = make_stream(config.like, seed=config.seed, data_dir=config.data_dir)
-        if like.input_shape is None:
-            raise ValueError(f"--like {config.like}: multi-field streams cannot be served yet")
-        first = next(iter(like)).x
-        self.shape, self.dtype = tuple(like.input_shape), first.dtype
-        self.max_classes = like.n_classes
         kwargs = strategy_kwargs(config.strategy, config.strategy_args)
-        model = make_model(like, seed=config.seed, strategy=config.strategy)
+        if config.input_shape is not None:  # float32 feature vectors or images, an MLP
+            from streamkd.models import build_model
+            from streamkd.strategies import get_strategy
+
+            cls = get_strategy(config.strategy)
+            self.shape = tuple(int(d) for d in str(config.input_shape).split(","))
+            self.dtype, declared = torch.float32, None
+            torch.manual_seed(config.seed)
+            model = build_model("mlp", self.shape, head=cls.head, head_scale=cls.head_scale)
+        else:
+            like = make_stream(config.like, seed=config.seed, data_dir=config.data_dir)
+            if like.input_shape is None:
+                raise ValueError(f"--like {config.like}: multi-field streams cannot be served yet")
+            self.shape, self.dtype = tuple(like.input_shape), next(iter(like)).x.dtype
+            declared = like.n_classes
+            model = make_model(like, seed=config.seed, strategy=config.strategy)
+        if config.max_classes is not None and declared and config.max_classes < declared:
+            raise ValueError(
+                f"--max-classes {config.max_classes} is below the {declared} classes "
+                f"--like {config.like} declares"
+            )
+        self.max_classes = config.max_classes or declared or MAX_CLASSES
         self.strategy = make_strategy(
             config.strategy,
             model,
@@ -139,6 +156,8 @@ class Service:
             "strategy": config.strategy,
             **{k: v for k, v in self.strategy.hparams.items() if k != "device"},
             "like": config.like,
+            "input_shape": config.input_shape,
+            "drift": config.drift,
             "source": config.source,
             "batch_size": config.batch_size,
         }
@@ -164,6 +183,7 @@ class Service:
             dead_letters=self.dead,
             config=run_config,
             logger=self.tracker_logger,
+            drift=DriftMonitor(config.drift) if config.drift is not None else None,
         )
         self.resumed = self.learner.resume()
         self.known_ids = self._logged_ids()

@@ -24,6 +24,9 @@ class ServeConfig:
     strategy: str = "er"
     strategy_args: dict[str, Any] = field(default_factory=dict)
     like: str | None = "split-digits"
+    input_shape: str | None = None  # "C,H,W" or "F": instead of --like (float32 inputs, MLP)
+    max_classes: int | None = None
+    drift: str | None = None
     source: str = "http"
     checkpoint_dir: str = "serve-checkpoints"
     checkpoint_every: int | None = 1000
@@ -52,8 +55,26 @@ class ServeConfig:
             raise ValueError(f"checkpoint_seconds must be positive, got {self.checkpoint_seconds}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
-        if self.like is None:
-            raise ValueError("--like STREAM is required: it gives the inputs' shape and model")
+        if self.input_shape is not None:
+            self.like = None  # --input-shape replaces the default --like
+            try:
+                dims = tuple(int(d) for d in str(self.input_shape).split(","))
+            except ValueError:
+                dims = ()
+            if not dims or min(dims) < 1:
+                raise ValueError(
+                    f"--input-shape {self.input_shape!r}: expected positive sizes, e.g. 1,28,28"
+                )
+        if self.like is None and self.input_shape is None:
+            raise ValueError("--like STREAM or --input-shape is required: the inputs' shape")
+        positive_int("max_classes", self.max_classes)
+        if self.drift is not None:
+            from streamkd.drift import DETECTORS
+
+            if self.drift not in DETECTORS:
+                raise ValueError(
+                    f"unknown --drift {self.drift!r}; expected one of {list(DETECTORS)}"
+                )
         if not (
             self.source == "http"
             or self.source.startswith("jsonl:")

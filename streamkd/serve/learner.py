@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from streamkd.checkpoint import Checkpointer
+from streamkd.drift import DriftMonitor
 from streamkd.experiment import check_resumable
 from streamkd.strategy import Strategy
 from streamkd.streams.jsonl import Event, JsonlSource, events_batch
@@ -124,8 +125,12 @@ class Learner:
         dead_letters: DeadLetters | None = None,
         config: dict[str, Any] | None = None,
         logger=None,
+        drift: DriftMonitor | None = None,
+        log_every: int = 100,
     ) -> None:
         self.strategy, self.source, self.checkpointer = strategy, source, checkpointer
+        self.drift, self.log_every = drift, log_every
+        self._next_log = log_every
         self.batch_size = batch_size
         self.checkpoint_every, self.checkpoint_seconds = checkpoint_every, checkpoint_seconds
         self.stop_at_eof = stop_at_eof
@@ -156,6 +161,9 @@ class Learner:
         self.strategy.load_state_dict(state["strategy"])
         self.source.seek(state["source_position"])
         self.counters = Counters(**state["counters"])
+        if self.drift is not None and state.get("drift"):
+            self.drift.load_state_dict(state["drift"])
+        self._next_log = (self.counters.events_learned // self.log_every + 1) * self.log_every
         self.last_checkpoint_step = int(state["step"])
         if self.checkpoint_every:
             n = self.counters.events_learned
@@ -177,6 +185,7 @@ class Learner:
             "counters": dict(vars(self.counters)),
             "config": self.config,
             "mlflow_run_id": self.logger.run_id if self.logger is not None else "",
+            "drift": self.drift.state_dict() if self.drift is not None else {},
         }
 
     def checkpoint(self) -> None:
@@ -186,6 +195,8 @@ class Learner:
         step = self.counters.events_learned
         self.checkpointer.save(self.state(), step=step)
         self.source.commit()  # e.g. XACK the Redis entries the checkpoint now covers
+        if self.logger is not None:
+            self.logger.set_tags({"checkpoint_step": step})
         self.last_checkpoint_step, self.last_checkpoint_time = step, time.time()
         self.predictor = self._publish()
         with self._checkpoint_done:
@@ -257,15 +268,22 @@ class Learner:
             return
         scores = self.strategy.predict(batch.x)
         if scores.shape[1]:
-            self.counters.correct += int((scores.argmax(1).cpu() == batch.y).sum())
+            hit = scores.argmax(1).cpu() == batch.y
+        else:
+            hit = torch.zeros(len(events), dtype=torch.bool)
+        self.counters.correct += int(hit.sum())
+        if self.drift is not None:
+            self.drift.update_many((~hit).float(), start_index=self.counters.predicted)
         self.counters.predicted += len(events)
         step = self.strategy.observe(batch)
         self.counters.events_learned += len(events)
         self.step_seconds.append(time.perf_counter() - started)
-        if self.logger is not None:
-            self.logger.log_metrics(
+        if self.logger is not None and self.counters.events_learned >= self._next_log:
+            n = self.counters.events_learned
+            self._next_log = (n // self.log_every + 1) * self.log_every
+            self.logger.log_metrics(  # buffered: written at checkpoints, off the step path
                 {"loss": float(step.loss), "prequential_acc": self.counters.prequential_acc},
-                step=self.counters.events_learned,
+                step=n,
             )
         if time.time() - self.predictor.taken_at >= PUBLISH_SECONDS:
             self.predictor = self._publish()
@@ -302,6 +320,7 @@ class Learner:
             "events_learned": self.counters.events_learned,
             "lines_rejected": self.counters.lines_rejected,
             "prequential_acc": self.counters.prequential_acc,
+            "drift_events": len(self.drift.events) if self.drift is not None else None,
             "model_version": self.predictor.version,
             "source": self.source.describe(),
             "source_position": self.source.position(),

@@ -47,6 +47,9 @@ class Metrics:
             rejected.add_metric([kind], n)
         yield rejected
         yield _counter("predictions", "Rows predicted by /predict", service.predictions)
+        drift = getattr(learner, "drift", None)
+        if drift is not None:
+            yield _counter("drift_events", "Drift events detected", len(drift.events))
         acc = GaugeMetricFamily(
             "streamkd_prequential_accuracy", "Accuracy of predictions made before learning"
         )
