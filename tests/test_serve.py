@@ -594,3 +594,35 @@ def test_serve_feature_vectors_by_input_shape_with_drift_detection(tmp_path):
     assert state["drift"]["detector"] == "adwin" and state["drift"]["n_updates"] == 3000
     assert state["config"]["input_shape"] == "6" and state["config"]["like"] is None
     assert state["strategy"]["hparams"]["max_classes"] == 2
+
+
+@pytest.mark.slow
+def test_one_mlflow_run_per_daemon_continued_after_a_restart(tmp_path):
+    import sqlite3
+
+    events = tmp_path / "digits.jsonl"
+    export("split-digits", events, 400)
+    db = tmp_path / "m.db"
+    ck = tmp_path / "ck"
+
+    def serve() -> None:
+        args = ["--like", "split-digits", "--source", f"jsonl:{events}", "--stop-at-eof"]
+        done = subprocess.run(
+            [*CLI, "serve", *args, "--checkpoint-dir", str(ck), "--port", str(free_port())]
+            + ["--tracking-uri", f"sqlite:///{db}", "--checkpoint-every", "100"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+
+    serve()
+    serve()  # a restart: resumes, finds nothing new, ends
+    with sqlite3.connect(db) as con:
+        runs = con.execute("select run_uuid, status from runs").fetchall()
+        steps = con.execute("select distinct step from metrics where key = 'loss'").fetchall()
+        tag = con.execute("select value from tags where key = 'checkpoint_step'").fetchall()
+    assert len(runs) == 1 and runs[0][1] == "FINISHED"
+    assert sorted(s for (s,) in steps) == [100, 200, 300, 400]
+    assert tag == [("400",)]
+    assert inspect(ck)["mlflow_run_id"] == runs[0][0]
