@@ -626,3 +626,26 @@ def test_one_mlflow_run_per_daemon_continued_after_a_restart(tmp_path):
     assert sorted(s for (s,) in steps) == [100, 200, 300, 400]
     assert tag == [("400",)]
     assert inspect(ck)["mlflow_run_id"] == runs[0][0]
+
+
+@pytest.mark.slow
+def test_a_torn_wal_tail_is_cut_at_start_and_nothing_acknowledged_is_lost(tmp_path):
+    """A crash in the middle of an append leaves a line without its newline (never
+    acknowledged): the restart cuts it, learns every whole line, and takes new posts."""
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    events = _digits_events(11)
+    whole = "".join(json.dumps(e) + "\n" for e in events[:10])
+    (ck / "wal.jsonl").write_text(whole + json.dumps(events[10])[:50])
+    args = ["--like", "split-digits", "--source", "http", "--checkpoint-dir", str(ck)]
+    proc, port = start_server([*args, "--no-track"])
+    try:
+        _wait_learned(port, 10)
+        assert (ck / "wal.jsonl").read_text() == whole
+        assert request(port, "POST", "/learn", events[10])[0] == 200  # its id was never logged
+        assert _wait_learned(port, 11)["events_learned"] == 11
+        assert request(port, "GET", "/health")[1]["lines_rejected"] == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert "cut 50 bytes of an unfinished write" in err
