@@ -203,7 +203,17 @@ class JsonlSource:
         return self._offset
 
     def seek(self, offset: int) -> None:
-        self._offset = int(offset)
+        """Continue at ``offset`` (a checkpoint's); refused if the file is now shorter, i.e.
+        truncated or replaced since (reading on would stall or start mid-line)."""
+        offset = int(offset)
+        size = self.path.stat().st_size if self.path.exists() else 0
+        if offset > size:
+            raise ValueError(
+                f"{self.path} has {size} bytes but the checkpoint's position is byte {offset}: "
+                "the file was truncated or replaced since; restore it or start a fresh "
+                "--checkpoint-dir"
+            )
+        self._offset = offset
 
     def commit(self) -> None:
         """Called once a checkpoint covers the position: nothing to acknowledge in a file."""

@@ -86,6 +86,8 @@ def test_jsonl_source_reads_whole_lines_only_and_seeks_back(tmp_path):
     path.write_text("\n".join(lines) + "\n{not json\n")
     source.seek(middle)
     assert [line.event.id for line in source.read(2)] == ["e1", "e2"]
+    with pytest.raises(ValueError, match="truncated or replaced"):
+        source.seek(path.stat().st_size + 1)
 
 
 # -- a real server ------------------------------------------------------------------------------
