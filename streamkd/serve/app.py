@@ -171,7 +171,8 @@ class Service:
             self.resumed, self.known_ids = True, set()
             self._init_counters()
             return
-        self.tracker_logger = self._mlflow()
+        state = self.checkpointer.load_latest()  # read once: for MLflow and for the learner
+        self.tracker_logger = self._mlflow(state)
         self.learner = Learner(
             self.strategy,
             self.source,
@@ -185,7 +186,7 @@ class Service:
             logger=self.tracker_logger,
             drift=DriftMonitor(config.drift) if config.drift is not None else None,
         )
-        self.resumed = self.learner.resume()
+        self.resumed = self.learner.resume(state)
         self.known_ids = self._logged_ids()
         self._init_counters()
 
@@ -199,13 +200,12 @@ class Service:
         self._thread: threading.Thread | None = None
         self._stopped = False
 
-    def _mlflow(self):
+    def _mlflow(self, state: dict[str, Any] | None):
         if self.config.no_track:
             return None
         from streamkd.tracking import Tracker
 
         tracker = Tracker(self.config.tracking_uri, experiment="streamkd-serve")
-        state = self.checkpointer.load_latest() if self.checkpointer.paths() else None
         if state is not None and state.get("mlflow_run_id"):
             return tracker.resume_run(state["mlflow_run_id"])
         return tracker.start_run(

@@ -151,9 +151,9 @@ class Learner:
         self.predictor = self._publish()
 
     # -- state -------------------------------------------------------------------------------
-    def resume(self) -> bool:
-        """Load the newest good checkpoint (corrupt ones are skipped and logged)."""
-        state = self.checkpointer.load_latest()
+    def resume(self, state: dict[str, Any] | None) -> bool:
+        """Continue from ``state``, the newest good checkpoint (``load_latest()``, which
+        skips and logs corrupt ones); ``None`` starts fresh."""
         if state is None:
             log.info("no checkpoint in %s: starting fresh", self.checkpointer.directory)
             return False
