@@ -371,9 +371,12 @@ def run_config(
     return json.loads(json.dumps(config, default=str))
 
 
-def check_resumable(state: dict[str, Any], config: dict[str, Any], where) -> None:
+def check_resumable(
+    state: dict[str, Any], config: dict[str, Any], where, *, only_given: bool = False
+) -> None:
     """Refuse, in one line listing every difference, a checkpoint written under another
-    configuration (or by a version that did not record one)."""
+    configuration (or by a version that did not record one). ``only_given`` compares the
+    keys of ``config`` alone (a replica checks the model's settings, not the source's)."""
     saved = state.get("config")
     if not isinstance(saved, dict) or not saved:
         raise ValueError(
@@ -382,7 +385,7 @@ def check_resumable(state: dict[str, Any], config: dict[str, Any], where) -> Non
         )
     diffs = [
         f"{key} {saved.get(key)} -> {config.get(key)}"
-        for key in dict.fromkeys([*saved, *config])
+        for key in (config if only_given else dict.fromkeys([*saved, *config]))
         if saved.get(key) != config.get(key)
     ]
     if diffs:

@@ -73,7 +73,13 @@ class Service:
     """The learner, its source, the WAL and the counters behind the routes."""
 
     def __init__(self, config: ServeConfig) -> None:
-        from streamkd.experiment import make_model, make_strategy, make_stream, strategy_kwargs
+        from streamkd.experiment import (
+            RESOLVED_PER_DEVICE,
+            make_model,
+            make_strategy,
+            make_stream,
+            strategy_kwargs,
+        )
 
         self.config = config
         self.replica = config.replica_of is not None
@@ -154,7 +160,7 @@ class Service:
         self.dead = DeadLetters(dead_dir / "dead-letters.jsonl")
         run_config = {
             "strategy": config.strategy,
-            **{k: v for k, v in self.strategy.hparams.items() if k != "device"},
+            **{k: v for k, v in self.strategy.hparams.items() if k not in RESOLVED_PER_DEVICE},
             "like": config.like,
             "input_shape": config.input_shape,
             "drift": config.drift,

@@ -365,13 +365,7 @@ class Replica:
         state = self.checkpointer.load_latest()
         if state is None:
             return False
-        saved = state.get("config", {})
-        diffs = [f"{k} {saved.get(k)} -> {v}" for k, v in self.config.items() if saved.get(k) != v]
-        if diffs:  # the model's settings only: the learner's source is its own business
-            raise ValueError(
-                f"--replica-of {self.checkpointer.directory}: the learner's model differs: "
-                + ", ".join(diffs)
-            )
+        check_resumable(state, self.config, self.checkpointer.directory, only_given=True)
         self.strategy.load_state_dict(state["strategy"])
         self.counters = Counters(**state["counters"])
         self.last_checkpoint_step = int(state["step"])
