@@ -22,7 +22,6 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -279,13 +278,6 @@ class JsonlSource:
 
     def _parse(self, text: str) -> Line:
         return parse_line(text, self.shape, self.dtype, self.max_classes, end=self._offset)
-
-    def __iter__(self) -> Iterator[Line]:
-        while True:
-            lines = self.read(1)
-            if not lines:
-                return
-            yield lines[0]
 
 
 def _complete_size(path: Path) -> int:

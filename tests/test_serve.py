@@ -166,16 +166,22 @@ def export(stream: str, out: Path, n: int) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def serve_to_end(events: Path, ck: Path, like: str, extra=()) -> dict:
-    port = free_port()
+def serve_until_done(args: list[str]) -> None:
+    """``streamkd serve ARGS`` on a free port, to its end (a finite source): exit 0."""
     done = subprocess.run(
-        [*CLI, "serve", "--like", like, "--source", f"jsonl:{events}", "--stop-at-eof"]
-        + ["--checkpoint-dir", str(ck), "--no-track", "--port", str(port), *extra],
+        [*CLI, "serve", *args, "--port", str(free_port())],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert done.returncode == 0, done.stderr
+
+
+def serve_to_end(events: Path, ck: Path, like: str, extra=()) -> dict:
+    serve_until_done(
+        ["--like", like, "--source", f"jsonl:{events}", "--stop-at-eof"]
+        + ["--checkpoint-dir", str(ck), "--no-track", *extra]
+    )
     return inspect(ck)
 
 
@@ -506,13 +512,7 @@ def test_redis_source_kill_9_twice_gives_the_uninterrupted_model(tmp_path, redis
 
     common = ["--no-track", "--checkpoint-every", "200", "--stop-at-eof"]
     full = tmp_path / "full"
-    done = subprocess.run(
-        [*CLI, "serve", *args("full", full), *common, "--port", str(free_port())],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
+    serve_until_done([*args("full", full), *common])
     ck = tmp_path / "killed"
     for min_step in (1000, 3000):  # killed while learning, after these checkpoints
         proc, _ = start_server([*args("killed", ck), *common], wait=False)
@@ -524,13 +524,7 @@ def test_redis_source_kill_9_twice_gives_the_uninterrupted_model(tmp_path, redis
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert min_step <= _newest_step(ck) < len(events)
-    done = subprocess.run(
-        [*CLI, "serve", *args("killed", ck), *common, "--port", str(free_port())],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
+    serve_until_done([*args("killed", ck), *common])
     a, b = inspect(full), inspect(ck)
     assert a["events_learned"] == b["events_learned"] == len(events)
     assert a["model_sha256"] == b["model_sha256"] and a["prequential_acc"] == b["prequential_acc"]
@@ -607,19 +601,11 @@ def test_one_mlflow_run_per_daemon_continued_after_a_restart(tmp_path):
     db = tmp_path / "m.db"
     ck = tmp_path / "ck"
 
-    def serve() -> None:
-        args = ["--like", "split-digits", "--source", f"jsonl:{events}", "--stop-at-eof"]
-        done = subprocess.run(
-            [*CLI, "serve", *args, "--checkpoint-dir", str(ck), "--port", str(free_port())]
-            + ["--tracking-uri", f"sqlite:///{db}", "--checkpoint-every", "100"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, done.stderr
-
-    serve()
-    serve()  # a restart: resumes, finds nothing new, ends
+    args = ["--like", "split-digits", "--source", f"jsonl:{events}", "--stop-at-eof"]
+    args += ["--checkpoint-dir", str(ck), "--tracking-uri", f"sqlite:///{db}"]
+    args += ["--checkpoint-every", "100"]
+    serve_until_done(args)
+    serve_until_done(args)  # a restart: resumes, finds nothing new, ends
     with sqlite3.connect(db) as con:
         runs = con.execute("select run_uuid, status from runs").fetchall()
         steps = con.execute("select distinct step from metrics where key = 'loss'").fetchall()
