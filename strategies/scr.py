@@ -94,24 +94,39 @@ class SCR(Strategy):
         return scores.masked_fill(~in_memory, float("-inf"))
 
     def predictor(self):
-        """NCM over a frozen copy of the model and of the class means and memory classes."""
+        """NCM over a frozen copy of the model, the class means and the memory classes."""
         import copy
 
         if len(self.buffer) == 0:
-            n, device = self.model.n_classes, self.device
-            return lambda x: torch.zeros(len(x), n, device=device)
-        model = copy.deepcopy(self.model).eval()
-        means = self.class_means().clone()
-        in_memory = torch.zeros(len(means), dtype=torch.bool, device=self.device)
+            return NoMemoryPredictor(self.model.n_classes, self.device)
+        in_memory = torch.zeros(len(self.class_means()), dtype=torch.bool, device=self.device)
         in_memory[self.buffer.classes().to(self.device)] = True
-        device = self.device
-
-        @torch.no_grad()
-        def predict(x):
-            feats = F.normalize(model.features(to_device(x, device)), dim=1)
-            return (-torch.cdist(feats, means).pow(2)).masked_fill(~in_memory, float("-inf"))
-
-        return predict
+        return NCMPredictor(
+            copy.deepcopy(self.model), self.class_means().clone(), in_memory, self.device
+        )
 
     def load_extra_state(self, state: dict) -> None:
         self._means = None
+
+
+class NCMPredictor:
+    """Nearest class mean of normalised features, over frozen copies (it pickles)."""
+
+    def __init__(self, model, means: torch.Tensor, in_memory: torch.Tensor, device) -> None:
+        self.model, self.means, self.in_memory, self.device = model.eval(), means, in_memory, device
+
+    @torch.no_grad()
+    def __call__(self, x) -> torch.Tensor:
+        feats = F.normalize(self.model.features(to_device(x, self.device)), dim=1)
+        scores = -torch.cdist(feats, self.means).pow(2)
+        return scores.masked_fill(~self.in_memory, float("-inf"))
+
+
+class NoMemoryPredictor:
+    """Before anything is in memory NCM has no class means: every class scores 0."""
+
+    def __init__(self, n_classes: int, device) -> None:
+        self.n_classes, self.device = n_classes, device
+
+    def __call__(self, x) -> torch.Tensor:
+        return torch.zeros(len(x), self.n_classes, device=self.device)

@@ -192,6 +192,12 @@ def _serve_parsers(sub) -> None:
     p.add_argument("--memory", type=int, default=None, help="replay memory size (samples)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None, help="auto, cpu or cuda[:N] (default cpu)")
+    p.add_argument(
+        "--learner-threads",
+        type=int,
+        default=None,
+        help="torch threads of the learner process (default half the CPUs); /predict gets the rest",
+    )
     p.add_argument("--data-dir", default=None, help="dataset folder for --like")
     p.add_argument("--tracking-uri", default=None, help="MLflow store")
     p.add_argument("--no-track", action="store_true", default=None, help="no MLflow")

@@ -327,17 +327,11 @@ class Strategy:
         return scores.masked_fill(~self.seen_classes, float("-inf"))
 
     def predictor(self) -> Callable[[Inputs], Tensor]:
-        """A frozen copy of :meth:`predict` for readers in other threads (the daemon's
-        ``/predict``): later training does not change what it computes. Strategies whose
-        :meth:`scores` read more than the model (SCR's class means) override it."""
-        model = copy.deepcopy(self.model).eval()
-        seen, device = self.seen_classes.clone(), self.device
-
-        @torch.no_grad()
-        def predict(x: Inputs) -> Tensor:
-            return model(to_device(x, device)).masked_fill(~seen, float("-inf"))
-
-        return predict
+        """A frozen copy of :meth:`predict` for readers elsewhere (the daemon's ``/predict``,
+        in another thread or process: it pickles): later training does not change what it
+        computes. Strategies whose :meth:`scores` read more than the model (SCR's class
+        means) override it."""
+        return FrozenPredictor(copy.deepcopy(self.model), self.seen_classes.clone(), self.device)
 
     def scores(self, x: Inputs) -> Tensor:
         """Raw class scores in eval mode; override for non-parametric classifiers (NCM)."""
@@ -428,3 +422,15 @@ class Strategy:
 
 
 Strategy.__init__ = _records_arguments(Strategy.__init__)  # subclasses: __init_subclass__
+
+
+class FrozenPredictor:
+    """Scores of a frozen model copy; classes never seen score ``-inf`` (as
+    :meth:`Strategy.predict`). A plain object, not a closure, so it pickles."""
+
+    def __init__(self, model: torch.nn.Module, seen: Tensor, device: torch.device | str) -> None:
+        self.model, self.seen, self.device = model.eval(), seen, device
+
+    @torch.no_grad()
+    def __call__(self, x: Inputs) -> Tensor:
+        return self.model(to_device(x, self.device)).masked_fill(~self.seen, float("-inf"))

@@ -637,3 +637,55 @@ def test_a_torn_wal_tail_is_cut_at_start_and_nothing_acknowledged_is_lost(tmp_pa
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert "cut 50 bytes of an unfinished write" in err
+
+
+def _learner_pid(daemon: int) -> int:
+    """The daemon's learner process (its other child is multiprocessing's resource tracker)."""
+    children = Path(f"/proc/{daemon}/task/{daemon}/children").read_text().split()
+    learners = [
+        int(c)
+        for c in children
+        if "spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes().decode(errors="replace")
+    ]
+    assert len(learners) == 1, children
+    return learners[0]
+
+
+def _gone(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state in ("Z", "X"):  # dead, waiting to be reaped by whoever adopted it
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_learner_process_dies_with_the_daemon_and_its_crash_stops_the_daemon(tmp_path):
+    events, ck = tmp_path / "digits.jsonl", tmp_path / "ck"
+    export("split-digits", events, 300)
+    args = ["--like", "split-digits", "--source", f"jsonl:{events}", "--checkpoint-dir", str(ck)]
+    args += ["--no-track", "--checkpoint-every", "100"]
+    # the learner alone crashes: /health says so and the daemon exits 1, with the reason
+    proc, port = start_server(args)
+    _wait_learned(port, 300)
+    os.kill(_learner_pid(proc.pid), signal.SIGKILL)
+    assert proc.wait(timeout=60) == 1
+    assert "learner process ended unexpectedly" in proc.stderr.read()
+    # kill -9 of the daemon takes its learner with it (no orphan writing checkpoints)
+    proc, port = start_server(args)
+    learner = _learner_pid(proc.pid)
+    proc.kill()
+    proc.wait(timeout=30)
+    assert _gone(learner)
+    # and the next start resumes: everything learned once
+    proc, port = start_server(args)
+    assert _wait_learned(port, 300)["events_learned"] == 300
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert inspect(ck)["events_learned"] == 300

@@ -28,6 +28,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -40,20 +41,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from streamkd.atomic import strict_json
 from streamkd.checkpoint import Checkpointer
-from streamkd.drift import DriftMonitor
 from streamkd.serve.config import ServeConfig
-from streamkd.serve.learner import CHECKPOINT_KEYS, DeadLetters, Learner, Replica
+from streamkd.serve.learner import CHECKPOINT_KEYS, DeadLetters, Replica, build_strategy
 from streamkd.serve.metrics import Metrics
-from streamkd.strategy import MAX_CLASSES
-from streamkd.streams.jsonl import (
-    EventError,
-    JsonlSource,
-    append_lines,
-    decode_json,
-    parse_event,
-    repair_tail,
-)
-from streamkd.streams.redis import RedisSource
+from streamkd.serve.process import LearnerProcess, source_path
+from streamkd.streams.jsonl import EventError, append_lines, decode_json, parse_event, repair_tail
 
 log = logging.getLogger(__name__)
 PREDICT_BATCH = 256
@@ -70,131 +62,60 @@ class Refused(Exception):
 
 
 class Service:
-    """The learner, its source, the WAL and the counters behind the routes."""
+    """What the routes use: the learner (a :class:`LearnerProcess`, or a :class:`Replica`
+    in this process), the WAL, the remembered predictions and the refusal counters."""
 
     def __init__(self, config: ServeConfig) -> None:
-        from streamkd.experiment import (
-            RESOLVED_PER_DEVICE,
-            make_model,
-            make_strategy,
-            make_stream,
-            strategy_kwargs,
-        )
-
         self.config = config
         self.replica = config.replica_of is not None
         ck_dir = Path(config.replica_of or config.checkpoint_dir).expanduser()
-        self.checkpointer = Checkpointer(
-            ck_dir, keep=config.keep, required=CHECKPOINT_KEYS, writable=not self.replica
-        )
-        if self.replica and not self.checkpointer.paths():
+        if self.replica and not Checkpointer(ck_dir, writable=False).paths():
             raise ValueError(f"--replica-of {ck_dir}: no checkpoint there yet")
         ck_dir.mkdir(parents=True, exist_ok=True)
-        self._folder_lock = None
-        if not self.replica:  # one learner per folder: two would both write and both log
-            from filelock import FileLock, Timeout
-
-            self._folder_lock = FileLock(ck_dir / "serve.lock")
-            try:
-                self._folder_lock.acquire(timeout=0)
-            except Timeout:
-                raise ValueError(
-                    f"--checkpoint-dir {ck_dir} is held by another streamkd serve"
-                ) from None
-        kwargs = strategy_kwargs(config.strategy, config.strategy_args)
-        if config.input_shape is not None:  # float32 feature vectors or images, an MLP
-            from streamkd.models import build_model
-            from streamkd.strategies import get_strategy
-
-            cls = get_strategy(config.strategy)
-            self.shape = tuple(int(d) for d in str(config.input_shape).split(","))
-            self.dtype, declared = torch.float32, None
-            torch.manual_seed(config.seed)
-            model = build_model("mlp", self.shape, head=cls.head, head_scale=cls.head_scale)
-        else:
-            like = make_stream(config.like, seed=config.seed, data_dir=config.data_dir)
-            if like.input_shape is None:
-                raise ValueError(f"--like {config.like}: multi-field streams cannot be served yet")
-            self.shape, self.dtype = tuple(like.input_shape), next(iter(like)).x.dtype
-            declared = like.n_classes
-            model = make_model(like, seed=config.seed, strategy=config.strategy)
-        if config.max_classes is not None and declared and config.max_classes < declared:
-            raise ValueError(
-                f"--max-classes {config.max_classes} is below the {declared} classes "
-                f"--like {config.like} declares"
-            )
-        self.max_classes = config.max_classes or declared or MAX_CLASSES
-        self.strategy = make_strategy(
-            config.strategy,
-            model,
-            memory=config.memory,
-            seed=config.seed,
-            device=config.device,
-            max_classes=self.max_classes,
-            **kwargs,
-        )
-        self.wal = ck_dir / "wal.jsonl" if config.source == "http" else None
-        if self.replica:
-            self.source = None
-        elif config.source.startswith("redis://"):
-            self.source = RedisSource(
-                config.source, self.shape, self.dtype, max_classes=self.max_classes
-            )
-        else:
-            path = self.wal or Path(config.source.split(":", 1)[1]).expanduser()
-            if self.wal is not None and (cut := repair_tail(self.wal)):
-                log.warning(
-                    "cut %d bytes of an unfinished write (never acknowledged) off %s", cut, self.wal
-                )
-            if config.stop_at_eof and not path.exists():
-                raise ValueError(f"--source {config.source}: {path} does not exist")
-            self.source = JsonlSource(
-                path,
-                self.shape,
-                self.dtype,
-                max_classes=self.max_classes,
-                follow=not config.stop_at_eof,
-            )
         dead_dir = Path(config.checkpoint_dir).expanduser() if self.replica else ck_dir
         dead_dir.mkdir(parents=True, exist_ok=True)
         self.dead = DeadLetters(dead_dir / "dead-letters.jsonl")
-        run_config = {
-            "strategy": config.strategy,
-            **{k: v for k, v in self.strategy.hparams.items() if k not in RESOLVED_PER_DEVICE},
-            "like": config.like,
-            "input_shape": config.input_shape,
-            "drift": config.drift,
-            "source": config.source,
-            "batch_size": config.batch_size,
-        }
-        run_config = json.loads(json.dumps(run_config, default=str))
-        if self.replica:
-            self.tracker_logger = None
-            model_config = {
-                k: v for k, v in run_config.items() if k not in ("source", "batch_size")
-            }
-            self.learner = Replica(self.strategy, self.checkpointer, config=model_config)
-            self.resumed, self.known_ids = True, set()
-            self._init_counters()
-            return
-        state = self.checkpointer.load_latest()  # read once: for MLflow and for the learner
-        self.tracker_logger = self._mlflow(state)
-        self.learner = Learner(
-            self.strategy,
-            self.source,
-            self.checkpointer,
-            batch_size=config.batch_size,
-            checkpoint_every=config.checkpoint_every,
-            checkpoint_seconds=config.checkpoint_seconds,
-            stop_at_eof=config.stop_at_eof,
-            dead_letters=self.dead,
-            config=run_config,
-            logger=self.tracker_logger,
-            drift=DriftMonitor(config.drift) if config.drift is not None else None,
-        )
-        self.resumed = self.learner.resume(state)
-        self.known_ids = self._logged_ids()
+        self._folder_lock = None
+        self.wal = None
         self._init_counters()
+        if self.replica:
+            built = build_strategy(config)
+            self.shape, self.dtype, self.max_classes = built.shape, built.dtype, built.max_classes
+            model_config = {
+                k: v for k, v in built.config.items() if k not in ("source", "batch_size")
+            }
+            checkpointer = Checkpointer(ck_dir, keep=config.keep, writable=False)
+            self.learner = Replica(built.strategy, checkpointer, config=model_config)
+            self.resumed, self.known_ids = True, set()
+            return
+        from filelock import FileLock, Timeout
+
+        # one learner per folder (two would both write and both log); the server holds the
+        # lock, and its learner process dies with it
+        self._folder_lock = FileLock(ck_dir / "serve.lock")
+        try:
+            self._folder_lock.acquire(timeout=0)
+        except Timeout:
+            raise ValueError(
+                f"--checkpoint-dir {ck_dir} is held by another streamkd serve"
+            ) from None
+        try:
+            Checkpointer(ck_dir, keep=config.keep, required=CHECKPOINT_KEYS)  # writable?
+            if config.source == "http":
+                self.wal = source_path(config)
+                if cut := repair_tail(self.wal):
+                    log.warning(
+                        "cut %d bytes of an unfinished write (never acknowledged) off %s",
+                        cut,
+                        self.wal,
+                    )
+            self.learner = LearnerProcess(config)
+        except BaseException:
+            self._folder_lock.release()
+            raise
+        self.shape, self.dtype = self.learner.shape, self.learner.dtype
+        self.max_classes, self.resumed = self.learner.max_classes, self.learner.resumed
+        self.known_ids = self._logged_ids()
 
     def _init_counters(self) -> None:
         self.remembered: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -205,23 +126,7 @@ class Service:
         self._count_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopped = False
-
-    def _mlflow(self, state: dict[str, Any] | None):
-        if self.config.no_track:
-            return None
-        from streamkd.tracking import Tracker
-
-        tracker = Tracker(self.config.tracking_uri, experiment="streamkd-serve")
-        if state is not None and state.get("mlflow_run_id"):
-            return tracker.resume_run(state["mlflow_run_id"])
-        return tracker.start_run(
-            f"serve-{self.config.strategy}",
-            {
-                "strategy": self.config.strategy,
-                "source": self.config.source,
-                "like": self.config.like,
-            },
-        )
+        self._finished_cleanly = False
 
     def _logged_ids(self) -> set[str]:
         """Ids already in the write-ahead log (a re-post after a crash is a duplicate)."""
@@ -237,28 +142,30 @@ class Service:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.learner.run, name="learner", daemon=True)
-        self._thread.start()
+        """Start following the learner's checkpoints (a replica; a learner process runs
+        from the moment the service is built)."""
+        if self.replica and self._thread is None:
+            self._thread = threading.Thread(target=self.learner.run, name="replica", daemon=True)
+            self._thread.start()
 
     def stop(self) -> bool:
         """Stop the learner (its final checkpoint) and release everything; safe to call
         twice. False if the learner did not finish within its time."""
         if self._stopped:
-            return not (self._thread is not None and self._thread.is_alive())
+            return self._finished_cleanly
         self._stopped = True
         self.learner.stop()
-        if self._thread is not None:
-            self._thread.join(timeout=300)
-            if self._thread.is_alive():
+        if self.replica:
+            if self._thread is not None:
+                self._thread.join(timeout=10)
+            self._finished_cleanly = True
+        else:
+            self._finished_cleanly = self.learner.wait(timeout=300)
+            if not self._finished_cleanly and self.learner.error is None:
                 log.error("the learner did not finish its final checkpoint in 300 s")
-                return False
-        if self.source is not None:
-            self.source.close()
-        if self.tracker_logger is not None:
-            self.tracker_logger.end("FAILED" if self.learner.error else "FINISHED")
         if self._folder_lock is not None:
             self._folder_lock.release()
-        return True
+        return self._finished_cleanly
 
     # -- refusals ----------------------------------------------------------------------------
     def refuse(self, status: int, reason: str, payload: str, kind: str) -> Refused:
@@ -348,7 +255,7 @@ class Service:
 
 
 def create_app(service: Service):
-    """The FastAPI application over ``service`` (the learner thread starts with the app)."""
+    """The FastAPI application over ``service`` (a replica starts following with the app)."""
     metrics = Metrics(service)
     batcher = PredictBatcher(service, metrics)
 
@@ -435,10 +342,10 @@ def create_app(service: Service):
                 status_code=503,
             )
         loop = asyncio.get_running_loop()
-        done = await loop.run_in_executor(None, service.learner.request_checkpoint)
-        if not done:
+        step = await loop.run_in_executor(None, service.learner.checkpoint)
+        if step is None:
             return JSONResponse({"error": "no checkpoint within 30 s"}, status_code=503)
-        return {"step": service.learner.last_checkpoint_step}
+        return {"step": step}
 
     @app.post("/correct")
     async def correct(request: Request):
@@ -477,6 +384,11 @@ class PredictBatcher:
 
     def __init__(self, service: Service, metrics) -> None:
         self.service, self.metrics = service, metrics
+        # one thread runs every forward pass (one at a time anyway); torch's thread count is
+        # per calling thread under OpenMP, so it is set there, to this process's share
+        self.executor = ThreadPoolExecutor(
+            1, "predict", initializer=torch.set_num_threads, initargs=(service.config.threads()[1],)
+        )
         self.queue: list[tuple[torch.Tensor, asyncio.Future]] = []
         self.wakeup: asyncio.Event | None = None
         self.worker: asyncio.Task | None = None
@@ -511,7 +423,7 @@ class PredictBatcher:
             started = time.perf_counter()
             try:
                 run = functools.partial(_scores_on_cpu, predictor, x)
-                scores = await loop.run_in_executor(None, run)
+                scores = await loop.run_in_executor(self.executor, run)
             except Exception as err:  # noqa: BLE001 - each waiting request gets the error
                 for _, future in taken:
                     if not future.done():  # a client that went away cancelled its future

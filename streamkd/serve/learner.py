@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -71,6 +72,74 @@ def inspect_checkpoints(directory: str | Path) -> dict[str, Any]:
     }
 
 
+@dataclass
+class Built:
+    """A daemon's strategy and what its inputs must be."""
+
+    strategy: Strategy
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    max_classes: int
+    config: dict[str, Any]  # what a checkpoint must match to be resumed
+
+
+def build_strategy(config) -> Built:
+    """The strategy a :class:`~streamkd.serve.config.ServeConfig` names, on a model for
+    ``--like STREAM``'s inputs (its default model) or for ``--input-shape`` (float32, MLP)."""
+    from streamkd.experiment import (
+        RESOLVED_PER_DEVICE,
+        make_model,
+        make_strategy,
+        make_stream,
+        strategy_kwargs,
+    )
+    from streamkd.strategy import MAX_CLASSES
+
+    kwargs = strategy_kwargs(config.strategy, config.strategy_args)
+    if config.input_shape is not None:
+        from streamkd.models import build_model
+        from streamkd.strategies import get_strategy
+
+        cls = get_strategy(config.strategy)
+        shape = tuple(int(d) for d in str(config.input_shape).split(","))
+        dtype, declared = torch.float32, None
+        torch.manual_seed(config.seed)
+        model = build_model("mlp", shape, head=cls.head, head_scale=cls.head_scale)
+    else:
+        like = make_stream(config.like, seed=config.seed, data_dir=config.data_dir)
+        if like.input_shape is None:
+            raise ValueError(f"--like {config.like}: multi-field streams cannot be served yet")
+        shape, dtype = tuple(like.input_shape), next(iter(like)).x.dtype
+        declared = like.n_classes
+        model = make_model(like, seed=config.seed, strategy=config.strategy)
+    if config.max_classes is not None and declared and config.max_classes < declared:
+        raise ValueError(
+            f"--max-classes {config.max_classes} is below the {declared} classes "
+            f"--like {config.like} declares"
+        )
+    max_classes = config.max_classes or declared or MAX_CLASSES
+    strategy = make_strategy(
+        config.strategy,
+        model,
+        memory=config.memory,
+        seed=config.seed,
+        device=config.device,
+        max_classes=max_classes,
+        **kwargs,
+    )
+    run_config = {
+        "strategy": config.strategy,
+        **{k: v for k, v in strategy.hparams.items() if k not in RESOLVED_PER_DEVICE},
+        "like": config.like,
+        "input_shape": config.input_shape,
+        "drift": config.drift,
+        "source": config.source,
+        "batch_size": config.batch_size,
+    }
+    run_config = json.loads(json.dumps(run_config, default=str))
+    return Built(strategy, shape, dtype, max_classes, run_config)
+
+
 class DeadLetters:
     """Refused input, one JSON line each (why, what, where from), appended and flushed."""
 
@@ -81,8 +150,13 @@ class DeadLetters:
 
     def write(self, reason: str, payload: str, source: str) -> None:
         record = {"time": time.time(), "source": source, "reason": reason, "input": payload[:10000]}
-        with self._lock, open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        data = (json.dumps(record) + "\n").encode()
+        with self._lock:  # one O_APPEND write per record: whole lines from both processes
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
             self.count += 1
 
 
@@ -203,11 +277,19 @@ class Learner:
             self._checkpoints_written += 1
             self._checkpoint_done.notify_all()
 
+    @property
+    def checkpoints_written(self) -> int:
+        return self._checkpoints_written
+
+    def ask_checkpoint(self) -> None:
+        """A checkpoint at the learner's next step boundary (any thread; returns at once)."""
+        self._checkpoint_wanted.set()
+
     def request_checkpoint(self, timeout: float = 30.0) -> bool:
         """Ask the learner thread for a checkpoint and wait for it (other threads)."""
         with self._checkpoint_done:
             before = self._checkpoints_written
-            self._checkpoint_wanted.set()
+            self.ask_checkpoint()
             self._checkpoint_done.wait_for(
                 lambda: self._checkpoints_written > before or self.finished.is_set(),
                 timeout=timeout,

@@ -36,29 +36,28 @@ class Metrics:
         self.service.predictions += rows
 
     def collect(self):
-        learner, service = self.service.learner, self.service
-        counters = learner.counters
-        yield _counter("events_learned", "Events learned", counters.events_learned)
+        service = self.service
+        health = service.learner.health()  # the learner's counters (it may be a process)
+        yield _counter("events_learned", "Events learned", health["events_learned"])
         rejected = CounterMetricFamily(
             "streamkd_events_rejected", "Refused input, by where", labels=["where"]
         )
-        rejected.add_metric(["source"], counters.lines_rejected)
+        rejected.add_metric(["source"], health.get("lines_rejected", 0))
         for kind, n in sorted(dict(service.rejected).items()):
             rejected.add_metric([kind], n)
         yield rejected
         yield _counter("predictions", "Rows predicted by /predict", service.predictions)
-        drift = getattr(learner, "drift", None)
-        if drift is not None:
-            yield _counter("drift_events", "Drift events detected", len(drift.events))
+        if health.get("drift_events") is not None:
+            yield _counter("drift_events", "Drift events detected", health["drift_events"])
         acc = GaugeMetricFamily(
             "streamkd_prequential_accuracy", "Accuracy of predictions made before learning"
         )
-        acc.add_metric([], counters.prequential_acc or 0.0)
+        acc.add_metric([], health.get("prequential_acc") or 0.0)
         yield acc
         age = GaugeMetricFamily(
             "streamkd_checkpoint_age_seconds", "Seconds since the last checkpoint"
         )
-        age.add_metric([], time.time() - learner.last_checkpoint_time)
+        age.add_metric([], time.time() - service.learner.last_checkpoint_time)
         yield age
 
     def render(self) -> bytes:
