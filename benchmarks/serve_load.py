@@ -106,6 +106,12 @@ def client(port: int, bodies: list[bytes], until: float, out: list, failures: li
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=60000, help="split-mnist events exported")
+    parser.add_argument(
+        "--copies",
+        type=int,
+        default=5,
+        help="the export repeated (fresh ids) so that no phase's learner runs out of events",
+    )
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--idle-seconds", type=float, default=10.0)
@@ -122,12 +128,19 @@ def main() -> None:
             check=True,
             stdout=subprocess.DEVNULL,
         )
-        lines = events.read_text().splitlines()[:500]
-        bodies = [json.dumps({"x": json.loads(line)["x"]}).encode() for line in lines]
+        lines = events.read_text().splitlines()
+        bodies = [json.dumps({"x": json.loads(line)["x"]}).encode() for line in lines[:500]]
+        with open(events, "a") as f:  # copies with fresh ids (e0 -> c1-e0, ...)
+            for copy in range(1, args.copies):
+                for line in lines:
+                    f.write(line.replace('{"id":"', f'{{"id":"c{copy}-', 1) + "\n")
+        size = events.stat().st_size
 
         proc, port = start(events, work / "idle", args.strategy)
         time.sleep(1.0)
         idle_rate, _ = learned_rate(port, args.idle_seconds)
+        if get(port, "/health")["source_position"] >= size:
+            raise SystemExit("the learner ran out of events while idle: raise --copies")
         stop(proc)
 
         proc, port = start(events, work / "load", args.strategy)
@@ -146,8 +159,11 @@ def main() -> None:
         for t in threads:
             t.join()
         elapsed = time.perf_counter() - t0
-        after = get(port, "/health")["events_learned"]
+        health = get(port, "/health")
+        after = health["events_learned"]
         stop(proc)
+        if health["source_position"] >= size:
+            raise SystemExit("the learner ran out of events under load: raise --copies")
 
         run_json = work / "run.json"
         subprocess.run(

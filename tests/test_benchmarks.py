@@ -115,3 +115,22 @@ def test_cifar10_ocl_keep_refuses_runs_of_another_protocol(tmp_path, data_dir):
         assert "Traceback" not in proc.stderr
     kept = json.loads((tmp_path / "ocl.json").read_text())
     assert [r["seed"] for r in kept["runs"]] == [0]  # nothing was merged or overwritten
+
+
+def test_serve_load_benchmark_smoke(tmp_path):
+    """The load benchmark runs end to end on a short slice: no failed request, all keys."""
+    out = tmp_path / "serve_load.json"
+    args = ["--events", "5000", "--copies", "5", "--seconds", "3", "--idle-seconds", "2"]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "serve_load.py"), *args, "--clients", "4"]
+        + ["--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["failed_requests"] == 0 and data["requests"] > 0
+    for key in ("predictions_per_s", "learned_per_s_under_load", "learned_per_s_idle"):
+        assert data[key] > 0, key
+    assert data["latency_p99_ms"] >= data["latency_p50_ms"] > 0
