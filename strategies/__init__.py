@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from streamkd.strategies.droc import DROC
 from streamkd.strategies.er import ER
 from streamkd.strategies.er_ace import ERACE
 from streamkd.strategies.mir import MIR
@@ -12,10 +13,11 @@ from streamkd.strategies.scr import SCR
 from streamkd.strategy import Strategy
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (Naive, ER, ERACE, MIR, SCR, PCR, HPCR, OnPro)
+    cls.name: cls for cls in (Naive, ER, ERACE, MIR, SCR, PCR, HPCR, OnPro, DROC)
 }
 
 __all__ = [
+    "DROC",
     "ER",
     "ERACE",
     "HPCR",

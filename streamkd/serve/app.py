@@ -1,4 +1,5 @@
-"""``streamkd serve``: the HTTP API around a :class:`~streamkd.serve.learner.Learner`.
+"""``streamkd serve``: the HTTP API around a learner process
+(:class:`~streamkd.serve.process.LearnerProcess`) or a read replica.
 
 Routes (OpenAPI schema at ``/docs``):
 
@@ -84,7 +85,9 @@ class Service:
             model_config = {
                 k: v for k, v in built.config.items() if k not in ("source", "batch_size")
             }
-            checkpointer = Checkpointer(ck_dir, keep=config.keep, writable=False)
+            checkpointer = Checkpointer(
+                ck_dir, keep=config.keep, required=CHECKPOINT_KEYS, writable=False
+            )
             self.learner = Replica(built.strategy, checkpointer, config=model_config)
             self.resumed, self.known_ids = True, set()
             return
@@ -110,12 +113,15 @@ class Service:
                         self.wal,
                     )
             self.learner = LearnerProcess(config)
+            self.shape, self.dtype = self.learner.shape, self.learner.dtype
+            self.max_classes, self.resumed = self.learner.max_classes, self.learner.resumed
+            self.known_ids = self._logged_ids()
         except BaseException:
+            if getattr(self, "learner", None) is not None:
+                self.learner.stop()
+                self.learner.wait(timeout=60)
             self._folder_lock.release()
             raise
-        self.shape, self.dtype = self.learner.shape, self.learner.dtype
-        self.max_classes, self.resumed = self.learner.max_classes, self.learner.resumed
-        self.known_ids = self._logged_ids()
 
     def _init_counters(self) -> None:
         self.remembered: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -212,6 +218,50 @@ class Service:
         with self._count_lock:
             row = self.remembered.get(event_id) if isinstance(event_id, str) else None
         return None if row is None else row.tolist()
+
+    # -- correct -----------------------------------------------------------------------------
+    def parse_correction(self, body: Any, raw: str) -> tuple[str, np.ndarray]:
+        """``{"text": ..., "x": ...}`` or ``{"text": ..., "id": <an earlier /predict id>}``."""
+        from streamkd.strategies import get_strategy
+
+        if self.replica:
+            raise self.refuse(
+                409, "a replica serves predictions; POST /correct to the learner", raw, "correct"
+            )
+        if not hasattr(get_strategy(self.config.strategy), "correct"):
+            raise self.refuse(
+                409,
+                f"strategy {self.config.strategy!r} does not take corrections "
+                "(a correction-memory strategy such as droc does)",
+                raw,
+                "correct",
+            )
+        if not isinstance(body, dict) or not isinstance(body.get("text"), str):
+            raise self.refuse(
+                422, "a correction is an object with text (and x or id)", raw, "correct"
+            )
+        unknown = sorted(set(body) - {"text", "x", "id"})
+        if unknown:
+            raise self.refuse(
+                422, f"unknown keys {unknown}; a correction has text, x or id", raw, "correct"
+            )
+        x = body.get("x")
+        if x is None:
+            x = self.remembered_x(body.get("id"))
+            if x is None:
+                raise self.refuse(
+                    422,
+                    "a correction needs x, or the id of a recent /predict with x",
+                    raw,
+                    "correct",
+                )
+        try:
+            event = parse_event(
+                {"id": "correction", "x": x}, self.shape, self.dtype, self.max_classes
+            )
+        except EventError as err:
+            raise self.refuse(422, str(err), raw, "correct") from None
+        return body["text"], event.x
 
     # -- learn -------------------------------------------------------------------------------
     def learn(self, body: Any, raw: str) -> list[str]:
@@ -314,11 +364,14 @@ def create_app(service: Service):
         ids, x, single = service.parse_inputs(body, raw)
         if authorized(request):  # only a client trusted to /learn may name features for it
             service.remember(ids, x)
-        scores, version = await batcher.submit(x)
+        scores, applied, version = await batcher.submit(x)
         rows = [
             {"id": i, "label": int(s.argmax()) if s.numel() else None, "scores": s.tolist()}
             for i, s in zip(ids, scores, strict=True)
         ]
+        if applied is not None:  # a correction memory: the knowledge each answer used
+            for row, knowledge in zip(rows, applied, strict=True):
+                row["applied"] = knowledge
         out = {**rows[0]} if single else {"predictions": rows}
         out["model_version"] = version
         return JSONResponse(strict_json(out))
@@ -350,13 +403,16 @@ def create_app(service: Service):
     @app.post("/correct")
     async def correct(request: Request):
         authorize(request, "correct")
-        raise service.refuse(
-            409,
-            f"strategy {service.config.strategy!r} does not take corrections "
-            "(a correction-memory strategy such as DROC does)",
-            "",
-            "correct",
-        )
+        body, raw = await body_of(request, "correct")
+        text, x = service.parse_correction(body, raw)
+        loop = asyncio.get_running_loop()
+        call = functools.partial(service.learner.call, "correct", (x, text), 60.0)
+        ok, result = await loop.run_in_executor(None, call)
+        if not ok:
+            return JSONResponse({"error": f"correction not applied: {result}"}, status_code=503)
+        if "refused" in result:
+            raise service.refuse(422, result["refused"], raw, "correct")
+        return {"stored": result}
 
     @app.get("/health")
     async def health():
@@ -371,7 +427,7 @@ def create_app(service: Service):
 
 
 async def _exit_when_finished(app, service: Service) -> None:
-    """With ``--stop-at-eof``: stop the server once the learner has finished."""
+    """Stop the server once the learner has finished (``--stop-at-eof``, or a crash)."""
     while not service.learner.finished.is_set():
         await asyncio.sleep(0.05)
     server = getattr(app.state, "server", None)
@@ -423,7 +479,7 @@ class PredictBatcher:
             started = time.perf_counter()
             try:
                 run = functools.partial(_scores_on_cpu, predictor, x)
-                scores = await loop.run_in_executor(self.executor, run)
+                scores, applied = await loop.run_in_executor(self.executor, run)
             except Exception as err:  # noqa: BLE001 - each waiting request gets the error
                 for _, future in taken:
                     if not future.done():  # a client that went away cancelled its future
@@ -433,9 +489,15 @@ class PredictBatcher:
             start = 0
             for t, future in taken:
                 if not future.done():
-                    future.set_result((scores[start : start + len(t)], predictor.version))
+                    part = None if applied is None else applied[start : start + len(t)]
+                    future.set_result((scores[start : start + len(t)], part, predictor.version))
                 start += len(t)
 
 
-def _scores_on_cpu(predictor, x: torch.Tensor) -> torch.Tensor:
-    return predictor.scores(x).cpu()
+def _scores_on_cpu(predictor, x: torch.Tensor) -> tuple[torch.Tensor, list | None]:
+    """Scores, and what knowledge each row used where the predictor reports it (DROC)."""
+    explain = getattr(predictor.scores, "predict_with_knowledge", None)
+    if explain is not None:
+        scores, applied = explain(x)
+        return scores.cpu(), applied
+    return predictor.scores(x).cpu(), None

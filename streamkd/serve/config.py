@@ -99,10 +99,14 @@ class ServeConfig:
         return self
 
     def threads(self) -> tuple[int, int]:
-        """Torch threads of the learner process and of the HTTP process. Each process gets
-        its own share of the CPUs: threads beyond them only spin (on 2 cores, two threads
-        each made the learner 6x slower under /predict load than one each)."""
-        cpus = os.cpu_count() or 1
+        """Torch threads of the learner process and of the HTTP process's forward passes.
+        A learner and its server each get their own share of the CPUs this process may use
+        (threads beyond them only spin: on 2 cores, two threads each made the learner 6x
+        slower under /predict load than one each); a replica has no learner: all for it."""
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        cpus = cpus or 1
+        if self.replica_of is not None:
+            return 0, cpus
         learner = self.learner_threads or max(1, cpus // 2)
         return learner, max(1, cpus - learner)
 

@@ -3,8 +3,9 @@ before learning it (prequential accuracy), learns it, and checkpoints its whole 
 source's position, so a restart after ``kill -9`` continues from the newest checkpoint and the
 events after it are read again: nothing lost, nothing learned twice.
 
-Readers in other threads (``/predict``) never touch the training model: the learner publishes
-a frozen predictor (:meth:`Strategy.predictor`) between steps, and they use the newest one.
+Readers (``/predict``, in the server process: :mod:`streamkd.serve.process`) never touch the
+training model: the learner publishes a frozen predictor (:meth:`Strategy.predictor`) between
+steps, and they use the newest one.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -214,13 +217,13 @@ class Learner:
         self.counters = Counters()
         self.last_checkpoint_step: int | None = None
         self.last_checkpoint_time = time.time()
-        self.step_seconds: deque[float] = deque(maxlen=100_000)  # drained by /metrics
+        self.step_seconds: deque[float] = deque(
+            maxlen=100_000
+        )  # drained by the publisher, for /metrics
         self.finished = threading.Event()
         self.error: BaseException | None = None
         self._stop = threading.Event()
-        self._checkpoint_wanted = threading.Event()
-        self._checkpoint_done = threading.Condition()
-        self._checkpoints_written = 0
+        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future]] = queue.SimpleQueue()
         self._next_checkpoint = checkpoint_every
         self.predictor = self._publish()
 
@@ -273,28 +276,29 @@ class Learner:
             self.logger.set_tags({"checkpoint_step": step})
         self.last_checkpoint_step, self.last_checkpoint_time = step, time.time()
         self.predictor = self._publish()
-        with self._checkpoint_done:
-            self._checkpoints_written += 1
-            self._checkpoint_done.notify_all()
 
-    @property
-    def checkpoints_written(self) -> int:
-        return self._checkpoints_written
+    def submit(self, call: Callable[[], Any]) -> Future:
+        """Run ``call`` in the learner thread at the next step boundary (the learner is the
+        single writer: a checkpoint on request, a correction); returns its future. Calls
+        still pending when the learner stops fail with :class:`RuntimeError`."""
+        future: Future = Future()
+        if self.finished.is_set():
+            future.set_exception(RuntimeError("the learner has stopped"))
+        else:
+            self._calls.put((call, future))
+        return future
 
-    def ask_checkpoint(self) -> None:
-        """A checkpoint at the learner's next step boundary (any thread; returns at once)."""
-        self._checkpoint_wanted.set()
-
-    def request_checkpoint(self, timeout: float = 30.0) -> bool:
-        """Ask the learner thread for a checkpoint and wait for it (other threads)."""
-        with self._checkpoint_done:
-            before = self._checkpoints_written
-            self.ask_checkpoint()
-            self._checkpoint_done.wait_for(
-                lambda: self._checkpoints_written > before or self.finished.is_set(),
-                timeout=timeout,
-            )
-            return self._checkpoints_written > before
+    def _run_calls(self) -> None:
+        while True:
+            try:
+                call, future = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(call())
+                except Exception as err:  # noqa: BLE001 - the caller gets it
+                    future.set_exception(err)
 
     # -- the loop ----------------------------------------------------------------------------
     def stop(self) -> None:
@@ -322,8 +326,12 @@ class Learner:
             raise
         finally:
             self.finished.set()
-            with self._checkpoint_done:  # nobody waits for a checkpoint that cannot come
-                self._checkpoint_done.notify_all()
+            while True:  # nothing runs after the final checkpoint: pending calls fail
+                try:
+                    _, future = self._calls.get_nowait()
+                except queue.Empty:
+                    break
+                future.set_exception(RuntimeError("the learner has stopped"))
 
     def _learn_lines(self, lines) -> None:
         events: list[Event] = []
@@ -372,7 +380,8 @@ class Learner:
 
     def _maybe_checkpoint(self) -> None:
         n = self.counters.events_learned
-        due = self._checkpoint_wanted.is_set()
+        self._run_calls()
+        due = False
         if self._next_checkpoint is not None and n >= self._next_checkpoint:
             self._next_checkpoint = (n // self.checkpoint_every + 1) * self.checkpoint_every
             due = True
@@ -381,7 +390,6 @@ class Learner:
         ):
             due = True
         if due:
-            self._checkpoint_wanted.clear()
             self.checkpoint()
 
     def _publish(self) -> Predictor:

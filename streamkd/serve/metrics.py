@@ -1,5 +1,5 @@
-"""Prometheus metrics of the daemon, read from the learner and the service at scrape time
-(one registry per service, so several in one process never collide)."""
+"""Prometheus metrics of the daemon, read at scrape time from the service and the learner's
+newest health (sent every 50 ms); one registry per service, so several never collide."""
 
 from __future__ import annotations
 

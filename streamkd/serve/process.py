@@ -7,21 +7,25 @@ its own lock; the HTTP process parses requests, writes the ``http`` source's wri
 and runs batched forward passes on the newest predictor the learner sends it.
 
 Protocol, two one-way pipes of pickled messages between our own two processes (client data
-never travels as a pickle: it reaches the learner as JSON lines in the source):
+never travels as a pickle: it reaches the learner as JSON lines in the source, or as a
+validated array with a correction):
 
 * learner -> server: ``("ready", info)`` once started (or ``("failed", message)``); then
   ``("state", state)`` every :data:`PUBLISH_SECONDS` -- health, learning-step times, and a
-  new frozen predictor when the model changed; ``("checkpointed", (request, ok, step))``;
-  ``("finished", error)`` last.
-* server -> learner: ``("checkpoint", request)`` and ``("stop",)``.
+  new frozen predictor when the model changed; ``("answer", (request, ok, result))`` for each
+  call; ``("finished", error)`` last.
+* server -> learner: calls ``(kind, request, payload)`` -- ``"checkpoint"`` and ``"correct"``,
+  run by the learner thread between steps (it stays the single writer) -- and ``("stop",)``.
 
-The learner dies with the server (``PR_SET_PDEATHSIG`` on Linux, and end-of-file on the
-command pipe everywhere), so ``kill -9`` of the daemon is ``kill -9`` of both: the server
-holds the checkpoint folder's lock, and no orphaned learner writes after it is gone.
+The learner dies with the server: ``PR_SET_PDEATHSIG`` on Linux (tied to the thread that
+started it: build the service in the main thread), and end-of-file on the command pipe once
+it runs; so ``kill -9`` of the daemon is ``kill -9`` of both. The server holds the checkpoint
+folder's lock, and no orphaned learner writes after it is gone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import multiprocessing as mp
@@ -66,32 +70,37 @@ class LearnerProcess:
             name="streamkd-learner",
             daemon=True,
         )
-        self.process.start()
+        with _sigint_ignored():  # inherited: Ctrl-C never interrupts the child's start-up
+            self.process.start()
         command_end.close()  # ours closed: end-of-file tells each side the other is gone
         state_end.close()
         self.finished = threading.Event()
         self.error: BaseException | None = None
-        self.step_seconds: deque[float] = deque()
+        self.step_seconds: deque[float] = deque(maxlen=100_000)  # drained by /metrics
         self.last_checkpoint_step: int | None = None
         self.last_checkpoint_time = time.time()
         self._health: dict[str, Any] = {}
-        self._answers: dict[int, tuple[bool, int | None]] = {}
+        self._answers: dict[int, tuple[bool, Any]] = {}
+        self._waiting: set[int] = set()
         self._requests = 0
         self._changed = threading.Condition()
         self._send_lock = threading.Lock()
-
         try:
-            kind, info = self._receive(timeout=START_SECONDS)
-        except EOFError:
-            self.process.join(timeout=10)
-            code = self.process.exitcode
-            kind, info = "failed", f"the learner ended while starting (exit code {code}); see above"
-        if kind != "ready":
-            self.process.join(timeout=10)
-            raise ValueError(info)
-        self.shape, self.dtype = tuple(info["shape"]), info["dtype"]
-        self.max_classes, self.resumed = info["max_classes"], info["resumed"]
-        self._apply(info["state"])
+            try:
+                kind, info = self._receive(timeout=START_SECONDS)
+            except EOFError:
+                self.process.join(timeout=10)
+                code = self.process.exitcode
+                kind, info = "failed", f"the learner ended while starting (exit code {code})"
+            if kind != "ready":
+                raise ValueError(info)
+            self.shape, self.dtype = tuple(info["shape"]), info["dtype"]
+            self.max_classes, self.resumed = info["max_classes"], info["resumed"]
+            self._apply(info["state"])
+        except BaseException:  # no learner may outlive a failed start (nor the folder lock)
+            self.process.kill()
+            self.process.join()
+            raise
         self._reader = threading.Thread(target=self._read, name="learner-reader", daemon=True)
         self._reader.start()
 
@@ -108,17 +117,33 @@ class LearnerProcess:
     def checkpoint(self, timeout: float = 30.0) -> int | None:
         """A checkpoint written after this call, waited for: its step, or None if none came
         in time."""
+        ok, step = self.call("checkpoint", None, timeout)
+        return step if ok else None
+
+    def call(self, kind: str, payload: Any, timeout: float) -> tuple[bool, Any]:
+        """Run ``kind`` in the learner thread between steps and wait for its answer:
+        ``(True, result)``, or ``(False, reason)`` if it failed, timed out or the learner
+        has stopped."""
         with self._changed:
             self._requests += 1
             request = self._requests
-        if not self._send(("checkpoint", request)):
-            return None
-        with self._changed:
-            self._changed.wait_for(
-                lambda: request in self._answers or self.finished.is_set(), timeout=timeout
+            self._waiting.add(request)
+        try:
+            if not self._send((kind, request, payload)):
+                return False, "the learner has stopped"
+            with self._changed:
+                self._changed.wait_for(
+                    lambda: request in self._answers or self.finished.is_set(), timeout=timeout
+                )
+                if request in self._answers:
+                    return self._answers.pop(request)
+            return False, (
+                "the learner has stopped" if self.finished.is_set() else f"no answer in {timeout} s"
             )
-            ok, step = self._answers.pop(request, (False, None))
-        return step if ok else None
+        finally:
+            with self._changed:
+                self._waiting.discard(request)
+                self._answers.pop(request, None)  # a late answer is dropped, never kept
 
     def stop(self) -> None:
         self._send(("stop",))
@@ -127,7 +152,7 @@ class LearnerProcess:
         """Wait for the learner's final checkpoint and its exit; False if it did not finish
         in time (it is then killed: a crash, which the next start recovers from)."""
         done = self.finished.wait(timeout)
-        self.process.join(timeout=10 if done else 0)
+        self.process.join(timeout=60 if done else 0)  # after "finished": MLflow's last writes
         if self.process.is_alive():
             self.process.kill()
             self.process.join()
@@ -159,11 +184,12 @@ class LearnerProcess:
                 kind, payload = self._receive()
                 if kind == "state":
                     self._apply(payload)
-                elif kind == "checkpointed":
-                    request, ok, step = payload
+                elif kind == "answer":
+                    request, ok, result = payload
                     with self._changed:
-                        self._answers[request] = (ok, step)
-                        self._changed.notify_all()
+                        if request in self._waiting:
+                            self._answers[request] = (ok, result)
+                            self._changed.notify_all()
                 elif kind == "finished":
                     if payload is not None:
                         self.error = RuntimeError(payload)
@@ -173,7 +199,9 @@ class LearnerProcess:
             self.error = RuntimeError(
                 f"the learner process ended unexpectedly (exit code {self.process.exitcode})"
             )
-            log.error("%s", self.error)
+        except Exception as err:  # noqa: BLE001 - an unreadable message: stop, with the reason
+            self.error = RuntimeError(f"a message from the learner could not be read: {err!r}")
+            self.process.kill()
         finally:
             self.finished.set()
             with self._changed:
@@ -221,33 +249,35 @@ def _learner_main(fields: dict[str, Any], commands, states, parent: int) -> None
     signal.signal(signal.SIGTERM, lambda *_: learner.stop())  # a final checkpoint, then exit
 
     publisher = _Publisher(learner, send)
-    send(
-        (
-            "ready",
-            {
-                "shape": built.shape,
-                "dtype": built.dtype,
-                "max_classes": built.max_classes,
-                "resumed": resumed,
-                "state": publisher.state(),
-            },
-        )
-    )
-    publisher.start()
-    threading.Thread(
-        target=_obey, args=(commands, learner, send), name="commands", daemon=True
-    ).start()
     error = None
     try:
+        ready = {
+            "shape": built.shape,
+            "dtype": built.dtype,
+            "max_classes": built.max_classes,
+            "resumed": resumed,
+            "state": publisher.state(),
+        }
+        send(("ready", ready))
+        publisher.start()
+        threading.Thread(
+            target=_obey, args=(commands, learner, send), name="commands", daemon=True
+        ).start()
         learner.run()
     except BaseException as err:  # noqa: BLE001 - logged by run(); reported to the server
         error = f"the learner stopped on an error: {err!r}"
     finally:
         publisher.stop()
-        learner.source.close()
-        if learner.logger is not None:
-            learner.logger.end("FAILED" if error else "FINISHED")
-        send(("state", publisher.state()))
+        error = error or publisher.error
+        for cleanup in (
+            learner.source.close,
+            lambda: learner.logger and learner.logger.end("FAILED" if error else "FINISHED"),
+            lambda: send(("state", publisher.state())),
+        ):
+            try:
+                cleanup()
+            except Exception:  # noqa: BLE001 - each step on its own: "finished" always goes
+                log.exception("while stopping the learner")
         send(("finished", error))
 
 
@@ -321,13 +351,16 @@ def _mlflow_run(config: ServeConfig, state: dict[str, Any] | None):
 
 
 class _Publisher:
-    """Sends the learner's state to the server every :data:`PUBLISH_SECONDS`; pickles a
-    predictor only when the learner published a new one. The learner never waits on it."""
+    """Sends the learner's state to the server every :data:`PUBLISH_SECONDS` from its own
+    thread; pickles a predictor only when the learner published a new one. A failure to
+    send stops the learner, with the reason."""
 
     def __init__(self, learner: Learner, send) -> None:
         self.learner, self.send = learner, send
+        self.error: str | None = None
         self._sent = None
         self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def state(self) -> dict[str, Any]:
         learner = self.learner
@@ -340,8 +373,10 @@ class _Publisher:
         steps = []
         while learner.step_seconds:  # popleft is atomic: no sample lost to the learner
             steps.append(learner.step_seconds.popleft())
+        health = learner.health()
+        health["model_version"] = predictor.version  # the predictor the server will serve
         return {
-            "health": learner.health(),
+            "health": health,
             "last_checkpoint_time": last_time,
             "predictor": blob,
             "version": predictor.version,
@@ -358,13 +393,21 @@ class _Publisher:
                 self.send(("state", self.state()))
             except OSError:  # the server has gone; the command thread ends this process
                 return
+            except Exception as err:  # noqa: BLE001 - e.g. a predictor that cannot pickle
+                log.exception("cannot send the learner's state")
+                self.error = f"cannot send the learner's state: {err!r}"
+                self.learner.stop()
+                return
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
 
 
 def _obey(commands, learner: Learner, send) -> None:
+    """The command thread: calls go to the learner thread (answered when done), a stop
+    stops it; end-of-file means the server is gone."""
     while True:
         try:
             message = commands.recv()
@@ -372,9 +415,54 @@ def _obey(commands, learner: Learner, send) -> None:
             os._exit(1)
         if message[0] == "stop":
             learner.stop()
-        elif message[0] == "checkpoint":
-            ok = learner.request_checkpoint()
-            send(("checkpointed", (message[1], ok, learner.last_checkpoint_step)))
+            continue
+        kind, request, payload = message
+        work = CALLS.get(kind)
+        if work is None:
+            send(("answer", (request, False, f"unknown call {kind!r}")))
+            continue
+        future = learner.submit(lambda work=work, payload=payload: work(learner, payload))
+        future.add_done_callback(lambda f, request=request: _answer(send, request, f))
+
+
+def _answer(send, request: int, future) -> None:
+    err = future.exception()
+    answer = (request, True, future.result()) if err is None else (request, False, str(err))
+    with contextlib.suppress(OSError):  # the server is gone: the command thread ends us
+        send(("answer", answer))
+
+
+def _checkpoint(learner: Learner, _payload: Any) -> int:
+    learner.checkpoint()
+    return learner.last_checkpoint_step
+
+
+def _correct(learner: Learner, payload: tuple[Any, str]) -> dict[str, Any]:
+    """A correction (e.g. DROC's), then a checkpoint: durable before it is acknowledged."""
+    from streamkd.types import InvalidBatchError
+
+    x, text = payload
+    try:
+        result = learner.strategy.correct(torch.from_numpy(x), text)
+    except (ValueError, InvalidBatchError) as err:  # CorrectionError is a ValueError
+        return {"refused": str(err)}
+    learner.checkpoint()
+    return result
+
+
+CALLS = {"checkpoint": _checkpoint, "correct": _correct}
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _die_with(parent: int) -> None:
