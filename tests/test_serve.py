@@ -352,6 +352,44 @@ def test_bad_requests_get_their_4xx_are_counted_dead_lettered_and_change_nothing
     assert rejected == len(BAD_REQUESTS)
 
 
+def test_a_correction_posted_to_droc_applies_to_the_next_prediction(tmp_path):
+    ck = tmp_path / "ck"
+    args = ["--like", "split-digits", "--source", "http", "--checkpoint-dir", str(ck)]
+    args += ["--no-track", "--strategy", "droc", "--strategy-args", "text_encoder_kind=hashing"]
+    proc, port = start_server(args)
+    try:
+        events = _digits_events(40)
+        assert request(port, "POST", "/learn", {"events": events[:30]})[0] == 200
+        _wait_learned(port, 30)
+        x, truth = events[35]["x"], events[35]["y"]
+        status, first = request(port, "POST", "/predict", {"id": "p35", "x": x})
+        assert status == 200 and first["applied"] is None
+        wrong = (truth + 1) % 10 if first["label"] != (truth + 1) % 10 else (truth + 2) % 10
+        # by the id of the prediction: the features seen then
+        status, body = request(port, "POST", "/correct", {"id": "p35", "text": f"that's a {wrong}"})
+        assert status == 200, body
+        assert body["stored"]["label"] == wrong and body["stored"]["level"] == "plan"
+        status, after = request(port, "POST", "/predict", {"x": x})
+        assert after["label"] == wrong and after["applied"]["label"] == wrong
+        assert after["applied"]["similarity"] >= 0.9
+        # an unreadable correction: 422, dead-lettered, nothing stored
+        status, body = request(port, "POST", "/correct", {"x": x, "text": "make it nicer"})
+        assert status == 422 and "cannot read the correction" in body["error"]
+        status, body = request(port, "POST", "/correct", {"text": "that is a 3"})
+        assert status == 422 and "needs x" in body["error"]
+        dead = (ck / "dead-letters.jsonl").read_text()
+        assert "make it nicer" in dead and "needs x" in dead
+        # the correction is in the checkpoint: a restarted daemon still applies it
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        proc, port = start_server(args)
+        status, again = request(port, "POST", "/predict", {"x": x})
+        assert again["label"] == wrong and again["applied"]["entry"] == after["applied"]["entry"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
 def test_serve_refuses_what_it_cannot_honour(tmp_path, capsys):
     from streamkd.cli import main
 

@@ -183,6 +183,7 @@ class Predictor:
 
     scores: Callable[[torch.Tensor], torch.Tensor]
     version: int
+    serial: int = 0  # publications so far: a correction waits for the one that holds it
     taken_at: float = field(default_factory=time.time)
 
 
@@ -225,6 +226,7 @@ class Learner:
         self._stop = threading.Event()
         self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future]] = queue.SimpleQueue()
         self._next_checkpoint = checkpoint_every
+        self.publications = 0
         self.predictor = self._publish()
 
     # -- state -------------------------------------------------------------------------------
@@ -396,7 +398,10 @@ class Learner:
         # eval mode, as predict() uses: what a predictor computes (e.g. SCR's class means,
         # cached) must not depend on when it was published
         self.strategy.train_mode(False)
-        return Predictor(self.strategy.predictor(), self.counters.events_learned)
+        self.publications += 1
+        return Predictor(
+            self.strategy.predictor(), self.counters.events_learned, serial=self.publications
+        )
 
     # -- what operators read -----------------------------------------------------------------
     def health(self) -> dict[str, Any]:

@@ -123,7 +123,20 @@ class LearnerProcess:
     def call(self, kind: str, payload: Any, timeout: float) -> tuple[bool, Any]:
         """Run ``kind`` in the learner thread between steps and wait for its answer:
         ``(True, result)``, or ``(False, reason)`` if it failed, timed out or the learner
-        has stopped."""
+        has stopped. A result naming a ``publication`` returns once the predictor of that
+        publication serves here (the next /predict sees what the call changed)."""
+        ok, result = self._call(kind, payload, timeout)
+        if ok and isinstance(result, dict) and "publication" in result:
+            with self._changed:
+                self._changed.wait_for(
+                    lambda: (
+                        self.predictor.serial >= result["publication"] or self.finished.is_set()
+                    ),
+                    timeout=timeout,
+                )
+        return ok, result
+
+    def _call(self, kind: str, payload: Any, timeout: float) -> tuple[bool, Any]:
         with self._changed:
             self._requests += 1
             request = self._requests
@@ -209,7 +222,10 @@ class LearnerProcess:
 
     def _apply(self, state: dict[str, Any]) -> None:
         if state["predictor"] is not None:
-            self.predictor = Predictor(pickle.loads(state["predictor"]), state["version"])
+            scores = pickle.loads(state["predictor"])
+            self.predictor = Predictor(scores, state["version"], serial=state["serial"])
+            with self._changed:
+                self._changed.notify_all()
         self._health = state["health"]
         self.last_checkpoint_step = self._health["last_checkpoint_step"]
         self.last_checkpoint_time = state["last_checkpoint_time"]
@@ -380,6 +396,7 @@ class _Publisher:
             "last_checkpoint_time": last_time,
             "predictor": blob,
             "version": predictor.version,
+            "serial": predictor.serial,
             "steps": steps,
         }
 
@@ -446,8 +463,8 @@ def _correct(learner: Learner, payload: tuple[Any, str]) -> dict[str, Any]:
         result = learner.strategy.correct(torch.from_numpy(x), text)
     except (ValueError, InvalidBatchError) as err:  # CorrectionError is a ValueError
         return {"refused": str(err)}
-    learner.checkpoint()
-    return result
+    learner.checkpoint()  # publishes a predictor holding the correction
+    return {**result, "publication": learner.predictor.serial}
 
 
 CALLS = {"checkpoint": _checkpoint, "correct": _correct}
