@@ -14,7 +14,9 @@ corrected once:
   or gets ``blend`` added to its score (``apply="blend"``).
 
 Visual embeddings come from a frozen copy of the model's backbone taken when the strategy is
-built (DROC: a frozen DINOv2), so stored embeddings stay comparable as the model learns.
+built (DROC: a frozen DINOv2), so stored embeddings stay comparable as the model learns;
+:meth:`DROC.calibrate` centres them on the mean feature of a sample of inputs (an untrained
+ReLU network's features all point one way: centred, cosine similarity separates images).
 Without a task text the cascade is image -> image within the ``"label"`` category; the
 robot-style use with task categories, texts and parameter offsets is the memory's own API
 (``benchmarks/droc_corrections.py``).
@@ -95,6 +97,7 @@ class DROC(Strategy):
         self.classifier = RuleClassifier()
         self.encoder = text_encoder(text_encoder_kind)
         self.visual = copy.deepcopy(self.base.model).eval().requires_grad_(False)
+        self.visual_center: torch.Tensor | None = None  # set by calibrate()
         width = self._embed(self._probe()).shape[1]
         self.memory = CorrectionMemory(width, self.encoder.dim, capacity=capacity)
         self.corrections = 0
@@ -115,12 +118,23 @@ class DROC(Strategy):
         return DROCPredictor(
             self.base.predictor(),
             copy.deepcopy(self.visual),
+            self.visual_center,
             copy.deepcopy(self.memory),
             self.base.device,
             self.apply,
             self.blend,
             self.match_similarity,
         )
+
+    @torch.no_grad()
+    def calibrate(self, x: torch.Tensor) -> None:
+        """Centre visual embeddings on the mean frozen feature of ``x`` (a sample of the
+        inputs, no labels needed); only before the first correction is stored."""
+        if len(self.memory):
+            raise ValueError("calibrate() before the first correction: the memory holds some")
+        validate_batch(Batch(x), self.base.input_spec, dtype=self.base.input_dtype)
+        feats = self.visual.features(to_device(x, self.base.device)).flatten(1).float()
+        self.visual_center = feats.mean(0)
 
     # -- corrections -------------------------------------------------------------------------
     def correct(self, x: torch.Tensor, text: str, task: str = "") -> dict[str, Any]:
@@ -177,10 +191,8 @@ class DROC(Strategy):
         return x
 
     # -- retrieval ---------------------------------------------------------------------------
-    @torch.no_grad()
     def _embed(self, x) -> np.ndarray:
-        feats = self.visual.features(to_device(x, self.base.device))
-        return F.normalize(feats.flatten(1).float(), dim=1).cpu().numpy()
+        return visual_embedding(self.visual, self.visual_center, x, self.base.device)
 
     def _apply(self, scores: torch.Tensor, visual: np.ndarray):
         return apply_memory(
@@ -198,7 +210,11 @@ class DROC(Strategy):
         state = self.base.state_dict()
         state["base"] = state["strategy"]
         state["strategy"] = self.name
-        state["droc"] = {"memory": self.memory.state_dict(), "corrections": self.corrections}
+        state["droc"] = {
+            "memory": self.memory.state_dict(),
+            "corrections": self.corrections,
+            "visual_center": self.visual_center,
+        }
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -210,6 +226,7 @@ class DROC(Strategy):
         self.base.load_state_dict({**state, "strategy": self.base.name})
         self.memory.load_state_dict(state["droc"]["memory"])
         self.corrections = int(state["droc"]["corrections"])
+        self.visual_center = state["droc"]["visual_center"]
 
     # the base's state, read and written through (the evaluator and daemon use these)
     def train_mode(self, training: bool) -> None:
@@ -257,17 +274,27 @@ def apply_memory(scores, visual, memory, apply, blend, match_similarity):
     return scores, applied
 
 
+@torch.no_grad()
+def visual_embedding(visual, center, x, device) -> np.ndarray:
+    """Frozen backbone features, centred when calibrated, L2-normalised (host numpy)."""
+    feats = visual.features(to_device(x, device)).flatten(1).float()
+    if center is not None:
+        feats = feats - center
+    return F.normalize(feats, dim=1).cpu().numpy()
+
+
 class DROCPredictor:
     """A frozen DROC predictor (base predictor, visual encoder and memory copies); pickles."""
 
-    def __init__(self, base, visual, memory, device, apply, blend, match_similarity) -> None:
-        self.base, self.visual, self.memory, self.device = base, visual, memory, device
+    def __init__(
+        self, base, visual, center, memory, device, apply, blend, match_similarity
+    ) -> None:
+        self.base, self.visual, self.center = base, visual, center
+        self.memory, self.device = memory, device
         self.apply, self.blend, self.match_similarity = apply, blend, match_similarity
 
-    @torch.no_grad()
     def predict_with_knowledge(self, x):
-        feats = self.visual.features(to_device(x, self.device))
-        visual = F.normalize(feats.flatten(1).float(), dim=1).cpu().numpy()
+        visual = visual_embedding(self.visual, self.center, x, self.device)
         return apply_memory(
             self.base(x), visual, self.memory, self.apply, self.blend, self.match_similarity
         )

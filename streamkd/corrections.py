@@ -11,8 +11,8 @@ one, what does it depend on -- (a) the last action ("keep going"), (b) the initi
 
 * directions -- ``left/right`` (x), ``forward/further/farther/back/closer`` (y),
   ``up/higher/raise/down/lower`` (z), each with a quantised magnitude: ``a tiny bit``,
-  ``slightly``, ``a little``, ``a bit`` = 1 unit; none = 2; ``much``, ``a lot``, ``way``,
-  ``far`` = 4. Several joined by ``and``/``,``/``then`` add up. Skill-level, no dependency.
+  ``slightly``, ``a touch`` = 0.5 unit; ``a little``, ``a bit`` = 1; none = 2; ``much``,
+  ``a lot``, ``way``, ``far`` = 4. Several joined by ``and``/``,``/``then`` add up. Skill-level, no dependency.
 * ``keep going`` / ``more`` / ``continue`` / ``again`` -- skill-level, the last action.
 * ``start over`` / ``from the start`` / ``like at first`` -- skill-level, the initial action.
 * ``it dropped`` / ``it fell`` / ``you missed it`` / ``that failed`` -- skill-level, a failure.
@@ -46,8 +46,9 @@ AXES = {
     "down": (2, -1),
     "lower": (2, -1),
 }
-SMALL, MEDIUM, LARGE = 1.0, 2.0, 4.0
-_SMALL = re.compile(r"\b(a tiny bit|tiny|slightly|a little|a bit|little|bit)\b")
+TINY, SMALL, MEDIUM, LARGE = 0.5, 1.0, 2.0, 4.0
+_TINY = re.compile(r"\b(a tiny bit|tiny|slightly|a touch)\b")
+_SMALL = re.compile(r"\b(a little|a bit|little|bit)\b")
 _LARGE = re.compile(r"\b(much|a lot|lot|way|far)\b")
 _LAST = re.compile(r"^(keep going|more|continue|again|same again|a bit more|go on)$")
 _INITIAL = re.compile(r"\b(start over|from the start|like at first|back to the start)\b")
@@ -136,13 +137,12 @@ class RuleClassifier:
                 if part and not _filler(part):
                     return None  # a part that is not a direction: not this kind
                 continue
-            size = (
-                SMALL
-                if _SMALL.search(part)
-                else LARGE
-                if intensified or _LARGE.search(part)
-                else MEDIUM
-            )
+            if _TINY.search(part):
+                size = TINY
+            elif _SMALL.search(part):
+                size = SMALL
+            else:
+                size = LARGE if intensified or _LARGE.search(part) else MEDIUM
             for axis, sign in axes:
                 total[axis] += sign * size
             found = True

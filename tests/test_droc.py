@@ -20,6 +20,7 @@ from streamkd.memory import CorrectionMemory
     [
         ("move left a bit", "skill", "none", "offset", (-1.0, 0.0, 0.0)),
         ("a little to the left", "skill", "none", "offset", (-1.0, 0.0, 0.0)),
+        ("a tiny bit lower", "skill", "none", "offset", (0.0, 0.0, -0.5)),
         ("Much higher!", "skill", "none", "offset", (0.0, 0.0, 4.0)),
         ("much further left", "skill", "none", "offset", (-4.0, 0.0, 0.0)),
         ("further", "skill", "none", "offset", (0.0, 2.0, 0.0)),
