@@ -20,6 +20,7 @@
 
 # %%
 import sys
+import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -29,6 +30,7 @@ import torch
 import streamkd
 from streamkd.encoders import text_encoder
 
+warnings.filterwarnings('ignore', message='IProgress not found')  # tqdm, in a notebook
 sys.path.insert(0, str(Path(streamkd.__file__).resolve().parents[1] / 'benchmarks'))
 import droc_corrections as bench  # noqa: E402
 

@@ -134,3 +134,23 @@ def test_serve_load_benchmark_smoke(tmp_path):
     for key in ("predictions_per_s", "learned_per_s_under_load", "learned_per_s_idle"):
         assert data[key] > 0, key
     assert data["latency_p99_ms"] >= data["latency_p50_ms"] > 0
+
+
+def test_droc_benchmark_smoke(tmp_path, data_dir):
+    """The DROC benchmark runs end to end on short rounds and writes its schema."""
+    out = tmp_path / "droc.json"
+    args = ["--seeds", "0", "--tasks-per-round", "60", "--classification-objects", "10"]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "droc_corrections.py"), *args]
+        + ["--scale", "2000", "--data-dir", str(data_dir), "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert set(data["variants"]) == {"none", "all_history", "droc"}
+    assert all(len(v) == 3 for v in data["variants"].values())
+    assert data["variants"]["droc"][2] < data["variants"]["none"][2]  # the memory helps
+    assert data["retrieval"]["4_categories"]["recall_at_1"] == 1.0
+    assert set(data["classification"]) == {"er_only", "droc"}

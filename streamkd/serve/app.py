@@ -12,7 +12,8 @@ Routes (OpenAPI schema at ``/docs``):
   before the answer, so an acknowledged event survives a crash; an id already logged is
   refused (409), so a client that re-posts after a lost answer never makes it learn twice.
 * ``POST /checkpoint`` (waits for it), ``GET /health``, ``GET /metrics`` (Prometheus).
-* ``POST /correct`` -- for strategies that take corrections; others answer 409.
+* ``POST /correct`` -- ``{"text", "x" or "id"}`` for strategies that take corrections (droc):
+  applied by the learner between steps and checkpointed before the answer; others answer 409.
 
 Mutating routes need ``Authorization: Bearer <token>`` when a token is set. Every refusal is a
 4xx with a precise message, counted in ``/metrics`` and written with its reason to
