@@ -12,7 +12,8 @@ one, what does it depend on -- (a) the last action ("keep going"), (b) the initi
 * directions -- ``left/right`` (x), ``forward/further/farther/back/closer`` (y),
   ``up/higher/raise/down/lower`` (z), each with a quantised magnitude: ``a tiny bit``,
   ``slightly``, ``a touch`` = 0.5 unit; ``a little``, ``a bit`` = 1; none = 2; ``much``,
-  ``a lot``, ``way``, ``far`` = 4. Several joined by ``and``/``,``/``then`` add up. Skill-level, no dependency.
+  ``a lot``, ``way``, ``far`` = 4. Several joined by ``and``/``,``/``then`` add up.
+  Skill-level, no dependency.
 * ``keep going`` / ``more`` / ``continue`` / ``again`` -- skill-level, the last action.
 * ``start over`` / ``from the start`` / ``like at first`` -- skill-level, the initial action.
 * ``it dropped`` / ``it fell`` / ``you missed it`` / ``that failed`` -- skill-level, a failure.

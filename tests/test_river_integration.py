@@ -157,7 +157,7 @@ def test_bad_features_get_clear_errors():
 
 
 def test_bad_constructor_arguments():
-    with pytest.raises(ValueError, match="unknown strategy 'ewc'; available: er, er_ace, "):
+    with pytest.raises(ValueError, match="unknown strategy 'ewc'; available: droc, er, er_ace, "):
         RiverClassifier("ewc")
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         RiverClassifier(batch_size=0)
