@@ -20,8 +20,10 @@ instances of the same classes (240 tasks a round). Variants:
 * ``all_history`` -- every finished task's parameters kept; retrieval by text only (the most
   relevant task text, the most recent among equals), no image;
 * ``droc`` -- :class:`~streamkd.memory.CorrectionMemory`: each finished task's final
-  parameters and plan step stored under its text and the object's image embedding, merged at
-  once into its visual cluster (``distill()``: offsets averaged); retrieval by the cascade
+  parameters stored under its text and the object's image embedding, merged at once into
+  its visual cluster (``distill()``: offsets averaged); a plan-level correction stored as a
+  natural-language constraint tied to the object's image (category "<verb>/plan"), joining
+  the plan when a new object's image is near (cosine >= 0.5); retrieval by the cascade
   category -> text -> image. The image encoder -- one fixed camera for every seed -- is a
   frozen, untrained reduced ResNet18 (initialised with seed 0) with centred features:
   streamkd ships no pretrained image model; DROC uses DINOv2.
@@ -70,6 +72,7 @@ VERBS = ["push", "lift", "open"]
 AXIS_WORDS = [("left", "right"), ("back", "forward"), ("lower", "higher")]
 TOLERANCE, NOISE, MAX_TURNS = 0.75, 0.2, 12
 PLAN_STEP = "clear the space around it"
+PLAN_MATCH = 0.5  # a stored constraint joins the plan when its object's image is this near
 MERGE = 0.8  # centred embeddings: same-tone pairs ~0.9, other-tone ~-0.8 (median cosines)
 TONE_SHARE = 0.25  # the darkest and the brightest quarter of each class
 
@@ -197,24 +200,33 @@ def manipulation(
                 start, has_plan = history[best][1].copy(), history[best][2]
             elif variant == "droc" and len(memory):
                 t0 = time.perf_counter()
-                found = memory.retrieve(v, visual[i], text_vec[task], k=1)
+                found = memory.retrieve(v, visual[i], text_vec[task], k=1)  # skill knowledge
                 retrieval_ms.append(1000 * (time.perf_counter() - t0))
                 for hit in found:
                     memory.touch(hit.entry.id)
-                    start = np.asarray(hit.entry.value[:3], dtype=np.float64)
-                    has_plan = bool(hit.entry.value[3])
+                    start = np.asarray(hit.entry.value, dtype=np.float64)
+                # plan knowledge, DROC's other list: a constraint tied to an object's image
+                for hit in memory.retrieve(f"{v}/plan", visual[i], text_vec[task], k=1):
+                    if hit.image_similarity >= PLAN_MATCH:
+                        memory.touch(hit.entry.id)
+                        has_plan = True
             count = 0
             plan = needs_plan[(v, c, t)]
-            if plan and not has_plan:  # "clear the space around it first": plan level
-                assert classifier.classify(f"{PLAN_STEP} first").level == "plan"
+            if plan and not has_plan:  # the user: "clear the space around it first"
+                said = classifier.classify(f"{PLAN_STEP} first")
+                assert said.level == "plan" and said.kind == "constraint"
                 count += 1
+                if variant == "droc":  # a natural-language constraint, with the object's image
+                    memory.add(
+                        f"{v}/plan", task, text_vec[task], visual[i], "constraint", said.text
+                    )
             turns, final = run_task(start, truth[(v, c, t)] + noise, classifier)
             count += turns
             per_round[r] += count
             if variant == "all_history":
                 history.append((text_vec[task], final, plan))
-            elif variant == "droc":  # a finished task's parameters and plan, distilled
-                memory.add(v, task, text_vec[task], visual[i], "offset", [*final, float(plan)])
+            elif variant == "droc":  # a finished task's parameters, distilled
+                memory.add(v, task, text_vec[task], visual[i], "offset", list(final))
                 memory.distill()  # merged into its visual cluster's average at once
         results[variant] = (per_round / (len(schedule) / rounds)).round(3).tolist()
     return results, retrieval_ms

@@ -69,7 +69,7 @@ class DROC(Strategy):
         match_similarity: visual cosine at or above which a stored correction applies
         apply: override (the corrected label wins) or blend (adds blend to its score)
         blend: score added to a matched correction's label when apply is blend
-        capacity: corrections the memory holds (least recently useful evicted)
+        capacity: corrections the memory holds (the least recently applied evicted)
         text_encoder_kind: auto, minilm or hashing (embeds the corrections' texts)
         class_names: names a correction may use ("that is a cat"); digits always work
         """
@@ -88,7 +88,18 @@ class DROC(Strategy):
             raise ValueError(
                 f"droc got unknown argument(s) {unknown}; base-only ones go in base_args"
             )
-        get_strategy(base)  # a clear error for an unknown name
+        base_cls = get_strategy(base)  # a clear error for an unknown name
+        layout = ("head", "head_scale", "default_nf")
+        if any(getattr(base_cls, a) != getattr(DROC, a) for a in layout):
+            raise ValueError(
+                f"droc builds its model with a {DROC.head} head (scale {DROC.head_scale}, "
+                f"ResNet width {DROC.default_nf}); {base} expects a {base_cls.head} head "
+                f"(scale {base_cls.head_scale}, width {base_cls.default_nf}): wrap naive, er, "
+                "er_ace, mir or scr"
+            )
+        clash = sorted(set(base_args or {}) & set(shared))
+        if clash:
+            raise ValueError(f"droc: {clash} given both as arguments and in base_args")
         self.base = make_strategy(base, model, **shared, **(base_args or {}))
         self.hparams = {**self.base.hparams, **self.__dict__.pop("_arguments", {})}
         self.hparams.pop("shared", None)
@@ -112,7 +123,19 @@ class DROC(Strategy):
     @torch.no_grad()
     def predict(self, x) -> torch.Tensor:
         scores = self.base.predict(x)
-        return self._apply(scores, self._embed(x))[0]
+        if LABEL not in self.memory.categories():  # nothing stored: no extra forward pass
+            return scores
+        scores, applied = self._apply(scores, self._embed(x))
+        for knowledge in applied:
+            if knowledge is not None:
+                self.memory.touch(knowledge["entry"])  # useful: last to be evicted
+        return scores
+
+    def scores(self, x) -> torch.Tensor:
+        return self.base.scores(x)
+
+    def prepare(self, batch: Batch):
+        return self.base.prepare(batch)
 
     def predictor(self):
         return DROCPredictor(
@@ -152,15 +175,11 @@ class DROC(Strategy):
             raise CorrectionError(
                 f"label {label} is out of range (expected [0, {self.base.max_classes - 1}])"
             )
-        entry = self.memory.add(
-            LABEL,
-            task or text,
-            self.encoder.encode([task or text])[0],
-            self._embed(x)[0],
-            "label",
-            label,
-        )
+        visual = self._embed(x)[0]
         step = self.base.observe(Batch(x, torch.tensor([label])))  # into the weights, too
+        entry = self.memory.add(
+            LABEL, task or text, self.encoder.encode([task or text])[0], visual, "label", label
+        )
         self.corrections += 1
         return {
             "level": correction.level,
@@ -181,8 +200,8 @@ class DROC(Strategy):
 
     def _one_input(self, x) -> torch.Tensor:
         spec = self.base.input_spec
-        if not isinstance(x, torch.Tensor):
-            raise InvalidBatchError("correct() takes the input as a tensor")
+        if not isinstance(x, torch.Tensor) or x.dim() == 0:
+            raise InvalidBatchError("correct() takes one input as a tensor of the model's shape")
         if isinstance(spec, tuple) and tuple(x.shape) == spec:
             x = x.unsqueeze(0)
         if len(x) != 1:
@@ -210,10 +229,13 @@ class DROC(Strategy):
         state = self.base.state_dict()
         state["base"] = state["strategy"]
         state["strategy"] = self.name
+        center = self.visual_center
         state["droc"] = {
             "memory": self.memory.state_dict(),
             "corrections": self.corrections,
-            "visual_center": self.visual_center,
+            "visual": {k: v.detach().cpu().clone() for k, v in self.visual.state_dict().items()},
+            "visual_center": None if center is None else center.detach().cpu().clone(),
+            "text_encoder": self.encoder.name,
         }
         return state
 
@@ -223,10 +245,18 @@ class DROC(Strategy):
                 f"state is for strategy {state['strategy']!r} over {state.get('base')!r}; "
                 f"this is {self.name!r} over {self.base.name!r}"
             )
+        droc = state["droc"]
+        if droc["text_encoder"] != self.encoder.name:  # its embeddings would not compare
+            raise ValueError(
+                f"the checkpoint's corrections were embedded by {droc['text_encoder']!r}; "
+                f"this learner's text encoder is {self.encoder.name!r} (text_encoder_kind)"
+            )
         self.base.load_state_dict({**state, "strategy": self.base.name})
-        self.memory.load_state_dict(state["droc"]["memory"])
-        self.corrections = int(state["droc"]["corrections"])
-        self.visual_center = state["droc"]["visual_center"]
+        self.visual.load_state_dict(droc["visual"])
+        self.memory.load_state_dict(droc["memory"])
+        self.corrections = int(droc["corrections"])
+        center = droc["visual_center"]
+        self.visual_center = None if center is None else center.to(self.base.device)
 
     # the base's state, read and written through (the evaluator and daemon use these)
     def train_mode(self, training: bool) -> None:
@@ -294,6 +324,8 @@ class DROCPredictor:
         self.apply, self.blend, self.match_similarity = apply, blend, match_similarity
 
     def predict_with_knowledge(self, x):
+        if LABEL not in self.memory.categories():
+            return self.base(x), [None] * len(x)
         visual = visual_embedding(self.visual, self.center, x, self.device)
         return apply_memory(
             self.base(x), visual, self.memory, self.apply, self.blend, self.match_similarity

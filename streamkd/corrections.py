@@ -49,6 +49,42 @@ AXES = {
 }
 TINY, SMALL, MEDIUM, LARGE = 0.5, 1.0, 2.0, 4.0
 _TINY = re.compile(r"\b(a tiny bit|tiny|slightly|a touch)\b")
+# words a movement correction may hold besides directions ("move your hand a bit to the left")
+MOTION_WORDS = frozenset(
+    [
+        "please",
+        "ok",
+        "okay",
+        "now",
+        "no",
+        "move",
+        "go",
+        "grasp",
+        "grab",
+        "reach",
+        "it",
+        "your",
+        "the",
+        "hand",
+        "gripper",
+        "arm",
+        "to",
+        "a",
+        "an",
+        "bit",
+        "little",
+        "tiny",
+        "slightly",
+        "touch",
+        "much",
+        "lot",
+        "way",
+        "far",
+        "more",
+        "even",
+        "just",
+    ]
+)
 _SMALL = re.compile(r"\b(a little|a bit|little|bit)\b")
 _LARGE = re.compile(r"\b(much|a lot|lot|way|far)\b")
 _LAST = re.compile(r"^(keep going|more|continue|again|same again|a bit more|go on)$")
@@ -134,9 +170,9 @@ class RuleClassifier:
                 intensified = any(w in ("further", "farther") for w in words)
                 words = [w for w in words if w not in ("further", "farther")]
             axes = [AXES[w] for w in words if w in AXES]
+            if any(w not in AXES and w not in MOTION_WORDS for w in words):
+                return None  # other words ("pick up the cup first"): not a movement
             if not axes:
-                if part and not _filler(part):
-                    return None  # a part that is not a direction: not this kind
                 continue
             if _TINY.search(part):
                 size = TINY
@@ -148,7 +184,3 @@ class RuleClassifier:
                 total[axis] += sign * size
             found = True
         return tuple(total) if found else None
-
-
-def _filler(part: str) -> bool:
-    return part in ("please", "ok", "okay", "now", "no", "move", "go")

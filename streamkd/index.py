@@ -1,7 +1,8 @@
 """VectorIndex: one wrapper over FAISS with stable int64 ids.
 
 FAISS is imported after torch (both bundle an OpenMP runtime; torch first avoids the known
-clash) and its thread count is set once, here, from ``STREAMKD_FAISS_THREADS`` or torch's.
+clash); its thread count, from ``STREAMKD_FAISS_THREADS`` or torch's, is set in the searching
+thread at each search (OpenMP's count is per thread).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from streamkd.atomic import atomic_path
 # isort: split
 import faiss  # after torch, always
 
-faiss.omp_set_num_threads(int(os.environ.get("STREAMKD_FAISS_THREADS", torch.get_num_threads())))
+FAISS_THREADS = int(os.environ.get("STREAMKD_FAISS_THREADS", torch.get_num_threads()))
 
 METRICS = ("ip", "l2")
 
@@ -156,13 +157,11 @@ class VectorIndex:
 @contextlib.contextmanager
 def _threads_for(n_queries: int):
     """A few queries are scanned on one thread: OpenMP's fork-join costs more than it saves
-    (one query over 100,000 x 128 floats: 2 ms on one thread, 6 ms on two)."""
-    if n_queries >= 16:
-        yield
-        return
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
+    (one query over 100,000 x 128 floats: 2 ms on one thread, 6 ms on two); more queries on
+    ``FAISS_THREADS``. OpenMP's count belongs to the calling thread: set at every search."""
+    before = faiss.omp_get_max_threads()  # restored: torch may share the OpenMP runtime
+    faiss.omp_set_num_threads(FAISS_THREADS if n_queries >= 16 else 1)
     try:
         yield
     finally:
-        faiss.omp_set_num_threads(threads)
+        faiss.omp_set_num_threads(before)

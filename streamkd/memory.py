@@ -132,7 +132,15 @@ class CorrectionMemory:
         text_vec = _row(text_embedding, self.text_dim, "text_embedding")
         visual_vec = _row(visual_embedding, self.visual_dim, "visual_embedding")
         if kind == "offset":
+            if isinstance(value, str) or not hasattr(value, "__len__"):
+                raise ValueError(f"an offset is a sequence of numbers, got {value!r}")
             value = [float(v) for v in value]
+        elif kind == "label":
+            if not isinstance(value, str | int | np.integer) or isinstance(value, bool):
+                raise ValueError(f"a label is an int or a string, got {value!r}")
+            value = value if isinstance(value, str) else int(value)
+        elif not isinstance(value, str):
+            raise ValueError(f"a constraint is text, got {value!r}")
         while len(self.entries) >= self.capacity:
             self.evict(1)
         self.clock += 1
@@ -174,6 +182,9 @@ class CorrectionMemory:
         self._next_text_id = 0
 
     def remove(self, ids: list[int]) -> None:
+        missing = [i for i in ids if int(i) not in self.entries]
+        if missing:
+            raise KeyError(f"no entries {missing[:10]} in the memory")
         for id_ in ids:
             entry = self.entries.pop(int(id_))
             key = (entry.category, entry.text)
@@ -188,6 +199,8 @@ class CorrectionMemory:
 
     def evict(self, n: int = 1) -> list[int]:
         """Remove the ``n`` least recently useful entries (then the least used, the oldest)."""
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
         order = sorted(self.entries.values(), key=lambda e: (e.last_used, e.uses, e.created))
         gone = [e.id for e in order[:n]]
         self.remove(gone)
@@ -246,7 +259,7 @@ class CorrectionMemory:
         """The image stage alone, for a batch of queries without text (a classifier's
         inputs): per row, the nearest entry of ``category`` and its cosine similarity."""
         self.clock += 1
-        visual = np.asarray(visual_embeddings, dtype=np.float32)
+        visual = np.asarray(visual_embeddings, dtype=np.float32).reshape(-1, self.visual_dim)
         if category not in self._visual:
             return [float("-inf")] * len(visual), [None] * len(visual)
         sims, ids = self._visual[category].search(visual, 1)
@@ -260,8 +273,9 @@ class CorrectionMemory:
         merged = 0
         groups: dict[tuple[str, str, str], list[MemoryEntry]] = {}
         for entry in sorted(self.entries.values(), key=lambda e: e.id):
-            groups.setdefault((entry.category, entry.kind, entry.text), []).append(entry)
-        for (category, _kind, _text), members in groups.items():
+            width = len(entry.value) if entry.kind == "offset" else 0  # offsets merge alike
+            groups.setdefault((entry.category, entry.kind, entry.text, width), []).append(entry)
+        for (category, *_), members in groups.items():
             if len(members) < 2:
                 continue
             visual = self._visual[category]

@@ -34,6 +34,15 @@ from streamkd.memory import CorrectionMemory
         ("No, it's the red pen.", "plan", "none", "label", "red pen"),
         ("that's a 7", "plan", "none", "label", "7"),
         ("open the fridge first", "plan", "none", "constraint", ("open the fridge", None)),
+        ("pick up the cup first", "plan", "none", "constraint", ("pick up the cup", None)),
+        ("move your hand a bit to the left", "skill", "none", "offset", (-1.0, 0.0, 0.0)),
+        (
+            "open the drawer before moving left",
+            "plan",
+            "none",
+            "constraint",
+            ("open the drawer", "moving left"),
+        ),
         (
             "do open the drawer before putting the cup in",
             "plan",
@@ -197,6 +206,17 @@ def test_bad_memory_input_is_refused_and_changes_nothing():
         with pytest.raises(ValueError, match=words):
             bad()
     assert len(mem) == 0 and mem._next_id == 0
+    mem.add("c", "x", text, np.ones(4), "label", np.int64(3))  # numpy ints are kept as int
+    assert mem.entries[0].value == 3 and type(mem.entries[0].value) is int
+    for bad, error, words in [
+        (lambda: mem.remove([0, 7]), KeyError, "no entries"),
+        (lambda: mem.evict(-1), ValueError, "n must be >= 0"),
+        (lambda: mem.add("c", "x", text, np.ones(4), "offset", 1.5), ValueError, "sequence"),
+        (lambda: mem.add("c", "x", text, np.ones(4), "label", 2.5), ValueError, "int or a"),
+    ]:
+        with pytest.raises(error, match=words):
+            bad()
+    assert list(mem.entries) == [0]
 
 
 # -- the droc strategy ---------------------------------------------------------------------------
@@ -267,3 +287,28 @@ def test_droc_resumes_bit_for_bit_from_a_checkpoint(tmp_path):
     x = batches[0][1].x
     assert torch.equal(droc.predict(x), resumed.predict(x))
     assert len(resumed.memory) == 3 and resumed.corrections == 3
+
+
+def test_droc_refuses_a_base_whose_model_it_cannot_build():
+    from streamkd.experiment import make_model, make_strategy, make_stream
+
+    model = make_model(make_stream("split-digits"), seed=0, strategy="droc")
+    for base, words in [("pcr", "expects a cosine head"), ("droc", "cannot wrap droc")]:
+        with pytest.raises(ValueError, match=words):
+            make_strategy("droc", model, base=base, text_encoder_kind="hashing")
+
+
+def test_droc_checkpoints_its_visual_encoder_and_refuses_another_text_encoder(tmp_path):
+    droc, stream = _droc()
+    batch = next(iter(stream))
+    droc.observe(batch)
+    droc.calibrate(batch.x)
+    droc.correct(batch.x[0], "that is a 3")
+    state = droc.state_dict()
+    other, _ = _droc(seed=5)  # another initial backbone: loading brings the saved one back
+    other.load_state_dict(state)
+    assert torch.equal(droc.predict(batch.x), other.predict(batch.x))
+    assert np.allclose(droc._embed(batch.x), other._embed(batch.x))
+    state["droc"]["text_encoder"] = "all-MiniLM-L6-v2"
+    with pytest.raises(ValueError, match="embedded by 'all-MiniLM-L6-v2'"):
+        other.load_state_dict(state)

@@ -410,10 +410,13 @@ def create_app(service: Service):
         call = functools.partial(service.learner.call, "correct", (x, text), 60.0)
         ok, result = await loop.run_in_executor(None, call)
         if not ok:
-            return JSONResponse({"error": f"correction not applied: {result}"}, status_code=503)
+            return JSONResponse(  # a timed-out call may still be applied: say so
+                {"error": f"correction not confirmed ({result}); check before re-sending"},
+                status_code=503,
+            )
         if "refused" in result:
             raise service.refuse(422, result["refused"], raw, "correct")
-        return {"stored": result}
+        return JSONResponse(strict_json({"stored": result}))
 
     @app.get("/health")
     async def health():

@@ -224,6 +224,7 @@ class Learner:
         self.finished = threading.Event()
         self.error: BaseException | None = None
         self._stop = threading.Event()
+        self._calls_lock = threading.Lock()
         self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future]] = queue.SimpleQueue()
         self._next_checkpoint = checkpoint_every
         self.publications = 0
@@ -284,10 +285,11 @@ class Learner:
         single writer: a checkpoint on request, a correction); returns its future. Calls
         still pending when the learner stops fail with :class:`RuntimeError`."""
         future: Future = Future()
-        if self.finished.is_set():
-            future.set_exception(RuntimeError("the learner has stopped"))
-        else:
-            self._calls.put((call, future))
+        with self._calls_lock:  # never queued after the final drain
+            if self.finished.is_set():
+                future.set_exception(RuntimeError("the learner has stopped"))
+            else:
+                self._calls.put((call, future))
         return future
 
     def _run_calls(self) -> None:
@@ -299,8 +301,10 @@ class Learner:
             if future.set_running_or_notify_cancel():
                 try:
                     future.set_result(call())
-                except Exception as err:  # noqa: BLE001 - the caller gets it
+                except BaseException as err:  # noqa: BLE001 - the caller gets it
                     future.set_exception(err)
+                    if not isinstance(err, Exception):
+                        raise
 
     # -- the loop ----------------------------------------------------------------------------
     def stop(self) -> None:
@@ -327,7 +331,8 @@ class Learner:
             log.exception("the learner stopped on an error")
             raise
         finally:
-            self.finished.set()
+            with self._calls_lock:
+                self.finished.set()
             while True:  # nothing runs after the final checkpoint: pending calls fail
                 try:
                     _, future = self._calls.get_nowait()
@@ -445,6 +450,7 @@ class Replica:
         self.last_checkpoint_step: int | None = None
         self.last_checkpoint_time = time.time()
         self.loaded_path: Path | None = None
+        self._loaded: tuple | None = None  # (path, mtime, size): a rewritten step is new too
         self.step_seconds: deque[float] = deque()
         self.finished = threading.Event()
         self.error: BaseException | None = None
@@ -455,7 +461,14 @@ class Replica:
     def refresh(self) -> bool:
         """Load the newest good checkpoint if it is not the one loaded; True if swapped."""
         paths = self.checkpointer.paths()
-        if not paths or paths[0] == self.loaded_path:
+        if not paths:
+            return False
+        try:
+            stat = paths[0].stat()
+        except OSError:  # rotated away meanwhile: the next poll
+            return False
+        signature = (paths[0], stat.st_mtime_ns, stat.st_size)
+        if signature == self._loaded:  # e.g. a correction rewrites ckpt-<same step>
             return False
         state = self.checkpointer.load_latest()
         if state is None:
@@ -465,7 +478,7 @@ class Replica:
         self.counters = Counters(**state["counters"])
         self.last_checkpoint_step = int(state["step"])
         self.last_checkpoint_time = time.time()
-        self.loaded_path = paths[0]
+        self.loaded_path, self._loaded = paths[0], signature
         self.predictor = Predictor(self.strategy.predictor(), self.counters.events_learned)
         log.info("replica now serves %s (%d events learned)", paths[0].name, state["step"])
         return True
