@@ -23,7 +23,7 @@ instances of the same classes (240 tasks a round). Variants:
   parameters stored under its text and the object's image embedding, merged at once into
   its visual cluster (``distill()``: offsets averaged); a plan-level correction stored as a
   natural-language constraint tied to the object's image (category "<verb>/plan"), joining
-  the plan when a new object's image is near (cosine >= 0.5); retrieval by the cascade
+  the plan when a new object's image is alike (cosine >= 0); retrieval by the cascade
   category -> text -> image. The image encoder -- one fixed camera for every seed -- is a
   frozen, untrained reduced ResNet18 (initialised with seed 0) with centred features:
   streamkd ships no pretrained image model; DROC uses DINOv2.
@@ -72,7 +72,7 @@ VERBS = ["push", "lift", "open"]
 AXIS_WORDS = [("left", "right"), ("back", "forward"), ("lower", "higher")]
 TOLERANCE, NOISE, MAX_TURNS = 0.75, 0.2, 12
 PLAN_STEP = "clear the space around it"
-PLAN_MATCH = 0.5  # a stored constraint joins the plan when its object's image is this near
+PLAN_MATCH = 0.0  # a stored constraint joins the plan when its object looks alike (cosine > 0)
 MERGE = 0.8  # centred embeddings: same-tone pairs ~0.9, other-tone ~-0.8 (median cosines)
 TONE_SHARE = 0.25  # the darkest and the brightest quarter of each class
 
@@ -228,7 +228,7 @@ def manipulation(
             elif variant == "droc":  # a finished task's parameters, distilled
                 memory.add(v, task, text_vec[task], visual[i], "offset", list(final))
                 memory.distill()  # merged into its visual cluster's average at once
-        results[variant] = (per_round / (len(schedule) / rounds)).round(3).tolist()
+        results[variant] = (per_round / (len(schedule) / rounds)).round(4).tolist()
     return results, retrieval_ms
 
 
@@ -362,7 +362,8 @@ def main() -> None:
         retrieval_ms += ms
         for k, v in classification(seed, args.data_dir, n=args.classification_objects).items():
             classes[k].append(v)
-    mean = {k: np.mean(v, axis=0).round(3).tolist() for k, v in variants.items()}
+    exact = {k: np.mean(v, axis=0) for k, v in variants.items()}  # the checks: unrounded
+    mean = {k: v.round(4).tolist() for k, v in exact.items()}
     visual_dim = camera(0, args.data_dir)(torch.zeros(1, 3, 32, 32, dtype=torch.uint8)).shape[1]
     result = {
         "seeds": seeds,
@@ -381,10 +382,10 @@ def main() -> None:
         },
     }
     result["checks"] = {
-        "droc_round1_at_most_half_of_none": mean["droc"][0] <= 0.5 * mean["none"][0],
-        "droc_round3_at_most_10pct_of_its_round1": mean["droc"][2] <= 0.1 * mean["droc"][0],
+        "droc_round1_at_most_half_of_none": exact["droc"][0] <= 0.5 * exact["none"][0],
+        "droc_round3_at_most_10pct_of_its_round1": exact["droc"][2] <= 0.1 * exact["droc"][0],
         "droc_beats_all_history_on_novel_instances": all(
-            d < a for d, a in zip(mean["droc"][1:], mean["all_history"][1:], strict=True)
+            d < a for d, a in zip(exact["droc"][1:], exact["all_history"][1:], strict=True)
         ),
     }
     print(json.dumps(result, indent=1))
