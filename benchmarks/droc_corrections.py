@@ -382,8 +382,8 @@ def main() -> None:
         },
     }
     result["checks"] = {
-        "droc_round1_at_most_half_of_none": exact["droc"][0] <= 0.5 * exact["none"][0],
-        "droc_round3_at_most_10pct_of_its_round1": exact["droc"][2] <= 0.1 * exact["droc"][0],
+        "droc_round1_at_most_half_of_none": bool(exact["droc"][0] <= 0.5 * exact["none"][0]),
+        "droc_round3_at_most_10pct_of_its_round1": bool(exact["droc"][2] <= 0.1 * exact["droc"][0]),
         "droc_beats_all_history_on_novel_instances": all(
             d < a for d, a in zip(exact["droc"][1:], exact["all_history"][1:], strict=True)
         ),
