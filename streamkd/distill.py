@@ -1,0 +1,99 @@
+"""Distillation losses, in one place: strategies pick from here and keep no copies.
+
+* :func:`forward_kl` -- ``KL(p_t || p_s)`` (Hinton et al. 2015): the student covers every mode
+  of the teacher (mean-seeking).
+* :func:`reverse_kl` -- ``KL(p_s || p_t)``: the student concentrates where the teacher is
+  confident (mode-seeking).
+* :func:`binary_kd` -- CTR distillation: ``BCE(sigmoid(z_t / T), sigmoid(z_s / T))`` with the
+  teacher's probability as the soft target (SUAN's online distillation term).
+* :func:`symmetric_info_nce` -- CLIP's contrastive alignment of two embedding batches whose
+  rows pair up (a student's embeddings to a frozen teacher's).
+
+KL terms take logits, soften both sides by the temperature ``T`` and scale by ``T**2`` so
+their gradients keep the size of the hard-label loss's (Hinton et al.). Nothing is detached
+here: pass ``teacher.detach()`` where the teacher must not learn from the term. Every loss
+returns per-sample values with ``reduction="none"``, else their mean.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+REDUCTIONS = ("mean", "none")
+
+
+def forward_kl(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0, reduction="mean"
+) -> Tensor:
+    """``T^2 * KL(softmax(z_t/T) || softmax(z_s/T))`` per sample (rows are samples)."""
+    log_s, log_t = _log_probs(student_logits, teacher_logits, temperature)
+    per_sample = (log_t.exp() * (log_t - log_s)).sum(1) * temperature**2
+    return _reduce(per_sample, reduction)
+
+
+def reverse_kl(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0, reduction="mean"
+) -> Tensor:
+    """``T^2 * KL(softmax(z_s/T) || softmax(z_t/T))`` per sample."""
+    log_s, log_t = _log_probs(student_logits, teacher_logits, temperature)
+    per_sample = (log_s.exp() * (log_s - log_t)).sum(1) * temperature**2
+    return _reduce(per_sample, reduction)
+
+
+def binary_kd(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0, reduction="mean"
+) -> Tensor:
+    """Binary cross-entropy of the student's softened click probability against the
+    teacher's: ``BCE(sigmoid(z_t/T), sigmoid(z_s/T))`` per sample (logits of shape ``(n,)``).
+    Not scaled by ``T^2``: the form SUAN's online distillation weighs with its own lambda."""
+    _check(student_logits, teacher_logits, temperature)
+    target = torch.sigmoid(teacher_logits / temperature)
+    per_sample = F.binary_cross_entropy_with_logits(
+        student_logits / temperature, target, reduction="none"
+    )
+    return _reduce(per_sample, reduction)
+
+
+def symmetric_info_nce(a: Tensor, b: Tensor, temperature: float = 0.07, reduction="mean"):
+    """CLIP's loss: rows ``a[i]`` and ``b[i]`` are a positive pair, every other row of the
+    batch a negative; cross-entropy over cosine similarities / ``temperature``, both ways,
+    averaged."""
+    if a.dim() != 2 or a.shape != b.shape:
+        raise ValueError(f"expected two (n, d) batches of one shape, got {a.shape} and {b.shape}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    logits = F.normalize(a, dim=1) @ F.normalize(b, dim=1).T / temperature
+    target = torch.arange(len(a), device=a.device)
+    per_sample = 0.5 * (
+        F.cross_entropy(logits, target, reduction="none")
+        + F.cross_entropy(logits.T, target, reduction="none")
+    )
+    return _reduce(per_sample, reduction)
+
+
+def _log_probs(student: Tensor, teacher: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    _check(student, teacher, temperature)
+    if student.dim() != 2:
+        raise ValueError(f"expected (n, classes) logits, got shape {tuple(student.shape)}")
+    return (
+        F.log_softmax(student / temperature, dim=1),
+        F.log_softmax(teacher / temperature, dim=1),
+    )
+
+
+def _check(student: Tensor, teacher: Tensor, temperature: float) -> None:
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"student and teacher logits differ in shape: {tuple(student.shape)} vs "
+            f"{tuple(teacher.shape)}"
+        )
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+
+
+def _reduce(per_sample: Tensor, reduction: str) -> Tensor:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return per_sample.mean() if reduction == "mean" else per_sample

@@ -1,0 +1,73 @@
+"""Distillation losses against values computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from streamkd.distill import binary_kd, forward_kl, reverse_kl, symmetric_info_nce
+
+TEACHER = torch.tensor([[0.0, 0.0]])  # p_t = (0.5, 0.5)
+STUDENT = torch.tensor([[math.log(0.8), math.log(0.2)]])  # p_s = (0.8, 0.2)
+
+
+def test_forward_kl_is_kl_of_teacher_to_student():
+    expected = 0.5 * math.log(0.5 / 0.8) + 0.5 * math.log(0.5 / 0.2)  # 0.2231
+    assert float(forward_kl(STUDENT, TEACHER)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_reverse_kl_is_kl_of_student_to_teacher():
+    expected = 0.8 * math.log(0.8 / 0.5) + 0.2 * math.log(0.2 / 0.5)  # 0.1927
+    assert float(reverse_kl(STUDENT, TEACHER)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_temperature_softens_both_sides_and_scales_by_its_square():
+    t = 2.0
+    p_s = torch.softmax(STUDENT / t, 1)[0].tolist()
+    expected = t**2 * sum(0.5 * math.log(0.5 / q) for q in p_s)
+    assert float(forward_kl(STUDENT, TEACHER, temperature=t)) == pytest.approx(expected, abs=1e-6)
+    same = torch.tensor([[1.0, -2.0, 0.5]])
+    assert float(forward_kl(same, same)) == pytest.approx(0.0, abs=1e-7)
+    assert float(reverse_kl(same, same)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_binary_kd_is_bce_against_the_teachers_probability():
+    z_s, z_t = torch.tensor([math.log(4.0)]), torch.tensor([0.0])  # 0.8 against 0.5
+    expected = -(0.5 * math.log(0.8) + 0.5 * math.log(0.2))  # 0.9163
+    assert float(binary_kd(z_s, z_t)) == pytest.approx(expected, abs=1e-6)
+    per = binary_kd(torch.tensor([0.0, 2.0]), torch.tensor([0.0, 2.0]), reduction="none")
+    assert per.shape == (2,)
+
+
+def test_symmetric_info_nce_on_matched_unit_pairs():
+    eye = torch.eye(2)
+    expected = math.log(1 + math.exp(-1))  # each row: -log(e / (e + 1))
+    assert float(symmetric_info_nce(eye, eye, temperature=1.0)) == pytest.approx(expected, 1e-6)
+    swapped = eye.flip(0)  # every pair is the other row's: the loss grows
+    assert float(symmetric_info_nce(eye, swapped, temperature=1.0)) > expected
+
+
+def test_the_gradient_reaches_the_student_and_the_teacher_only_when_not_detached():
+    s = torch.randn(4, 3, requires_grad=True)
+    t = torch.randn(4, 3, requires_grad=True)
+    forward_kl(s, t.detach()).backward()
+    assert s.grad is not None and t.grad is None
+    reverse_kl(s, t).backward()
+    assert t.grad is not None
+
+
+@pytest.mark.parametrize(
+    ("call", "words"),
+    [
+        (lambda: forward_kl(torch.zeros(2, 3), torch.zeros(2, 4)), "differ in shape"),
+        (lambda: reverse_kl(torch.zeros(2, 3), torch.zeros(2, 3), temperature=0), "positive"),
+        (lambda: forward_kl(torch.zeros(3), torch.zeros(3)), "(n, classes)"),
+        (lambda: binary_kd(torch.zeros(2), torch.zeros(2), reduction="sum"), "reduction"),
+        (lambda: symmetric_info_nce(torch.zeros(2, 3), torch.zeros(3, 3)), "one shape"),
+    ],
+)
+def test_bad_arguments_get_clear_errors(call, words):
+    with pytest.raises(ValueError, match=words):
+        call()
