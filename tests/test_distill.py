@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from streamkd.distill import binary_kd, forward_kl, reverse_kl, symmetric_info_nce
+from streamkd.distill import (
+    bd_kd,
+    binary_bd_kd,
+    binary_kd,
+    forward_kl,
+    reverse_kl,
+    symmetric_info_nce,
+)
 
 TEACHER = torch.tensor([[0.0, 0.0]])  # p_t = (0.5, 0.5)
 STUDENT = torch.tensor([[math.log(0.8), math.log(0.2)]])  # p_s = (0.8, 0.2)
@@ -31,6 +38,38 @@ def test_temperature_softens_both_sides_and_scales_by_its_square():
     same = torch.tensor([[1.0, -2.0, 0.5]])
     assert float(forward_kl(same, same)) == pytest.approx(0.0, abs=1e-7)
     assert float(reverse_kl(same, same)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_bd_kd_weighs_the_two_divergences_by_the_entropy_gap():
+    h_s = -(0.8 * math.log(0.8) + 0.2 * math.log(0.2)) / math.log(2)  # 0.7219
+    w_reverse = (1 + h_s - 1.0) / 2  # the teacher is uniform: H_t = 1
+    fkl = 0.5 * math.log(0.5 / 0.8) + 0.5 * math.log(0.5 / 0.2)
+    rkl = 0.8 * math.log(0.8 / 0.5) + 0.2 * math.log(0.2 / 0.5)
+    expected = (1 - w_reverse) * fkl + w_reverse * rkl  # 0.2121
+    assert float(bd_kd(STUDENT, TEACHER)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_bd_kd_leans_reverse_for_an_underconfident_student_and_forward_for_an_overconfident():
+    teacher = torch.tensor([[3.0, 0.0, 0.0]])
+    flat, sharp = torch.tensor([[0.5, 0.0, 0.0]]), torch.tensor([[9.0, 0.0, 0.0]])
+    for student, leans in ((flat, reverse_kl), (sharp, forward_kl)):
+        other = forward_kl if leans is reverse_kl else reverse_kl
+        mix = float(bd_kd(student, teacher))
+        lean, rest = float(leans(student, teacher)), float(other(student, teacher))
+        # the mix lies nearer the divergence it leans on
+        assert abs(mix - lean) < abs(mix - rest)
+    t = torch.tensor([[1.0, 0.2, -1.0]])
+    s = t[:, [1, 2, 0]]  # the same entropy, another distribution: one half each
+    half = 0.5 * (forward_kl(s, t) + reverse_kl(s, t))
+    assert float(half) > 0.1
+    assert float(bd_kd(s, t)) == pytest.approx(float(half), abs=1e-6)
+
+
+def test_binary_bd_kd_is_bd_kd_over_click_and_no_click():
+    z_s, z_t = torch.tensor([math.log(4.0)]), torch.tensor([0.0])  # 0.8 against 0.5
+    two = torch.tensor([[0.0, math.log(4.0)]]), torch.tensor([[0.0, 0.0]])
+    assert float(binary_bd_kd(z_s, z_t)) == pytest.approx(float(bd_kd(*two)), abs=1e-6)
+    assert float(binary_bd_kd(z_s, z_t)) == pytest.approx(0.2121, abs=1e-4)
 
 
 def test_binary_kd_is_bce_against_the_teachers_probability():
