@@ -14,6 +14,7 @@ from streamkd.streams.cifar10 import split_cifar10
 from streamkd.streams.digits import split_digits
 from streamkd.streams.elec2 import elec2, elec2_fields
 from streamkd.streams.mnist import permuted_mnist, rotated_mnist, split_mnist
+from streamkd.streams.movielens import movielens_ctr
 from streamkd.streams.river import river_stream
 from streamkd.streams.split import (
     SegmentData,
@@ -33,6 +34,10 @@ STREAMS: dict[str, tuple[Callable[..., SegmentedStream], str]] = {
     "elec2-fields": (
         elec2_fields,
         "Elec2 as multi-field batches: period id, market features, last 8 labels",
+    ),
+    "movielens-ctr": (
+        movielens_ctr,
+        "MovieLens-100K ratings as CTR events in time order: history, movie, profile fields",
     ),
     "river:<Name>": (river_stream, "any river dataset or generator, e.g. river:Phishing"),
 }
@@ -54,6 +59,7 @@ __all__ = [
     "class_split_stream",
     "elec2",
     "elec2_fields",
+    "movielens_ctr",
     "get_stream",
     "permuted_mnist",
     "river_stream",
