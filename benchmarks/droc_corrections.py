@@ -46,7 +46,6 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -54,6 +53,7 @@ import torch.nn.functional as F
 
 from streamkd.corrections import RuleClassifier
 from streamkd.encoders import text_encoder
+from streamkd.experiment import write_json
 from streamkd.memory import CorrectionMemory
 
 CLASSES = [
@@ -389,9 +389,7 @@ def main() -> None:
         ),
     }
     print(json.dumps(result, indent=1))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1))
+    write_json(args.json, result)  # atomic, strict JSON; nothing without --json
 
 
 if __name__ == "__main__":

@@ -194,9 +194,10 @@ def main() -> None:
         "cpus": os.cpu_count(),
     }
     print(json.dumps(result, indent=1))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1))
+    if args.json:  # imported here: the load generator itself stays free of torch
+        from streamkd.experiment import write_json
+
+        write_json(args.json, result)  # atomic, strict JSON
 
 
 if __name__ == "__main__":

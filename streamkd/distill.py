@@ -34,8 +34,7 @@ def forward_kl(
 ) -> Tensor:
     """``T^2 * KL(softmax(z_t/T) || softmax(z_s/T))`` per sample (rows are samples)."""
     log_s, log_t = _log_probs(student_logits, teacher_logits, temperature)
-    per_sample = (log_t.exp() * (log_t - log_s)).sum(1) * temperature**2
-    return _reduce(per_sample, reduction)
+    return _reduce(_kl(log_t, log_s) * temperature**2, reduction)
 
 
 def reverse_kl(
@@ -43,8 +42,7 @@ def reverse_kl(
 ) -> Tensor:
     """``T^2 * KL(softmax(z_s/T) || softmax(z_t/T))`` per sample."""
     log_s, log_t = _log_probs(student_logits, teacher_logits, temperature)
-    per_sample = (log_s.exp() * (log_s - log_t)).sum(1) * temperature**2
-    return _reduce(per_sample, reduction)
+    return _reduce(_kl(log_s, log_t) * temperature**2, reduction)
 
 
 def bd_kd(
@@ -63,9 +61,8 @@ def bd_kd(
     norm = math.log(student_logits.shape[1]) if student_logits.shape[1] > 1 else 1.0
     gap = (_entropy(log_s) - _entropy(log_t)).detach() / norm
     w_reverse = (1 + gap.clamp(-1, 1)) / 2
-    forward = (log_t.exp() * (log_t - log_s)).sum(1)
-    reverse = (log_s.exp() * (log_s - log_t)).sum(1)
-    per_sample = ((1 - w_reverse) * forward + w_reverse * reverse) * temperature**2
+    mixed = (1 - w_reverse) * _kl(log_t, log_s) + w_reverse * _kl(log_s, log_t)
+    per_sample = mixed * temperature**2
     return _reduce(per_sample, reduction)
 
 
@@ -108,6 +105,11 @@ def symmetric_info_nce(a: Tensor, b: Tensor, temperature: float = 0.07, reductio
         + F.cross_entropy(logits.T, target, reduction="none")
     )
     return _reduce(per_sample, reduction)
+
+
+def _kl(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """``KL(p || q)`` per row, from log-probabilities."""
+    return (log_p.exp() * (log_p - log_q)).sum(1)
 
 
 def _entropy(log_p: Tensor) -> Tensor:

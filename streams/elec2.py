@@ -17,7 +17,12 @@ import torch
 from torch import Tensor
 
 from streamkd.data import find_data, reading, require_file
-from streamkd.streams.split import SegmentedStream, chronological_stream, period_bounds
+from streamkd.streams.split import (
+    SegmentedStream,
+    batch_starts,
+    chronological_stream,
+    period_bounds,
+)
 from streamkd.types import Field, Inputs, Schema
 
 FEATURES = ("period", "nswprice", "nswdemand", "vicprice", "vicdemand", "transfer")
@@ -79,9 +84,7 @@ FIELDS = {
 
 def _fields(x: Tensor, y: Tensor, bounds: list[int], batch_size: int):
     period = torch.round(x[:, 0] * 47).long()
-    rows = torch.arange(len(y))  # batches start at each period's start, then every batch_size
-    starts = torch.tensor(bounds[:-1])[torch.bucketize(rows, torch.tensor(bounds[1:]), right=True)]
-    batch_start = starts + (rows - starts) // batch_size * batch_size
+    batch_start = torch.from_numpy(batch_starts(bounds, batch_size))
     padded = torch.cat([torch.full((HISTORY,), 2, dtype=torch.long), y])
     recent = padded.unfold(0, HISTORY, 1)[batch_start].contiguous()  # y[start - 8 : start]
     return {"period": period, "market": x[:, 1:].contiguous(), "recent": recent}, FIELDS

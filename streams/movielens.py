@@ -30,7 +30,12 @@ import numpy as np
 import torch
 
 from streamkd.data import DataNotFoundError, find_data, reading
-from streamkd.streams.split import SegmentedStream, chronological_stream, period_bounds
+from streamkd.streams.split import (
+    SegmentedStream,
+    batch_starts,
+    chronological_stream,
+    period_bounds,
+)
 from streamkd.types import Field
 
 GENRES = (
@@ -129,10 +134,7 @@ def movielens_ctr(
         raise ValueError(f"history must be positive, got {history}")
     data = load_movielens(data_dir)
     n = len(data.rating)
-    bounds = period_bounds(n, n_segments)
-    rows = np.arange(n)
-    starts = np.asarray(bounds[:-1])[np.searchsorted(bounds[1:], rows, side="right")]
-    batch_start = starts + (rows - starts) // batch_size * batch_size
+    batch_start = batch_starts(period_bounds(n, n_segments), batch_size)
     past = _history(data.user, batch_start, history)  # (n, history) row ids, -1: padding
     pad = past < 0
     safe = np.where(pad, 0, past)

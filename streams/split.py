@@ -271,6 +271,15 @@ def period_bounds(n: int, n_segments: int) -> list[int]:
     return np.linspace(0, n, n_segments + 1).astype(int).tolist()
 
 
+def batch_starts(bounds: list[int], batch_size: int) -> np.ndarray:
+    """The row at which each row's batch starts in a :func:`chronological_stream` cut at
+    ``bounds``: batches start at each period's start, then every ``batch_size`` rows. A
+    row's features may use what lies before its batch start (labels revealed by then)."""
+    rows = np.arange(bounds[-1])
+    starts = np.asarray(bounds[:-1])[np.searchsorted(bounds[1:], rows, side="right")]
+    return starts + (rows - starts) // batch_size * batch_size
+
+
 def chronological_stream(
     name: str,
     x: Inputs,

@@ -449,7 +449,6 @@ class Replica:
         self.counters = Counters()
         self.last_checkpoint_step: int | None = None
         self.last_checkpoint_time = time.time()
-        self.loaded_path: Path | None = None
         self._loaded: tuple | None = None  # (path, mtime, size): a rewritten step is new too
         self.step_seconds: deque[float] = deque()
         self.finished = threading.Event()
@@ -478,10 +477,14 @@ class Replica:
         self.counters = Counters(**state["counters"])
         self.last_checkpoint_step = int(state["step"])
         self.last_checkpoint_time = time.time()
-        self.loaded_path, self._loaded = paths[0], signature
+        self._loaded = signature
         self.predictor = Predictor(self.strategy.predictor(), self.counters.events_learned)
         log.info("replica now serves %s (%d events learned)", paths[0].name, state["step"])
         return True
+
+    @property
+    def loaded_path(self) -> Path | None:
+        return self._loaded[0] if self._loaded else None
 
     def stop(self) -> None:
         self._stop.set()

@@ -123,8 +123,9 @@ class LearnerProcess:
     def call(self, kind: str, payload: Any, timeout: float) -> tuple[bool, Any]:
         """Run ``kind`` in the learner thread between steps and wait for its answer:
         ``(True, result)``, or ``(False, reason)`` if it failed, timed out or the learner
-        has stopped. A result naming a ``publication`` returns once the predictor of that
-        publication serves here (the next /predict sees what the call changed)."""
+        has stopped. A result naming a ``publication`` waits (up to ``timeout`` again) for
+        the predictor of that publication to serve here, so the next /predict sees what the
+        call changed; past that wait it returns the result all the same."""
         ok, result = self._call(kind, payload, timeout)
         if ok and isinstance(result, dict) and "publication" in result:
             with self._changed:
