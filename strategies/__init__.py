@@ -5,15 +5,17 @@ from __future__ import annotations
 from streamkd.strategies.droc import DROC
 from streamkd.strategies.er import ER
 from streamkd.strategies.er_ace import ERACE
+from streamkd.strategies.lightsuan import LightSUANKD
 from streamkd.strategies.mir import MIR
 from streamkd.strategies.naive import Naive
 from streamkd.strategies.onpro import OnPro
+from streamkd.strategies.online_kd import OnlineKD
 from streamkd.strategies.pcr import HPCR, PCR
 from streamkd.strategies.scr import SCR
 from streamkd.strategy import Strategy
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (Naive, ER, ERACE, MIR, SCR, PCR, HPCR, OnPro, DROC)
+    cls.name: cls for cls in (Naive, ER, ERACE, MIR, SCR, PCR, HPCR, OnPro, DROC, OnlineKD, LightSUANKD)
 }
 
 __all__ = [
@@ -21,8 +23,10 @@ __all__ = [
     "ER",
     "ERACE",
     "HPCR",
+    "LightSUANKD",
     "MIR",
     "OnPro",
+    "OnlineKD",
     "PCR",
     "SCR",
     "STRATEGIES",

@@ -54,13 +54,19 @@ def make_model(
     for CIFAR-10), initialised under ``seed``. Naming the ``strategy`` takes the head and
     ResNet width it expects (e.g. PCR's cosine head, OnPro's nf=64)."""
     positive_int("nf", nf)
+    own = None
     if strategy is not None:
         from streamkd.strategies import get_strategy
 
         cls = get_strategy(strategy)
         head, head_scale = cls.head, cls.head_scale
         nf = nf if nf is not None else cls.default_nf
+        own = cls.default_model
     torch.manual_seed(seed)
+    if own is not None and (model := own(stream)) is not None:
+        if arch is not None:
+            raise ValueError(f"strategy {strategy!r} builds its own model; --arch does not apply")
+        return model
     arch = arch or stream.default_arch
     return build_model(
         arch,

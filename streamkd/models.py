@@ -7,6 +7,8 @@ arrive (task-free), keeping the rows already learnt.
 
 from __future__ import annotations
 
+import copy
+
 from collections.abc import Sequence
 
 import torch
@@ -121,6 +123,7 @@ class MLP(nn.Module):
             layers += [nn.Linear(prev, width), nn.ReLU(inplace=True)]
             prev = width
         self.net = nn.Sequential(*layers)
+        self.in_features, self.hidden = in_features, tuple(hidden)
         self.out_dim = prev
 
     def forward(self, x: Tensor) -> Tensor:
@@ -137,6 +140,7 @@ class FieldEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.schema = dict(schema)
+        self.hidden, self.embed_dim = tuple(hidden), embed_dim
         self.embeddings = nn.ModuleDict(
             {
                 name: nn.Embedding(field.num_ids, embed_dim)
@@ -193,6 +197,7 @@ class ResNet18(nn.Module):
 
     def __init__(self, nf: int = 20, in_channels: int = 3) -> None:
         super().__init__()
+        self.nf, self.in_channels = nf, in_channels
         self.conv1 = nn.Conv2d(in_channels, nf, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(nf)
         stages, in_planes = [], nf
@@ -281,6 +286,38 @@ def build_model(
         raise ValueError(f"unknown model architecture {arch!r}; expected 'mlp' or 'resnet18'")
     head_mod = _head(head, backbone.out_dim, n_classes, head_scale)
     return Classifier(backbone, head_mod, InputNormalizer(mean, std), input_shape)
+
+
+def widened(model: Classifier, factor: float) -> Classifier:
+    """A freshly initialised classifier of ``model``'s architecture, ``factor`` times as wide
+    (ResNet base width, MLP hidden widths), with the same inputs, normaliser and outputs: the
+    teacher of online distillation (:mod:`streamkd.strategies.online_kd`). Initialised from
+    torch's global generator (seed it, or fork it, for a reproducible teacher)."""
+    if not factor > 0:
+        raise ValueError(f"the width factor must be positive, got {factor}")
+    grow = lambda width: max(1, round(width * factor))  # noqa: E731
+    old = model.backbone
+    if isinstance(old, ResNet18):
+        backbone: nn.Module = ResNet18(nf=grow(old.nf), in_channels=old.in_channels)
+    elif isinstance(old, FieldEncoder):
+        backbone = FieldEncoder(old.schema, [grow(w) for w in old.hidden], old.embed_dim)
+    elif isinstance(old, MLP):
+        backbone = MLP(old.in_features, [grow(w) for w in old.hidden])
+    else:
+        raise ValueError(
+            f"cannot widen a {type(old).__name__} backbone; widening knows ResNet18, MLP and "
+            "FieldEncoder (build the teacher yourself for other architectures)"
+        )
+    head = model.head
+    kind = "cosine" if isinstance(head, CosineHead) else "linear"
+    new_head = _head(kind, backbone.out_dim, head.out_features, getattr(head, "scale", 1.0))
+    return Classifier(
+        backbone,
+        new_head,
+        copy.deepcopy(model.normalizer),
+        model.input_shape,
+        model.input_schema,
+    )
 
 
 def _head(kind: str, in_features: int, n_classes: int, scale: float) -> IncrementalHead:

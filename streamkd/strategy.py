@@ -118,6 +118,7 @@ class Strategy:
     head_scale: ClassVar[float] = 1.0
     default_nf: ClassVar[int] = 20  # ResNet18 width when the stream's default model is a ResNet
     needs_images: ClassVar[bool] = False  # augments images: inputs must be (C, H, W)
+    needs_fields: ClassVar[tuple[str, ...]] = ()  # reads these named input fields (CTR models)
     # class-level defaults keep strategies pickled before these existed loadable
     max_classes: int = MAX_CLASSES
     input_dtype: torch.dtype | None = None
@@ -172,6 +173,12 @@ class Strategy:
             raise ValueError(
                 f"{self.name} augments images and needs inputs shaped (C, H, W); this model "
                 f"takes {takes}. For feature vectors or fields use naive, er, er_ace or mir."
+            )
+        missing = [f for f in self.needs_fields if not isinstance(spec, dict) or f not in spec]
+        if missing:
+            raise ValueError(
+                f"{self.name} reads the input fields {', '.join(self.needs_fields)}; this model "
+                f"lacks {', '.join(missing)} (it is built for streams like movielens-ctr)"
             )
         self.device = resolve_device(device)
         self.model = model.to(self.device)
@@ -229,6 +236,12 @@ class Strategy:
                 elif not out[name][1] and helps.get(name):
                     out[name] = (out[name][0], helps[name])
         return out
+
+    @classmethod
+    def default_model(cls, stream) -> Classifier | None:
+        """The model this strategy trains on ``stream`` when none is named (``None``: the
+        stream's default architecture; :func:`streamkd.experiment.make_model`)."""
+        return None
 
     def add_trainable(self, name: str, module: torch.nn.Module) -> torch.nn.Module:
         """Register a module trained beside the model (e.g. a projection head): it moves to
@@ -308,6 +321,13 @@ class Strategy:
         except a batch's inputs that :meth:`validate` has just checked; tensor inputs must
         have the dtype of those learned (values are not scanned here, for speed).
         """
+        self.check_inputs(x)
+        self.train_mode(False)
+        scores = self.scores(to_device(x, self.device))
+        return scores.masked_fill(~self.seen_classes, float("-inf"))
+
+    def check_inputs(self, x: Inputs) -> None:
+        """The checks :meth:`predict` makes of unlabelled inputs (see there)."""
         if self._valid is None or self._valid[0] is not x:
             spec = self.input_spec
             if isinstance(x, Tensor) and isinstance(spec, tuple):  # no data read
@@ -322,9 +342,6 @@ class Strategy:
                     )
             else:
                 validate_batch(Batch(x), spec)
-        self.train_mode(False)
-        scores = self.scores(to_device(x, self.device))
-        return scores.masked_fill(~self.seen_classes, float("-inf"))
 
     def predictor(self) -> Callable[[Inputs], Tensor]:
         """A frozen copy of :meth:`predict` for readers elsewhere (the daemon's ``/predict``,
@@ -347,6 +364,14 @@ class Strategy:
             raise InvalidBatchError(
                 f"cannot grow the head to {n_classes} classes: max_classes is {self.max_classes}"
             )
+        self._grow_head(head, n_classes)
+        grown = torch.zeros(n_classes, dtype=torch.bool, device=self.device)
+        grown[: len(self.seen_classes)] = self.seen_classes
+        self.seen_classes = grown
+
+    def _grow_head(self, head: torch.nn.Module, n_classes: int) -> None:
+        """Grow ``head`` to ``n_classes`` rows (new rows drawn from the strategy's generator)
+        and move its optimizer state to the new parameters."""
         old = list(head.parameters())
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=self.generator)))
@@ -354,9 +379,6 @@ class Strategy:
         head.to(self.device)
         for before, after in zip(old, head.parameters(), strict=True):
             self._swap_param(before, after)
-        grown = torch.zeros(n_classes, dtype=torch.bool, device=self.device)
-        grown[: len(self.seen_classes)] = self.seen_classes
-        self.seen_classes = grown
 
     def _swap_param(self, before: torch.nn.Parameter, after: torch.nn.Parameter) -> None:
         for group in self.optimizer.param_groups:

@@ -1,0 +1,95 @@
+"""Online distillation on image/vector streams: the teacher is the wider twin, grows with the
+student, learns from labels only, and the distillation term pulls the student to it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from streamkd.distill import forward_kl
+from streamkd.experiment import make_model, make_strategy, make_stream
+from streamkd.models import ResNet18, build_model, widened
+
+
+def _digits(max_batches: int = 40, seed: int = 0):
+    stream = make_stream("split-digits", seed=seed, batch_size=10)
+    return stream, [b for b, _ in zip(stream, range(max_batches), strict=False)]
+
+
+def _train(batches, stream, seed=0, lr=0.05, **kwargs):
+    model = make_model(stream, seed=seed, strategy="online_kd")
+    strategy = make_strategy("online_kd", model, seed=seed, lr=lr, **kwargs)
+    for batch in batches:
+        strategy.observe(batch)
+    return strategy
+
+
+def test_the_teacher_is_the_student_twice_as_wide_and_grows_with_it():
+    model = build_model("resnet18", (3, 32, 32), n_classes=2, nf=20)
+    teacher = widened(model, 2.0)
+    assert isinstance(teacher.backbone, ResNet18) and teacher.backbone.nf == 40
+    assert teacher.n_classes == 2 and teacher.input_shape == (3, 32, 32)
+    mlp = build_model("mlp", (64,), hidden=(100, 50))
+    assert widened(mlp, 1.5).backbone.hidden == (150, 75)
+    stream, batches = _digits()
+    strategy = _train(batches, stream)  # split-digits: the classes arrive two at a time
+    n_classes = strategy.model.n_classes
+    assert n_classes == strategy.teacher.n_classes == len(strategy.seen_classes) > 2
+    scores = strategy.predict_teacher(batches[0].x)
+    assert scores.shape == (10, strategy.model.n_classes)
+    with pytest.raises(ValueError, match="cannot widen a Identity backbone"):
+        from streamkd.models import Classifier, LinearHead
+
+        widened(Classifier(torch.nn.Identity(), LinearHead(4, 2)), 2.0)
+
+
+def test_the_teacher_learns_from_labels_only():
+    """The distillation term is detached on the teacher's side: the same seed and stream give
+    the same teacher whatever the student distils with."""
+    stream, batches = _digits(30)
+    teachers = [
+        _train(batches, stream, distill=d).teacher.state_dict() for d in ("forward_kl", "bd_kd")
+    ]
+    assert all(torch.equal(teachers[0][k], teachers[1][k]) for k in teachers[0])
+
+
+def test_distillation_pulls_the_student_towards_the_teacher():
+    stream, batches = _digits(60)
+    probe = torch.cat([b.x for b in batches[-10:]])
+    gaps = {}
+    for weight in (0.0, 5.0):
+        s = _train(batches, stream, distill="forward_kl", kd_weight=weight, lr=0.01)
+        with torch.no_grad():
+            s.train_mode(False)
+            gaps[weight] = forward_kl(s.model(probe), s.teacher(probe)).item()
+    assert gaps[5.0] < 0.5 * gaps[0.0], gaps
+
+
+def test_replay_state_round_trip_and_refusals():
+    stream, batches = _digits(20)
+    make = lambda: make_strategy(  # noqa: E731
+        "online_kd", make_model(stream, strategy="online_kd"), memory=50, lr=0.05, seed=3
+    )
+    strategy = make()
+    for batch in batches[:10]:
+        strategy.observe(batch)
+    assert len(strategy.buffer) == 50
+    saved = strategy.state_dict()
+    for batch in batches[10:]:
+        strategy.observe(batch)
+    resumed = make()
+    resumed.load_state_dict(saved)
+    for batch in batches[10:]:
+        resumed.observe(batch)
+    probe = batches[0].x
+    assert torch.equal(strategy.predict(probe), resumed.predict(probe))
+    assert torch.equal(strategy.predict_teacher(probe), resumed.predict_teacher(probe))
+    model = make_model(stream, strategy="online_kd")
+    for kwargs, words in [
+        ({"distill": "binary_kd"}, "unknown distillation loss 'binary_kd'"),
+        ({"kd_weight": -1.0}, "kd_weight must be >= 0"),
+        ({"temperature": 0.0}, "temperature must be positive"),
+        ({"teacher_width": 0.0}, "teacher_width must be positive"),
+    ]:
+        with pytest.raises(ValueError, match=words):
+            make_strategy("online_kd", model, **kwargs)
