@@ -8,14 +8,15 @@ from streamkd.strategies.er_ace import ERACE
 from streamkd.strategies.lightsuan import LightSUANKD
 from streamkd.strategies.mir import MIR
 from streamkd.strategies.naive import Naive
-from streamkd.strategies.onpro import OnPro
 from streamkd.strategies.online_kd import OnlineKD
+from streamkd.strategies.onpro import OnPro
 from streamkd.strategies.pcr import HPCR, PCR
 from streamkd.strategies.scr import SCR
 from streamkd.strategy import Strategy
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (Naive, ER, ERACE, MIR, SCR, PCR, HPCR, OnPro, DROC, OnlineKD, LightSUANKD)
+    cls.name: cls
+    for cls in (Naive, ER, ERACE, MIR, SCR, PCR, HPCR, OnPro, DROC, OnlineKD, LightSUANKD)
 }
 
 __all__ = [

@@ -11,11 +11,12 @@ Knowledge Distillation"), which weighs the two per sample by the entropy gap bet
 student and teacher. The teacher learns from the labels only (the distillation term is
 detached on its side), so the teacher's trajectory does not depend on the loss the student
 distils with. The student is what predicts, serves and is saved as ``model``; the teacher
-is saved beside it and is read with :meth:`OnlineKD.predict_teacher`.
+is saved beside it and is read with :meth:`OnlineDistillation.predict_teacher`.
 
 The teacher is the student's architecture ``teacher_width`` times as wide
 (:func:`streamkd.models.widened`: e.g. a reduced ResNet18 with ``nf=20`` gets an ``nf=40``
-teacher); subclasses build other teachers by overriding :meth:`OnlineKD.make_teacher`
+teacher). :class:`OnlineDistillation` is the shared step; other strategies build other
+teachers by overriding :meth:`OnlineDistillation.make_teacher`
 (:mod:`streamkd.strategies.lightsuan`: a SUAN teacher for a LightSUAN student).
 
 Simplification, stated: BD-KD trains the student only; the paper's teacher is trained with
@@ -40,10 +41,10 @@ from streamkd.types import Batch, Inputs, StepResult, cat_inputs, to_device
 Distiller = Callable[..., Tensor]  # (student_logits, teacher_logits, temperature) -> loss
 
 
-class OnlineKD(Strategy):
-    name = "online_kd"
-    help = "teacher and student co-trained; the student distils (forward/reverse KL, BD-KD)"
+class OnlineDistillation(Strategy):
+    """The co-training step; subclasses say what the teacher is (:meth:`make_teacher`)."""
 
+    name = "online_distillation"
     distillers: ClassVar[dict[str, Distiller]] = {
         "forward_kl": forward_kl,
         "reverse_kl": reverse_kl,
@@ -57,7 +58,6 @@ class OnlineKD(Strategy):
         distill: str = "bd_kd",
         kd_weight: float = 1.0,
         temperature: float = 1.0,
-        teacher_width: float = 2.0,
         memory: int = 0,
         **kwargs,
     ) -> None:
@@ -65,7 +65,6 @@ class OnlineKD(Strategy):
         distill: the student's distillation loss: forward_kl, reverse_kl or bd_kd
         kd_weight: weight of the distillation term in the student's loss
         temperature: softening of both sides' logits in the distillation term
-        teacher_width: the teacher's width relative to the student's
         memory: replay memory for both models (0: no replay)
         """
         if distill not in self.distillers:
@@ -77,8 +76,6 @@ class OnlineKD(Strategy):
             raise ValueError(f"kd_weight must be >= 0, got {kd_weight}")
         if not temperature > 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
-        if not teacher_width > 0:
-            raise ValueError(f"teacher_width must be positive, got {teacher_width}")
         super().__init__(model, memory=memory, **kwargs)
         self.distiller = self.distillers[distill]
         self.kd_weight, self.temperature = kd_weight, temperature
@@ -90,8 +87,8 @@ class OnlineKD(Strategy):
         self.teacher = self.add_trainable("teacher", teacher)
 
     def make_teacher(self, student: Classifier) -> Classifier:
-        """The teacher: the student's architecture, ``teacher_width`` times as wide."""
-        return widened(student, self.hparams["teacher_width"])
+        """A fresh teacher for ``student`` (initialised under the strategy's seed)."""
+        raise NotImplementedError
 
     def observe(self, batch: Batch) -> StepResult:
         x, y = self.prepare(batch)
@@ -110,7 +107,7 @@ class OnlineKD(Strategy):
         return StepResult(loss.detach(), len(y))
 
     def hard_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """The label loss each model minimises (cross-entropy over the classes seen)."""
+        """The label loss each model minimises (cross-entropy over the head's classes)."""
         return F.cross_entropy(logits, labels)
 
     @torch.no_grad()
@@ -127,3 +124,20 @@ class OnlineKD(Strategy):
         teacher = getattr(self, "teacher", None)
         if teacher is not None and n_classes > teacher.head.out_features:
             self._grow_head(teacher.head, n_classes)
+
+
+class OnlineKD(OnlineDistillation):
+    name = "online_kd"
+    help = "teacher and student co-trained; the student distils (forward/reverse KL, BD-KD)"
+
+    def __init__(self, model: Classifier, *, teacher_width: float = 2.0, **kwargs) -> None:
+        """Args:
+        teacher_width: the teacher's width relative to the student's
+        """
+        if not teacher_width > 0:
+            raise ValueError(f"teacher_width must be positive, got {teacher_width}")
+        super().__init__(model, **kwargs)
+
+    def make_teacher(self, student: Classifier) -> Classifier:
+        """The student's architecture, ``teacher_width`` times as wide."""
+        return widened(student, self.hparams["teacher_width"])

@@ -84,6 +84,22 @@ def heldout_accuracy(strategy: Strategy, x: Inputs, y: torch.Tensor, chunk: int)
     return correct / len(y)
 
 
+def expected_calibration_error(scores: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
+    """ECE (Guo et al., 2017): confidences (the softmax maximum of ``scores``) in ``bins``
+    equal-width bins; the mean over samples of |accuracy - confidence| of each one's bin."""
+    positive_int("bins", bins, optional=False)
+    if scores.dim() != 2 or len(scores) != len(labels) or not len(labels):
+        raise ValueError(
+            f"expected (n, classes) scores and n labels, got {tuple(scores.shape)} and "
+            f"{tuple(labels.shape)}"
+        )
+    confidence, predicted = torch.softmax(scores.float(), 1).max(1)
+    correct = (predicted == labels.to(predicted.device)).float()
+    which = (confidence * bins).ceil().clamp(1, bins).long() - 1  # (k/bins, (k+1)/bins]
+    total = torch.zeros(bins).index_add_(0, which.cpu(), (correct - confidence).cpu())
+    return float(total.abs().sum() / len(labels))
+
+
 class Evaluator:
     """Keeps the running evaluation state of one run (checkpointable with ``state_dict``)."""
 

@@ -54,6 +54,7 @@ def make_model(
     for CIFAR-10), initialised under ``seed``. Naming the ``strategy`` takes the head and
     ResNet width it expects (e.g. PCR's cosine head, OnPro's nf=64)."""
     positive_int("nf", nf)
+    chosen = {"arch": arch, "nf": nf}
     own = None
     if strategy is not None:
         from streamkd.strategies import get_strategy
@@ -64,8 +65,11 @@ def make_model(
         own = cls.default_model
     torch.manual_seed(seed)
     if own is not None and (model := own(stream)) is not None:
-        if arch is not None:
-            raise ValueError(f"strategy {strategy!r} builds its own model; --arch does not apply")
+        given = [f"--{k}" for k, v in chosen.items() if v is not None]
+        if given:
+            raise ValueError(
+                f"strategy {strategy!r} builds its own model; {', '.join(given)} does not apply"
+            )
         return model
     arch = arch or stream.default_arch
     return build_model(

@@ -8,7 +8,6 @@ arrive (task-free), keeping the rows already learnt.
 from __future__ import annotations
 
 import copy
-
 from collections.abc import Sequence
 
 import torch

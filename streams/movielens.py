@@ -127,7 +127,7 @@ def movielens_ctr(
     data_dir: str | Path | None = None,
     max_per_segment: int | None = None,
     n_segments: int = 5,
-    history: int = 20,
+    history: int = 30,
 ) -> SegmentedStream:
     """MovieLens-100K ratings as a CTR stream (see the module docstring)."""
     if history < 1:

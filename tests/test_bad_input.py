@@ -12,7 +12,6 @@ before. The daemon's suite reuses ``snapshot``/``assert_unchanged`` and both tab
 from __future__ import annotations
 
 import json
-import math
 import os
 import sqlite3
 from collections.abc import Callable
@@ -20,49 +19,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from statecheck import assert_unchanged, changed_paths, same_state, snapshot
 
 from streamkd.checkpoint import Checkpointer
 from streamkd.cli import main
 from streamkd.experiment import make_model, make_strategy, make_stream
 from streamkd.strategies import STRATEGIES
+from streamkd.types import Batch, InvalidBatchError
 
 # the strategies that learn from images and vectors (CTR ones read named fields)
 IMAGE_STRATEGIES = sorted(n for n, c in STRATEGIES.items() if not c.needs_fields)
-from streamkd.types import Batch, InvalidBatchError
-
-# -- state snapshots --------------------------------------------------------------------------
-
-
-def snapshot(strategy) -> dict:
-    """Everything a rejected input must leave alone (``state_dict`` copies every tensor)."""
-    return strategy.state_dict()
-
-
-def _same(a, b) -> bool:
-    if isinstance(a, torch.Tensor):
-        return (
-            isinstance(b, torch.Tensor)
-            and a.shape == b.shape
-            and a.dtype == b.dtype
-            and torch.equal(torch.nan_to_num(a), torch.nan_to_num(b))
-        )
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list | tuple):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b))
-
-
-def _diff(a, b, path="state") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
-        return [d for k in a for d in _diff(a[k], b[k], f"{path}.{k}")]
-    return [] if _same(a, b) else [path]
-
-
-def assert_unchanged(before: dict, strategy) -> None:
-    changed = _diff(before, snapshot(strategy))
-    assert not changed, f"a rejected input changed {changed}"
-
 
 # -- rejected batches: every strategy, after a few good uint8 batches ---------------------------
 
@@ -131,7 +97,7 @@ def test_rejected_batches_change_nothing(name, mnist_batches):
             failures.append(f"{row}: {type(err).__name__}: {err}")
         else:
             failures.append(f"{row}: accepted")
-        changed = _diff(before, snapshot(strategy))
+        changed = changed_paths(before, snapshot(strategy))
         if changed:
             failures.append(f"{row}: changed {changed}")
     assert not failures, "\n".join(failures)
@@ -209,7 +175,7 @@ def test_river_rejected_samples_leave_pending_batch_and_classes_untouched(batch_
             failures.append(f"{row}: {type(err).__name__}: {err}")
         else:
             failures.append(f"{row}: accepted")
-        if not _same(before, _river_state(model)):
+        if not same_state(before, _river_state(model)):
             failures.append(f"{row}: changed the pending batch, classes or learner")
     assert not failures, "\n".join(failures)
     for x, y in rows[4:10]:  # the good samples buffered before are all learned
@@ -245,10 +211,10 @@ def test_river_refuses_an_empty_first_sample_and_bad_frames():
     for y in ([1.0, float("nan")], [[1], 2]):
         with pytest.raises(ValueError):
             model.learn_many(pd.DataFrame({"a": [1.0, 2.0]}), pd.Series(y))
-        assert _same(before, _river_state(model))
+        assert same_state(before, _river_state(model))
     with pytest.raises(ValueError, match="float32"):
         model.learn_many(pd.DataFrame({"a": [1.0, 1e300]}), pd.Series([0, 1]))
-    assert _same(before, _river_state(model))
+    assert same_state(before, _river_state(model))
     model.learn_many(pd.DataFrame({"a": [1.0, 2.0]}), pd.Series([0, 1]))
     assert model.learner.samples_seen == 3 and model.classes == [0, 1]
 
@@ -789,7 +755,7 @@ def test_property_river_learns_or_rejects_whole(samples, batch_size):
         try:
             model.learn_one(x, y)
         except ValueError:
-            assert _same(before, _river_state(model))
+            assert same_state(before, _river_state(model))
             continue
         accepted += 1
     learned = model.learner.samples_seen if model.learner is not None else 0
@@ -817,6 +783,6 @@ def test_property_river_learn_many_learns_or_rejects_whole(rows, labels):
             pd.Series(labels[: len(rows)] + [0] * (len(rows) - len(labels))),
         )
     except ValueError:
-        assert _same(before, _river_state(model))
+        assert same_state(before, _river_state(model))
         return
     assert model.learner.samples_seen == 1 + len(rows)

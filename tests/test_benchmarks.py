@@ -154,3 +154,60 @@ def test_droc_benchmark_smoke(tmp_path, data_dir):
     assert data["variants"]["droc"][2] < data["variants"]["none"][2]  # the memory helps
     assert data["retrieval"]["4_categories"]["recall_at_1"] == 1.0
     assert set(data["classification"]) == {"er_only", "droc"}
+
+
+def test_ctr_distill_benchmark_smoke(tmp_path):
+    """The CTR distillation benchmark runs end to end on a prefix of MovieLens-100K and writes
+    its schema: every model's AUC, logloss, latency and size; the scaling fits."""
+    pytest.importorskip("deepctr_torch")
+    from streamkd.data import DataNotFoundError
+    from streamkd.streams.movielens import load_movielens
+
+    try:
+        load_movielens()
+    except DataNotFoundError as err:
+        pytest.skip(f"MovieLens-100K not available: {err}")
+    out = tmp_path / "ctr.json"
+    args = ["--seeds", "0", "--max-events", "3000", "--data-sizes", "500", "1000"]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "ctr_distill.py"), *args]
+        + ["--repeats", "3", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    names = {"suan-1", "suan-2", "suan-3", "lightsuan", "lightsuan-distilled"}
+    assert set(data["models"]) == names | {"suan-3-teacher", "din"}
+    for name, m in data["models"].items():
+        assert 0.3 < m["auc"] < 1 and m["logloss"] > 0 and m["params"] > 0, name
+        assert m["latency_ms_per_candidate"]["single"] > 0, name
+    assert data["models"]["suan-3"]["params"] > 3 * data["models"]["suan-1"]["params"]
+    assert set(data["scaling"]) == {"grade", "data"}
+    assert data["scaling"]["data"]["events"] == [500, 1000]
+    assert "student_over_teacher_latency_parallel" in data["checks"]
+
+
+def test_online_kd_benchmark_smoke(tmp_path, data_dir):
+    """The BD-KD image benchmark runs end to end on a tiny CIFAR-10 slice."""
+    out = tmp_path / "online_kd.json"
+    args = ["--seeds", "0", "--samples", "100", "--test", "100", "--data-dir", str(data_dir)]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "online_kd.py"), *args, "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert set(data["results"]) == {"iid", "class_incremental"}
+    for setting in data["results"].values():
+        assert set(setting) == {"forward_kl", "reverse_kl", "bd_kd"}
+        for loss in setting.values():
+            assert 0 <= loss["student_accuracy"] <= 1 and 0 <= loss["student_ece"] <= 1
+            assert len(loss["runs"]) == 1
+    assert set(data["checks"]["iid"]) == {
+        "bd_kd_ece_minus_forward_kl",
+        "bd_kd_accuracy_minus_forward_kl",
+    }

@@ -5,11 +5,12 @@ on real MovieLens-100K)."""
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
+from statecheck import changed_paths, snapshot
 
-from streamkd.streams.movielens import fields
 from streamkd.strategies.lightsuan import (
     GRADES,
     SUAN,
@@ -19,6 +20,7 @@ from streamkd.strategies.lightsuan import (
     attention_pattern,
     time_buckets,
 )
+from streamkd.streams.movielens import fields
 from streamkd.types import Batch, InvalidBatchError
 
 SCHEMA = fields(history=30)
@@ -198,6 +200,25 @@ def _ctr_batches(n_batches: int, size: int = 16, seed: int = 0):
     ]
 
 
+def test_training_is_deterministic_under_a_seed():
+    """Bit-identical weights from two runs: the bias tables' lookups must not accumulate
+    gradients in a thread-dependent order (plain indexing did: index_put_ with accumulate)."""
+    batches = _ctr_batches(3, size=100)
+
+    def train():
+        torch.manual_seed(0)
+        model = SUAN(SCHEMA, 3)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for batch in batches:
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(batch.x), batch.y).backward()
+            optimizer.step()
+        return model.state_dict()
+
+    first, second = train(), train()
+    assert [k for k in first if not torch.equal(first[k], second[k])] == []
+
+
 def test_distillation_strategy_trains_both_and_resumes_exactly():
     batches = _ctr_batches(8)
 
@@ -229,22 +250,54 @@ def test_distillation_strategy_refuses_what_it_cannot_honour():
         from streamkd.models import build_model
 
         LightSUANKD(build_model("mlp", SCHEMA, n_classes=2))
-    with pytest.raises(ValueError, match="teacher_grade, not width"):
+    with pytest.raises(TypeError, match="teacher_width"):  # its teacher is a grade
         LightSUANKD(LightSUAN(SCHEMA), teacher_width=2.0)
+    assert "teacher_width" not in LightSUANKD.arguments()
     with pytest.raises(ValueError, match="unknown teacher_grade 7"):
         LightSUANKD(LightSUAN(SCHEMA), teacher_grade=7)
     with pytest.raises(ValueError, match="unknown distillation loss 'mse'"):
         LightSUANKD(LightSUAN(SCHEMA), distill="mse")
+    with pytest.raises(ValueError, match="set window too"):
+        LightSUAN(SCHEMA, window=None, dilation=3)
     strategy = LightSUANKD(LightSUAN(SCHEMA), teacher_grade=1, max_classes=2)
     good = _ctr_batches(2)
     strategy.observe(good[0])
-    state = strategy.state_dict()
-    bad = Batch({k: v for k, v in good[1].x.items() if k != "zip"}, good[1].y)
-    with pytest.raises(InvalidBatchError, match="zip"):
-        strategy.observe(bad)
-    after = strategy.state_dict()
-    assert all(torch.equal(a, b) for a, b in zip(state["model"].values(), after["model"].values()))
-    assert state["samples_seen"] == after["samples_seen"]
+    before = snapshot(strategy)
+    for bad, words in [
+        (Batch({k: v for k, v in good[1].x.items() if k != "zip"}, good[1].y), "zip"),
+        (Batch(dict(good[1].x, item=good[1].x["item"] + 5000), good[1].y), "item"),
+        (Batch(good[1].x, good[1].y + 2), "max_classes"),
+    ]:
+        with pytest.raises(InvalidBatchError, match=words):
+            strategy.observe(bad)
+        assert not changed_paths(before, snapshot(strategy)), words
+    history = {k: v[:2] for k, v in good[1].x.items()}
+    candidates = {"item": history["item"][:, None], "item_genres": history["item_genres"]}
+    with pytest.raises(ValueError, match="needs candidates\\['item_year'\\]"):
+        strategy.model.score_candidates(history, candidates)
+    candidates["item_year"] = history["item_year"]  # (2,), not (2, 1)
+    with pytest.raises(ValueError, match="item_genres must be"):
+        strategy.model.score_candidates(history, candidates)
+
+
+def test_embedding_lr_gives_the_id_tables_their_own_group():
+    strategy = LightSUANKD(LightSUAN(SCHEMA), teacher_grade=1, embedding_lr=0.05, max_classes=2)
+    tables = {
+        id(m.weight)
+        for net in (strategy.model, strategy.teacher)
+        for m in net.modules()
+        if isinstance(m, torch.nn.Embedding)
+    }
+    fast = [g for g in strategy.optimizer.param_groups if g["lr"] == 0.05]
+    slow = [g for g in strategy.optimizer.param_groups if g["lr"] == 1e-3]
+    assert {id(p) for g in fast for p in g["params"]} == tables
+    assert not tables & {id(p) for g in slow for p in g["params"]}
+    everything = {id(p) for net in (strategy.model, strategy.teacher) for p in net.parameters()}
+    assert {id(p) for g in strategy.optimizer.param_groups for p in g["params"]} == everything
+    plain = LightSUANKD(LightSUAN(SCHEMA), teacher_grade=1, embedding_lr=None, max_classes=2)
+    assert {g["lr"] for g in plain.optimizer.param_groups} == {1e-3}
+    with pytest.raises(ValueError, match="embedding_lr must be positive"):
+        LightSUANKD(LightSUAN(SCHEMA), embedding_lr=0.0)
 
 
 def test_cli_model_for_lightsuan_needs_ctr_fields():
@@ -252,3 +305,8 @@ def test_cli_model_for_lightsuan_needs_ctr_fields():
 
     with pytest.raises(ValueError, match="lacks hist_item"):
         make_model(make_stream("split-digits"), strategy="lightsuan")
+    ctr = SimpleNamespace(name="movielens-ctr", schema=SCHEMA)
+    model = make_model(ctr, strategy="lightsuan")
+    assert isinstance(model, LightSUAN) and model.grade == GRADES[1]
+    with pytest.raises(ValueError, match="builds its own model; --nf does not apply"):
+        make_model(ctr, strategy="lightsuan", nf=8)

@@ -4,10 +4,10 @@ import torch
 from streamkd.evaluate import run
 from streamkd.experiment import make_model, make_strategy, make_stream
 from streamkd.strategies import STRATEGIES
+from streamkd.types import Batch
 
 # the strategies that learn from images and vectors (CTR ones read named fields)
 IMAGE_STRATEGIES = sorted(n for n, c in STRATEGIES.items() if not c.needs_fields)
-from streamkd.types import Batch
 
 
 def _run(name, seed=0, stream="split-digits", memory=200, **kw):
