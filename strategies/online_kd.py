@@ -19,9 +19,10 @@ teacher). :class:`OnlineDistillation` is the shared step; other strategies build
 teachers by overriding :meth:`OnlineDistillation.make_teacher`
 (:mod:`streamkd.strategies.lightsuan`: a SUAN teacher for a LightSUAN student).
 
-Simplification, stated: BD-KD trains the student only; the paper's teacher is trained with
-cross-entropy as here, but its exact weighting equation was not reachable (see
-:func:`streamkd.distill.bd_kd` for the form implemented).
+Simplifications, stated: the teacher learns from labels only, while a third-party summary of
+the BD-KD paper says its teacher also takes a reverse-KL term toward the student; and BD-KD's
+exact weighting equation was not reachable (see :func:`streamkd.distill.bd_kd` for the form
+implemented).
 """
 
 from __future__ import annotations

@@ -178,7 +178,7 @@ def test_ctr_distill_benchmark_smoke(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.read_text())
-    names = {"suan-1", "suan-2", "suan-3", "lightsuan", "lightsuan-distilled"}
+    names = {"suan-1", "suan-2", "suan-3", "lightsuan", "lightsuan-dense", "lightsuan-distilled"}
     assert set(data["models"]) == names | {"suan-3-teacher", "din"}
     for name, m in data["models"].items():
         assert 0.3 < m["auc"] < 1 and m["logloss"] > 0 and m["params"] > 0, name
