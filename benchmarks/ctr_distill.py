@@ -434,8 +434,9 @@ def data_scaling(batches: list[Batch], schema, seed: int, sizes: list[int], opts
         strategy, _, learn = suan_run(SUAN(schema, 2), seed, opts)
         for batch in train[: int(np.searchsorted(ends, n, side="left")) + 1]:
             learn(batch)
+        score = strategy_scorer(strategy)
         with torch.no_grad():
-            probs = torch.cat([strategy_scorer(strategy)(b.x)["model"] for b in test])
+            probs = torch.cat([score(b.x)["model"] for b in test])
         labels = torch.cat([b.y for b in test]).numpy()
         aucs.append(auc(labels, probs.double().numpy()))
         print(f"data {n:6d} events -> holdout AUC {aucs[-1]:.4f}", flush=True)

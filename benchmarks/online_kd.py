@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
             }
             summary.update(
                 {
-                    f"{k}_std": statistics.pstdev(r["student"][k.split("_")[1]] for r in runs)
-                    for k in ("student_accuracy", "student_ece")
+                    f"student_{metric}_std": statistics.pstdev(r["student"][metric] for r in runs)
+                    for metric in ("accuracy", "ece")
                 }
             )
             results.setdefault(setting, {})[loss] = {**summary, "runs": runs}

@@ -6,11 +6,10 @@ memory, then offers the incoming batch to the memory.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 from streamkd.strategy import Strategy
-from streamkd.types import Batch, StepResult, cat_inputs
+from streamkd.types import Batch, StepResult
 
 
 class ER(Strategy):
@@ -19,10 +18,7 @@ class ER(Strategy):
 
     def observe(self, batch: Batch) -> StepResult:
         x, y = self.prepare(batch)
-        inputs, labels = x, y
-        if len(self.buffer):
-            replay = self.buffer.sample(self.replay_batch)
-            inputs, labels = cat_inputs([x, replay.x]), torch.cat([y, replay.y])
+        inputs, labels = self.with_replay(x, y)
         loss = F.cross_entropy(self.model(inputs), labels)
         self.step(loss)
         self.buffer.add(x, y)

@@ -37,7 +37,7 @@ from torch import Tensor
 from streamkd.distill import bd_kd, forward_kl, reverse_kl
 from streamkd.models import Classifier, widened
 from streamkd.strategy import Strategy
-from streamkd.types import Batch, Inputs, StepResult, cat_inputs, to_device
+from streamkd.types import Batch, Inputs, StepResult, to_device
 
 Distiller = Callable[..., Tensor]  # (student_logits, teacher_logits, temperature) -> loss
 
@@ -93,10 +93,7 @@ class OnlineDistillation(Strategy):
 
     def observe(self, batch: Batch) -> StepResult:
         x, y = self.prepare(batch)
-        inputs, labels = x, y
-        if len(self.buffer):
-            replay = self.buffer.sample(self.replay_batch)
-            inputs, labels = cat_inputs([x, replay.x]), torch.cat([y, replay.y])
+        inputs, labels = self.with_replay(x, y)
         student, teacher = self.model(inputs), self.teacher(inputs)
         loss = (
             self.hard_loss(teacher, labels)

@@ -27,7 +27,15 @@ from torch import Tensor
 from streamkd.buffer import ReplayBuffer
 from streamkd.checks import check_seed, finite_numbers, positive_int
 from streamkd.models import Classifier
-from streamkd.types import Batch, Inputs, InvalidBatchError, StepResult, to_device, validate_batch
+from streamkd.types import (
+    Batch,
+    Inputs,
+    InvalidBatchError,
+    StepResult,
+    cat_inputs,
+    to_device,
+    validate_batch,
+)
 
 OPTIMIZERS = ("sgd", "adam")
 DEVICE_TYPES = ("cpu", "cuda")
@@ -314,6 +322,14 @@ class Strategy:
         self.train_mode(True)
         self.samples_seen += len(y)
         return x, y
+
+    def with_replay(self, x: Inputs, y: Tensor) -> tuple[Inputs, Tensor]:
+        """The incoming batch followed by ``replay_batch`` samples drawn from memory (the
+        batch alone while the memory is empty): ER's training batch."""
+        if not len(self.buffer):
+            return x, y
+        replay = self.buffer.sample(self.replay_batch)
+        return cat_inputs([x, replay.x]), torch.cat([y, replay.y])
 
     def step(self, loss: Tensor) -> None:
         """One optimizer update on ``loss``."""

@@ -39,3 +39,19 @@ def changed_paths(a, b, path="state") -> list[str]:
 def assert_unchanged(before: dict, strategy) -> None:
     changed = changed_paths(before, snapshot(strategy))
     assert not changed, f"a rejected input changed {changed}"
+
+
+def assert_resumes_exactly(strategy, make, rest, probe) -> None:
+    """Save ``strategy``, let it learn ``rest``; a fresh ``make()`` loaded with the saved
+    state learns ``rest`` too: both predict ``probe`` alike, bit for bit (the teacher too, if
+    any)."""
+    saved = strategy.state_dict()
+    for batch in rest:
+        strategy.observe(batch)
+    resumed = make()
+    resumed.load_state_dict(saved)
+    for batch in rest:
+        resumed.observe(batch)
+    assert torch.equal(strategy.predict(probe), resumed.predict(probe))
+    if hasattr(strategy, "predict_teacher"):
+        assert torch.equal(strategy.predict_teacher(probe), resumed.predict_teacher(probe))

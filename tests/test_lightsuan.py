@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from statecheck import changed_paths, snapshot
+from statecheck import assert_resumes_exactly, changed_paths, snapshot
 
 from streamkd.strategies.lightsuan import (
     GRADES,
@@ -233,16 +233,7 @@ def test_distillation_strategy_trains_both_and_resumes_exactly():
     for batch in batches[:4]:
         strategy.observe(batch)
     assert any(not torch.equal(before[k], v) for k, v in strategy.teacher.state_dict().items())
-    saved = strategy.state_dict()
-    for batch in batches[4:]:
-        strategy.observe(batch)
-    resumed = make()
-    resumed.load_state_dict(saved)
-    for batch in batches[4:]:
-        resumed.observe(batch)
-    probe = batches[0].x
-    assert torch.equal(strategy.predict(probe), resumed.predict(probe))
-    assert torch.equal(strategy.predict_teacher(probe), resumed.predict_teacher(probe))
+    assert_resumes_exactly(strategy, make, batches[4:], probe=batches[0].x)
 
 
 def test_distillation_strategy_refuses_what_it_cannot_honour():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from statecheck import assert_resumes_exactly
 
 from streamkd.distill import forward_kl
 from streamkd.experiment import make_model, make_strategy, make_stream
@@ -74,16 +75,7 @@ def test_replay_state_round_trip_and_refusals():
     for batch in batches[:10]:
         strategy.observe(batch)
     assert len(strategy.buffer) == 50
-    saved = strategy.state_dict()
-    for batch in batches[10:]:
-        strategy.observe(batch)
-    resumed = make()
-    resumed.load_state_dict(saved)
-    for batch in batches[10:]:
-        resumed.observe(batch)
-    probe = batches[0].x
-    assert torch.equal(strategy.predict(probe), resumed.predict(probe))
-    assert torch.equal(strategy.predict_teacher(probe), resumed.predict_teacher(probe))
+    assert_resumes_exactly(strategy, make, batches[10:], probe=batches[0].x)
     model = make_model(stream, strategy="online_kd")
     for kwargs, words in [
         ({"distill": "binary_kd"}, "unknown distillation loss 'binary_kd'"),
