@@ -11,12 +11,26 @@ from streamkd.strategies.naive import Naive
 from streamkd.strategies.online_kd import OnlineKD
 from streamkd.strategies.onpro import OnPro
 from streamkd.strategies.pcr import HPCR, PCR
+from streamkd.strategies.sc_clip import SCCLIP
 from streamkd.strategies.scr import SCR
 from streamkd.strategy import Strategy
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
-    for cls in (Naive, ER, ERACE, MIR, SCR, PCR, HPCR, OnPro, DROC, OnlineKD, LightSUANKD)
+    for cls in (
+        Naive,
+        ER,
+        ERACE,
+        MIR,
+        SCR,
+        PCR,
+        HPCR,
+        OnPro,
+        DROC,
+        OnlineKD,
+        LightSUANKD,
+        SCCLIP,
+    )
 }
 
 __all__ = [
@@ -29,6 +43,7 @@ __all__ = [
     "OnPro",
     "OnlineKD",
     "PCR",
+    "SCCLIP",
     "SCR",
     "STRATEGIES",
     "Naive",

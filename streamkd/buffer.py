@@ -230,6 +230,14 @@ class ReplayBuffer:
             slots.append(slot)
         return slots
 
+    def relabel(self, old: int, new: int) -> None:
+        """Merge label ``old`` into ``new`` (stored samples and the per-label counts CBRS
+        keeps): two labels found to be one (e.g. a scenario recognised as come back)."""
+        if self.y is not None:
+            self.y.masked_fill_(self.y == old, new)
+        if old in self.class_seen:
+            self.class_seen[new] = self.class_seen.get(new, 0) + self.class_seen.pop(old)
+
     # -- retrieval -------------------------------------------------------------------------
     def gather(self, idx: Tensor) -> Replay:
         """The stored samples at slots ``idx``."""

@@ -11,6 +11,8 @@
   teacher's probability as the soft target (SUAN's online distillation term).
 * :func:`symmetric_info_nce` -- CLIP's contrastive alignment of two embedding batches whose
   rows pair up (a student's embeddings to a frozen teacher's).
+* :func:`feature_distance` -- feature matching (cosine or squared L2) to a teacher's features
+  (a previous copy of the student, in lifelong learning).
 
 KL terms take logits, soften both sides by the temperature ``T`` and scale by ``T**2`` so
 their gradients keep the size of the hard-label loss's (Hinton et al.). Nothing is detached
@@ -90,20 +92,56 @@ def binary_kd(
     return _reduce(per_sample, reduction)
 
 
-def symmetric_info_nce(a: Tensor, b: Tensor, temperature: float = 0.07, reduction="mean"):
+def symmetric_info_nce(
+    a: Tensor,
+    b: Tensor,
+    temperature: float | Tensor = 0.07,
+    reduction="mean",
+    positives: Tensor | None = None,
+):
     """CLIP's loss: rows ``a[i]`` and ``b[i]`` are a positive pair, every other row of the
     batch a negative; cross-entropy over cosine similarities / ``temperature``, both ways,
-    averaged."""
+    averaged. ``temperature`` may be a learnable 0-d tensor (CLIP learns its logit scale).
+    ``positives`` (n, n) bool marks further pairs that are positive too (rows whose teacher
+    targets are identical, e.g. two samples with the same caption): the target then spreads
+    evenly over a row's positives instead of punishing a true match as a negative."""
     if a.dim() != 2 or a.shape != b.shape:
         raise ValueError(f"expected two (n, d) batches of one shape, got {a.shape} and {b.shape}")
-    if not temperature > 0:
+    if not isinstance(temperature, Tensor) and not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     logits = F.normalize(a, dim=1) @ F.normalize(b, dim=1).T / temperature
-    target = torch.arange(len(a), device=a.device)
+    if positives is None:
+        target = torch.arange(len(a), device=a.device)
+        rows, cols = target, target
+    else:
+        if positives.shape != (len(a), len(a)):
+            raise ValueError(
+                f"positives must be ({len(a)}, {len(a)}), got {tuple(positives.shape)}"
+            )
+        match = positives.float() + torch.eye(len(a), device=a.device)
+        match = match.clamp_max(1.0)
+        rows, cols = match / match.sum(1, keepdim=True), match.T / match.T.sum(1, keepdim=True)
     per_sample = 0.5 * (
-        F.cross_entropy(logits, target, reduction="none")
-        + F.cross_entropy(logits.T, target, reduction="none")
+        F.cross_entropy(logits, rows, reduction="none")
+        + F.cross_entropy(logits.T, cols, reduction="none")
     )
+    return _reduce(per_sample, reduction)
+
+
+def feature_distance(student: Tensor, teacher: Tensor, kind: str = "cosine", reduction="mean"):
+    """Feature matching: ``1 - cos(student, teacher)`` (``"cosine"``) or the squared L2
+    distance (``"mse"``) per row, over every dimension after the first."""
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"student and teacher features differ in shape: {tuple(student.shape)} vs "
+            f"{tuple(teacher.shape)}"
+        )
+    if kind == "cosine":
+        per_sample = 1 - F.cosine_similarity(student.flatten(1), teacher.flatten(1), dim=1)
+    elif kind == "mse":
+        per_sample = (student - teacher).pow(2).flatten(1).sum(1)
+    else:
+        raise ValueError(f"unknown feature distance {kind!r}; expected 'cosine' or 'mse'")
     return _reduce(per_sample, reduction)
 
 

@@ -88,3 +88,67 @@ def personal_space_violation(
         raise ValueError(f"present must be {tuple(others.shape[:3])}, got {tuple(present.shape)}")
     close = ((others - path[:, None]).norm(dim=-1) < radius) & present.bool()
     return close.any(1).sum(-1).to(path.dtype) * step_seconds
+
+
+# -- the ego frame and the constant-velocity baseline ------------------------------------------
+def heading(past: Tensor, min_step: float = 0.05) -> Tensor:
+    """Unit walking direction per sample from the observed path (n, steps, 2): the last
+    displacement, else the whole observed displacement when the last one is shorter than
+    ``min_step`` metres (standing still), else +x."""
+    last = past[:, -1] - past[:, -2]
+    whole = past[:, -1] - past[:, 0]
+    east = torch.zeros_like(last)
+    east[:, 0] = 1.0
+    step = last.norm(dim=-1, keepdim=True)
+    span = whole.norm(dim=-1, keepdim=True)
+    direction = torch.where(step >= min_step, last, torch.where(span >= min_step, whole, east))
+    return direction / direction.norm(dim=-1, keepdim=True)
+
+
+def to_ego(points: Tensor, origin: Tensor, direction: Tensor) -> Tensor:
+    """World positions ``(n, ..., 2)`` in each sample's ego frame: origin at ``origin`` (n, 2),
+    +x along ``direction`` (n, 2, unit), +y to its left."""
+    shape = (len(points),) + (1,) * (points.dim() - 2) + (2,)
+    c, s = direction[:, 0].reshape(shape[:-1]), direction[:, 1].reshape(shape[:-1])
+    d = points - origin.reshape(shape)
+    return torch.stack([c * d[..., 0] + s * d[..., 1], -s * d[..., 0] + c * d[..., 1]], -1)
+
+
+def from_ego(points: Tensor, origin: Tensor, direction: Tensor) -> Tensor:
+    """The inverse of :func:`to_ego`: ego-frame positions back to world positions."""
+    shape = (len(points),) + (1,) * (points.dim() - 2) + (2,)
+    c, s = direction[:, 0].reshape(shape[:-1]), direction[:, 1].reshape(shape[:-1])
+    x, y = points[..., 0], points[..., 1]
+    return torch.stack([c * x - s * y, s * x + c * y], -1) + origin.reshape(shape)
+
+
+def constant_velocity(past: Tensor, steps: int = 12) -> Tensor:
+    """The constant-velocity model (Schöller et al. 2020, "What the constant velocity model
+    can teach us about pedestrian motion prediction"): the last observed displacement repeated
+    for ``steps`` steps, from the last observed position. ``past`` (..., observed, 2)."""
+    if past.shape[-1] != 2 or past.dim() < 2 or past.shape[-2] < 2:
+        raise ValueError(f"expected (..., observed >= 2, 2) positions, got {tuple(past.shape)}")
+    velocity = past[..., -1, :] - past[..., -2, :]
+    ahead = torch.arange(1, steps + 1, dtype=past.dtype, device=past.device)
+    return past[..., -1:, :] + ahead[:, None] * velocity[..., None, :]
+
+
+def forgetting(errors: Tensor, over: str = "end") -> Tensor:
+    """How much the error on each earlier scene grew once later scenes were learned.
+
+    ``errors[i, j]`` is the error on scene ``j`` after learning scenes ``0..i`` (lower is
+    better; a T x T matrix). ``over="end"``: ``errors[T-1, j] - errors[j, j]`` for ``j < T-1``
+    (the increase by the end of the stream; minus GEM's backward transfer). ``over="all"``:
+    the mean of ``errors[i, j] - errors[j, j]`` over every later ``i > j`` (also counts an
+    increase that a later scene undid). Positive: forgotten; negative: later scenes helped."""
+    if errors.dim() != 2 or errors.shape[0] != errors.shape[1]:
+        raise ValueError(f"expected a square (scenes x scenes) matrix, got {tuple(errors.shape)}")
+    last = len(errors) - 1
+    learned = errors.diagonal()[:last]
+    if over == "end":
+        return errors[last, :last] - learned
+    if over == "all":
+        later = torch.ones_like(errors, dtype=torch.bool).tril(-1)[:, :last]  # i > j
+        grown = (errors[:, :last] - learned) * later
+        return grown.sum(0) / later.sum(0)
+    raise ValueError(f"over must be 'end' or 'all', got {over!r}")

@@ -24,6 +24,8 @@ class Batch:
     for multi-field data; ``y`` holds integer class labels and is ``None`` for predict-only
     traffic. ``segment`` names the evaluation segment (task) the batch belongs to; strategies
     must not rely on it. ``meta`` carries anything else (event ids, timestamps, raw text).
+    ``targets`` holds what a regression learner must predict and never sees as input (the
+    future positions of a trajectory stream), field by field, one row per sample.
     """
 
     x: Inputs
@@ -31,6 +33,7 @@ class Batch:
     segment: int | None = None
     task: Tensor | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    targets: dict[str, Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return inputs_len(self.x)

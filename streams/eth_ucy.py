@@ -1,5 +1,5 @@
-"""ETH/UCY pedestrian scenes as fixed-length windows (issue 14 groundwork: the windows, not
-yet the domain-incremental stream or the raster).
+"""ETH/UCY pedestrian scenes: windows, an egocentric raster, and a domain-incremental stream
+that visits the scenes one after another (OLiVia-Nav's lifelong setting).
 
 The five scenes of the common protocol (:data:`SCENES`; univ = students001 + students003, as
 Social-GAN's test split), 2.5 Hz: a frame every 10 ids, 0.4 s. A window is one pedestrian
@@ -8,16 +8,27 @@ predict (4.8 s). With it come the other pedestrians seen during those 20 frames,
 first (by their closest approach to the ego while observed), up to ``max_neighbours``: their
 observed positions are inputs; their future positions are kept apart, for metrics such as
 personal-space violation, and never reach the inputs.
+
+:func:`eth_ucy_stream` turns the windows into multi-field batches (:data:`INPUTS`; targets in
+``batch.targets``, the social-context description in ``batch.meta["context"]``), scene after
+scene, each scene's last ``test_fraction`` of time held out; :func:`leave_one_scene_out` is
+the standard protocol (train on four scenes, test on every window of the fifth).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from streamkd.data import find_data, reading
+from streamkd.social import Describer, RuleDescriber
+from streamkd.trajectory import STEP_SECONDS, heading, to_ego
+from streamkd.types import Batch, Field, Schema, Segment, take
 
 SCENES: dict[str, tuple[str, ...]] = {
     "eth": ("biwi_eth",),
@@ -41,6 +52,7 @@ class Windows:
     present: np.ndarray  # (n, m, 20) bool: the neighbour is seen at that frame
     ego: np.ndarray  # (n,) pedestrian id
     start: np.ndarray  # (n,) frame id of the first observed step
+    goal: np.ndarray  # (n, 2) where the ego's track ends in the recording: its destination
 
 
 def load_tracks(path: str | Path) -> np.ndarray:
@@ -68,19 +80,27 @@ def windows(
     predicted: int = PREDICTED,
     max_neighbours: int = 16,
     stride: int = 1,
+    collapse_gaps: bool = False,
 ) -> Windows:
     """Every window of ``observed + predicted`` consecutive frames (a frame every
     :data:`FRAME_STEP` ids) in which the ego is present throughout, starting every ``stride``
-    frames."""
+    frames. ``collapse_gaps`` treats the recording's distinct frame ids as consecutive steps,
+    as Social-GAN's loader does (eth has gaps of 60-110 ids that it reads as one step): only
+    for comparing with numbers published under that protocol."""
     length = observed + predicted
     frames = rows[:, 0]
-    if np.any((frames - frames.min()) % FRAME_STEP):
+    if collapse_gaps:
+        ids, slot = np.unique(frames, return_inverse=True)
+        frames = ids[0] + slot * FRAME_STEP  # relabelled consecutively
+    elif np.any((frames - frames.min()) % FRAME_STEP):
         raise ValueError(f"frame ids must step by {FRAME_STEP}")
     slot = ((frames - frames.min()) // FRAME_STEP).astype(np.int64)
     peds, who = np.unique(rows[:, 1], return_inverse=True)
     grid = np.full((len(peds), int(slot.max()) + 1, 2), np.nan)
     grid[who, slot] = rows[:, 2:4]
     seen = ~np.isnan(grid[..., 0])  # (peds, frames)
+    last_seen = seen.shape[1] - 1 - np.argmax(seen[:, ::-1], axis=1)
+    destination = grid[np.arange(len(peds)), last_seen]  # (peds, 2)
     # windows: the ego seen at all `length` frames from t
     if seen.shape[1] >= length:
         runs = np.lib.stride_tricks.sliding_window_view(seen, length, axis=1).all(-1)
@@ -106,6 +126,7 @@ def windows(
         present=present,
         ego=peds[ego].astype(np.int64),
         start=(frames.min() + start * FRAME_STEP).astype(np.int64),
+        goal=destination[ego].astype(np.float32),
     )
 
 
@@ -132,3 +153,318 @@ def _neighbours(grid, ego, start, length, observed, max_neighbours):
         picked = np.pad(picked, ((0, 0), (0, pad), (0, 0), (0, 0)))
         present = np.pad(present, ((0, 0), (0, pad), (0, 0)))
     return track, picked, present
+
+
+# -- the egocentric raster: the lightweight model's "image" ------------------------------------
+RASTER_CELLS = 25  # cells per side, odd: the ego sits in the middle of the centre cell
+RASTER_CELL = 0.5  # metres per cell: 12.5 m x 12.5 m around the ego
+RASTER_CHANNELS = ("occupancy", "velocity_x", "velocity_y", "trails", "ego_path")
+
+
+def rasterize(
+    past: Tensor,
+    neighbours: Tensor,
+    seen: Tensor,
+    cells: int = RASTER_CELLS,
+    cell: float = RASTER_CELL,
+) -> Tensor:
+    """A bird's-eye raster per sample, in the ego frame (the ego at the centre, walking
+    toward +x, columns along x, rows along y), from observed positions only:
+
+    * ``occupancy`` -- people at the last observed step (a count per cell);
+    * ``velocity_x`` / ``velocity_y`` -- their velocity there, m/s, in the ego frame (summed);
+    * ``trails`` -- everyone's observed positions, weighted ``(t + 1) / steps`` (recent ones
+      heavier);
+    * ``ego_path`` -- the ego's own observed path, weighted the same way.
+
+    ``past`` (n, steps, 2), ``neighbours`` (n, m, steps, 2), ``seen`` (n, m, steps) bool.
+    Returns (n, 5, cells, cells) float32.
+    """
+    n, steps = past.shape[:2]
+    past, neighbours = past.double(), neighbours.double()
+    origin, direction = past[:, -1], heading(past)
+    nb = to_ego(neighbours, origin, direction)
+    own = to_ego(past, origin, direction)
+    out = torch.zeros(n * len(RASTER_CHANNELS) * cells * cells, dtype=torch.float64)
+    weight = (torch.arange(steps, dtype=torch.float64) + 1) / steps
+
+    def splat(points: Tensor, keep: Tensor, channel: int, value: Tensor) -> None:
+        col = torch.floor(points[..., 0] / cell + cells / 2).long()
+        row = torch.floor(points[..., 1] / cell + cells / 2).long()
+        keep = keep & (col >= 0) & (col < cells) & (row >= 0) & (row < cells)
+        sample = torch.arange(n).reshape((n,) + (1,) * (points.dim() - 2)).expand_as(col)
+        flat = ((sample * len(RASTER_CHANNELS) + channel) * cells + row) * cells + col
+        out.index_put_((flat[keep],), value.expand_as(col)[keep].double(), accumulate=True)
+
+    now, now_seen = nb[:, :, -1], seen[:, :, -1]
+    moved = now_seen & seen[:, :, -2]
+    velocity = torch.where(moved[..., None], (nb[:, :, -1] - nb[:, :, -2]) / STEP_SECONDS, 0.0)
+    splat(now, now_seen, 0, torch.ones(()))
+    splat(now, moved, 1, velocity[..., 0])
+    splat(now, moved, 2, velocity[..., 1])
+    splat(nb, seen, 3, weight)
+    splat(own, torch.ones(own.shape[:2], dtype=torch.bool), 4, weight)
+    return out.reshape(n, len(RASTER_CHANNELS), cells, cells).float()
+
+
+# -- multi-field batches, scene after scene ----------------------------------------------------
+INPUTS = ("past", "neighbours", "neighbours_seen", "raster", "goal")
+"""The input fields: the ego's observed path, its neighbours' observed paths and where they
+are known, the raster, and the ego's navigation goal (world metres)."""
+TARGETS = ("future", "neighbours_future", "neighbours_future_seen")
+"""What is predicted or scored against, in ``batch.targets``; never an input."""
+
+
+def schema(max_neighbours: int = 16, observed: int = OBSERVED) -> Schema:
+    """The declaration of :data:`INPUTS` for ``max_neighbours`` neighbour slots."""
+    m, cells = max_neighbours, RASTER_CELLS
+    return {
+        "past": Field((observed, 2), torch.float32),
+        "neighbours": Field((m, observed, 2), torch.float32),
+        "neighbours_seen": Field((m, observed), torch.bool),
+        "raster": Field((len(RASTER_CHANNELS), cells, cells), torch.float32),
+        "goal": Field((2,), torch.float32),
+    }
+
+
+@dataclass
+class SceneSamples:
+    """One scene's windows as tensors: inputs, targets and descriptions, in time order."""
+
+    name: str
+    x: dict[str, Tensor]
+    targets: dict[str, Tensor]
+    context: list[str]
+    ego: Tensor  # (n,) pedestrian ids
+    start: Tensor  # (n,) frame id of each window's first observed step
+
+    def __len__(self) -> int:
+        return len(self.context)
+
+    def batch(self, index: slice | Tensor, segment: int | None = None) -> Batch:
+        """Rows ``index`` as a batch; ``meta`` carries ``context``, ``scene``, ``ego`` and
+        ``start`` (which window of the recording each row is)."""
+        rows = range(len(self))[index] if isinstance(index, slice) else index.tolist()
+        return Batch(
+            x=take(self.x, index),
+            segment=segment,
+            targets=take(self.targets, index),
+            meta={
+                "context": [self.context[i] for i in rows],
+                "scene": self.name,
+                "ego": self.ego[index],
+                "start": self.start[index],
+            },
+        )
+
+
+def scene_samples(
+    name: str,
+    w: Windows,
+    describer: Describer,
+    observed: int = OBSERVED,
+) -> SceneSamples:
+    """Tensors of windows ``w`` (see :data:`INPUTS`, :data:`TARGETS`), described."""
+    past = torch.from_numpy(w.past)
+    neighbours = torch.from_numpy(w.neighbours_past)
+    seen = torch.from_numpy(w.present[:, :, :observed])
+    goal = torch.from_numpy(w.goal)
+    x = {
+        "past": past,
+        "neighbours": neighbours,
+        "neighbours_seen": seen,
+        "raster": rasterize(past, neighbours, seen),
+        "goal": goal,
+    }
+    targets = {
+        "future": torch.from_numpy(w.future),
+        "neighbours_future": torch.from_numpy(w.neighbours_future),
+        "neighbours_future_seen": torch.from_numpy(w.present[:, :, observed:]),
+    }
+    context = describer.describe(past, neighbours, seen, goal) if len(past) else []
+    ego, start = torch.from_numpy(w.ego), torch.from_numpy(w.start)
+    return SceneSamples(name, x, targets, list(context), ego, start)
+
+
+def _join(parts: list[Windows]) -> Windows:
+    return Windows(
+        *(np.concatenate([getattr(p, f) for p in parts]) for f in Windows.__annotations__)
+    )
+
+
+def _select(w: Windows, keep: np.ndarray) -> Windows:
+    return Windows(*(getattr(w, f)[keep] for f in Windows.__annotations__))
+
+
+def scene_windows(
+    scene: str,
+    data_dir: str | Path | None = None,
+    *,
+    max_neighbours: int = 16,
+    stride: int = 1,
+    test_fraction: float = 0.0,
+    social_gan: bool = False,
+) -> tuple[Windows, Windows]:
+    """``(train, test)`` windows of one scene, each in time order (recording by recording).
+    Each recording's last ``test_fraction`` of frames is held out: train windows end before
+    the cut, test windows start at or after it, so no frame is in both. ``social_gan``
+    windows the recordings as Social-GAN's loader does, to compare with published numbers:
+    frame gaps collapsed (see :func:`windows`), and only windows in which another pedestrian
+    is also present for all 20 frames."""
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"test_fraction must lie in [0, 1), got {test_fraction}")
+    train, test = [], []
+    for path in scene_files(scene, data_dir):
+        rows = load_tracks(path)
+        w = windows(rows, max_neighbours=max_neighbours, stride=stride, collapse_gaps=social_gan)
+        if social_gan:
+            w = _select(w, w.present.all(-1).any(-1))
+        w = _select(w, np.lexsort((w.ego, w.start)))  # time order, then pedestrian
+        first, last = rows[0, 0], rows[-1, 0]
+        cut = first + (1.0 - test_fraction) * (last - first) if test_fraction else np.inf
+        end = w.start + (OBSERVED + PREDICTED - 1) * FRAME_STEP
+        train.append(_select(w, end < cut))
+        test.append(_select(w, w.start >= cut))
+    return _join(train), _join(test)
+
+
+class TrajectoryStream:
+    """A single pass over scenes, one segment each, with ``position()`` / ``seek()`` (the
+    :class:`~streamkd.types.Stream` protocol). Batches carry :data:`INPUTS` as fields,
+    :data:`TARGETS` in ``batch.targets`` and the description in ``meta["context"]``;
+    :meth:`held_out` gives a scene's test windows as one batch."""
+
+    n_classes = 0  # regression targets, not classes
+
+    def __init__(
+        self,
+        name: str,
+        train: Sequence[SceneSamples],
+        test: Sequence[SceneSamples],
+        *,
+        batch_size: int,
+        max_neighbours: int,
+    ) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.name, self.batch_size = name, batch_size
+        self._train, self._test = list(train), list(test)
+        self.schema = schema(max_neighbours)
+        self.segments = [Segment(s.name, len(s)) for s in self._train]
+        self._bounds = [
+            (i, a, min(a + batch_size, len(s)))
+            for i, s in enumerate(self._train)
+            for a in range(0, len(s), batch_size)
+        ]
+        self._pos = 0
+
+    @property
+    def input_spec(self) -> Schema:
+        return self.schema
+
+    def __len__(self) -> int:
+        return len(self._bounds)
+
+    def position(self) -> int:
+        return self._pos
+
+    def seek(self, position: int) -> None:
+        if not 0 <= position <= len(self._bounds):
+            raise ValueError(f"position {position} is outside the stream (0..{len(self._bounds)})")
+        self._pos = int(position)
+
+    def __iter__(self) -> Iterator[Batch]:
+        while self._pos < len(self._bounds):
+            i, a, b = self._bounds[self._pos]
+            self._pos += 1
+            yield self._train[i].batch(slice(a, b), segment=i)
+
+    def scene(self, segment: int) -> SceneSamples:
+        """All training windows of one segment (offline training: the joint upper bound)."""
+        return self._train[segment]
+
+    def held_out(self, segment: int) -> Batch:
+        """The held-out windows of one segment as one batch."""
+        return self._test[segment].batch(slice(None), segment=segment)
+
+    def test_set(self, segment: int) -> None:
+        """Trajectory segments have no class labels: use :meth:`held_out`."""
+        return None
+
+    def describe(self) -> dict:
+        return {
+            "stream": self.name,
+            "segments": [s.name for s in self.segments],
+            "samples": sum(s.n_train for s in self.segments),
+            "held_out": [len(t) for t in self._test],
+            "batch_size": self.batch_size,
+            "fields": {k: f.describe() for k, f in self.schema.items()},
+        }
+
+
+def eth_ucy_stream(
+    scenes: Sequence[str] = tuple(SCENES),
+    *,
+    data_dir: str | Path | None = None,
+    batch_size: int = 16,
+    stride: int = 1,
+    test_fraction: float = 0.2,
+    max_per_segment: int | None = None,
+    max_test_per_segment: int | None = None,
+    max_neighbours: int = 16,
+    describer: Describer | None = None,
+    seed: int = 0,
+) -> TrajectoryStream:
+    """ETH/UCY as a domain-incremental stream: ``scenes`` in the order given, each in time
+    order; the last ``test_fraction`` of each recording held out (:meth:`held_out`).
+    ``stride`` takes every stride-th window start; ``max_per_segment`` keeps a scene's first
+    windows; ``max_test_per_segment`` a seeded random subset of its held-out ones.
+    ``describer`` writes ``meta["context"]`` (default :class:`RuleDescriber`)."""
+    if not scenes:
+        raise ValueError("eth_ucy_stream needs at least one scene")
+    for option, value in (("max_per_segment", max_per_segment), ("max_test", max_test_per_segment)):
+        if value is not None and value <= 0:
+            raise ValueError(f"{option} must be positive, got {value}")
+    describer = describer or RuleDescriber()
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for scene in scenes:
+        fit, held = scene_windows(
+            scene, data_dir, max_neighbours=max_neighbours, stride=stride,
+            test_fraction=test_fraction,
+        )  # fmt: skip
+        if max_per_segment is not None:
+            fit = _select(fit, np.arange(min(max_per_segment, len(fit.ego))))
+        if max_test_per_segment is not None and len(held.ego) > max_test_per_segment:
+            held = _select(held, np.sort(rng.permutation(len(held.ego))[:max_test_per_segment]))
+        train.append(scene_samples(scene, fit, describer))
+        test.append(scene_samples(scene, held, describer))
+    return TrajectoryStream(
+        "eth-ucy", train, test, batch_size=batch_size, max_neighbours=max_neighbours
+    )
+
+
+def leave_one_scene_out(
+    test_scene: str,
+    *,
+    data_dir: str | Path | None = None,
+    batch_size: int = 16,
+    stride: int = 1,
+    max_neighbours: int = 16,
+    describer: Describer | None = None,
+) -> tuple[TrajectoryStream, Batch]:
+    """The standard ETH/UCY protocol (Social-GAN, Trajectron++, CVM): train on the other four
+    scenes (every window, a segment each), test on every window of ``test_scene``, windowed
+    as Social-GAN's loader does (``social_gan`` in :func:`scene_windows`)."""
+    if test_scene not in SCENES:
+        raise ValueError(
+            f"unknown ETH/UCY scene {test_scene!r}; expected one of {', '.join(SCENES)}"
+        )
+    describer = describer or RuleDescriber()
+    others = [s for s in SCENES if s != test_scene]
+    stream = eth_ucy_stream(
+        others, data_dir=data_dir, batch_size=batch_size, stride=stride, test_fraction=0.0,
+        max_neighbours=max_neighbours, describer=describer,
+    )  # fmt: skip
+    held, _ = scene_windows(test_scene, data_dir, max_neighbours=max_neighbours, social_gan=True)
+    return stream, scene_samples(test_scene, held, describer).batch(slice(None))

@@ -11,6 +11,7 @@ from streamkd.distill import (
     bd_kd,
     binary_bd_kd,
     binary_kd,
+    feature_distance,
     forward_kl,
     reverse_kl,
     symmetric_info_nce,
@@ -88,6 +89,30 @@ def test_symmetric_info_nce_on_matched_unit_pairs():
     assert float(symmetric_info_nce(eye, swapped, temperature=1.0)) > expected
 
 
+def test_identical_teacher_rows_count_as_positives_when_marked():
+    # two students, one caption twice: the teacher rows are equal
+    a = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    b = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    soft = math.log(1 + math.exp(0.8))  # log-sum-exp of the column logits (0, 0.8)
+    plain = symmetric_info_nce(a, b, 1.0, reduction="none")
+    # rows: uniform logits (0, 0) and (0.8, 0.8) -> log 2 each; columns: (0, 0.8) against
+    # target 0 (row 0) or 1 (row 1)
+    assert torch.allclose(plain, 0.5 * torch.tensor([math.log(2) + soft, math.log(2) + soft - 0.8]))
+    same = torch.ones(2, 2, dtype=torch.bool)
+    marked = symmetric_info_nce(a, b, 1.0, reduction="none", positives=same)
+    assert torch.allclose(marked, torch.full((2,), 0.5 * (math.log(2) + soft - 0.4)))
+    learnable = torch.tensor(1.0, requires_grad=True)  # CLIP's learned temperature
+    symmetric_info_nce(a, b, learnable).backward()
+    assert learnable.grad is not None
+
+
+def test_feature_distance():
+    s, t = torch.tensor([[1.0, 0.0], [1.0, 2.0]]), torch.tensor([[0.0, 3.0], [2.0, 4.0]])
+    cosine = feature_distance(s, t, reduction="none")
+    assert torch.allclose(cosine, torch.tensor([1.0, 0.0]), atol=1e-6)
+    assert torch.allclose(feature_distance(s, t, "mse", "none"), torch.tensor([10.0, 5.0]))
+
+
 def test_the_gradient_reaches_the_student_and_the_teacher_only_when_not_detached():
     s = torch.randn(4, 3, requires_grad=True)
     t = torch.randn(4, 3, requires_grad=True)
@@ -105,6 +130,12 @@ def test_the_gradient_reaches_the_student_and_the_teacher_only_when_not_detached
         (lambda: forward_kl(torch.zeros(3), torch.zeros(3)), "(n, classes)"),
         (lambda: binary_kd(torch.zeros(2), torch.zeros(2), reduction="sum"), "reduction"),
         (lambda: symmetric_info_nce(torch.zeros(2, 3), torch.zeros(3, 3)), "one shape"),
+        (
+            lambda: symmetric_info_nce(torch.eye(2), torch.eye(2), positives=torch.ones(3, 3)),
+            "positives must be",
+        ),
+        (lambda: feature_distance(torch.zeros(2, 3), torch.zeros(2, 4)), "differ in shape"),
+        (lambda: feature_distance(torch.zeros(2), torch.zeros(2), "l1"), "unknown feature"),
     ],
 )
 def test_bad_arguments_get_clear_errors(call, words):

@@ -1,4 +1,5 @@
-"""Trajectory metrics against hand-computed values (issue 14 groundwork)."""
+"""Trajectory metrics, the ego frame, constant velocity and forgetting, against
+hand-computed values."""
 
 from __future__ import annotations
 
@@ -7,7 +8,19 @@ import math
 import pytest
 import torch
 
-from streamkd.trajectory import ade, fde, hausdorff, min_over_k, mse, personal_space_violation
+from streamkd.trajectory import (
+    ade,
+    constant_velocity,
+    fde,
+    forgetting,
+    from_ego,
+    hausdorff,
+    heading,
+    min_over_k,
+    mse,
+    personal_space_violation,
+    to_ego,
+)
 
 # a straight walk along x, and a prediction 3-4-5 off at the end
 TRUTH = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]]])
@@ -69,3 +82,36 @@ def test_bad_shapes_get_clear_errors():
         min_over_k(PRED, TRUTH)
     with pytest.raises(ValueError, match="others must be"):
         personal_space_violation(TRUTH, TRUTH, torch.ones(1, 3))
+
+
+def test_the_ego_frame_faces_the_walking_direction():
+    past = torch.tensor([[[0.0, 0.0], [0.0, 0.5], [0.0, 1.0]]])  # walking north
+    direction = heading(past)
+    assert torch.allclose(direction, torch.tensor([[0.0, 1.0]]))
+    points = torch.tensor([[[0.0, 3.0], [-1.0, 1.0]]])  # 2 m ahead; 1 m to the left
+    ego = to_ego(points, past[:, -1], direction)
+    assert torch.allclose(ego, torch.tensor([[[2.0, 0.0], [0.0, 1.0]]]), atol=1e-6)
+    assert torch.allclose(from_ego(ego, past[:, -1], direction), points, atol=1e-6)
+    standing = torch.tensor([[[0.0, 0.0], [-1.0, 0.0], [-1.01, 0.0]]])  # last step 1 cm
+    assert torch.allclose(heading(standing), torch.tensor([[-1.0, 0.0]]))  # the whole path
+    still = torch.zeros(1, 3, 2)
+    assert torch.allclose(heading(still), torch.tensor([[1.0, 0.0]]))
+
+
+def test_constant_velocity_repeats_the_last_step():
+    past = torch.tensor([[[0.0, 0.0], [5.0, 5.0], [6.0, 5.5]]])
+    path = constant_velocity(past, steps=3)
+    assert torch.allclose(path, torch.tensor([[[7.0, 6.0], [8.0, 6.5], [9.0, 7.0]]]))
+    with pytest.raises(ValueError, match="observed >= 2"):
+        constant_velocity(past[:, :1])
+
+
+def test_forgetting_by_the_end_and_over_every_later_point():
+    errors = torch.tensor([[1.0, 9.0, 9.0], [2.0, 3.0, 9.0], [1.5, 4.0, 5.0]])
+    # scene 0: 1 -> 1.5 by the end (+0.5), 2 and 1.5 later (mean +0.75); scene 1: 3 -> 4
+    assert torch.allclose(forgetting(errors), torch.tensor([0.5, 1.0]))
+    assert torch.allclose(forgetting(errors, over="all"), torch.tensor([0.75, 1.0]))
+    with pytest.raises(ValueError, match="square"):
+        forgetting(errors[:2])
+    with pytest.raises(ValueError, match="'end' or 'all'"):
+        forgetting(errors, over="max")

@@ -1,0 +1,517 @@
+"""SC-CLIP (OLiVia-Nav: "An Online Lifelong Vision Language Approach for Mobile Robot Social
+Navigation"): a lightweight social-context student distilled from a frozen text teacher,
+a trajectory predictor with K candidates and a selection module, learning scene after scene.
+
+Stage 1, the teacher: a describer writes what the robot observes as text
+(:mod:`streamkd.social`; the stream puts it in ``batch.meta["context"]``) and a frozen text
+encoder embeds it (all-MiniLM-L6-v2, :func:`streamkd.encoders.text_encoder`).
+Stage 2, the student: a small CNN over the egocentric raster, projected into the teacher's
+space and trained with CLIP's symmetric InfoNCE (learnable temperature), so at run time the
+robot needs no teacher. Its embedding conditions the trajectory predictor, which proposes K
+candidates (residuals over the constant-velocity path, in the ego frame) and a score for each.
+
+Each step (:meth:`SCCLIP.observe`)::
+
+    t      = teacher(context)                                 # frozen caption embeddings
+    s      = scenario(t)                                      # novelty: a new scenario?
+    batch  = incoming + replay(memory, balanced over scenarios)
+    loss   = clip_weight * InfoNCE(student(raster), t)
+           + trajectory_weight * (min_k ||candidate_k - future||^2 + CE(scores, argmin_k))
+           + distill_weight * D(student, previous student)    # on the replayed rows
+    memory.add(incoming, scenario=s)
+
+Novelty (task-free, :meth:`SCCLIP.track_scenario`): a running mean of the teacher's
+embeddings is compared with the current scenario's prototype; when its distance leaves the
+range the scenario's own batches kept for a few steps, the nearest stored prototype in a
+:class:`~streamkd.index.VectorIndex` is taken back if it matches, else a new scenario
+begins. At each change the student as it is becomes the "previous student" that later
+steps distil from (on replayed samples, as LwF does at a boundary, found here without task
+labels). Replay is class-balanced (CBRS) over the detected scenarios.
+
+Selection (:meth:`SCCLIP.forecast`) scores each candidate by agreement with the social context
+(its predicted log-probability, conditioned on the SC-CLIP embedding), goal progress (metres
+gained toward ``goal``) and social cost (seconds predicted within ``radius`` of a neighbour,
+each neighbour extrapolated at constant velocity from what was observed), weighted by
+``context_weight``, ``goal_weight`` and ``social_weight``.
+
+Not in the paper, stated: OLiVia-Nav's teacher is a large VLM on camera images, ours a rule
+describer on positions; its image is an RGB frame, ours a 5-channel bird's-eye raster
+(:func:`streamkd.streams.eth_ucy.rasterize`); the paper gives no network sizes, so the CNN,
+the predictor and K=6 are ours. The novelty search and the caption encoding run on the host:
+one read of the teacher's embeddings per step.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from streamkd.distill import feature_distance, symmetric_info_nce
+from streamkd.encoders import TEXT_DIM, TextEncoder, text_encoder
+from streamkd.index import VectorIndex
+from streamkd.strategy import Strategy
+from streamkd.streams.eth_ucy import INPUTS, OBSERVED, PREDICTED, RASTER_CHANNELS, schema
+from streamkd.trajectory import STEP_SECONDS, constant_velocity, from_ego, heading, to_ego
+from streamkd.types import Batch, InvalidBatchError, StepResult, cat_inputs, to_device
+
+MAX_LOGIT_SCALE = 100.0  # CLIP clamps its learned 1/temperature here
+
+
+class Forecast(NamedTuple):
+    """What the network says about a batch: the SC-CLIP embedding (unnormalised), K candidate
+    trajectories (world metres) and their context scores (logits)."""
+
+    embedding: Tensor  # (n, dim)
+    candidates: Tensor  # (n, k, predicted, 2)
+    logits: Tensor  # (n, k)
+
+
+class SocialNavNet(nn.Module):
+    """The SC-CLIP student (raster CNN + projection into the teacher's space) and the
+    trajectory predictor conditioned on its embedding, the observed path and the goal."""
+
+    n_classes = 0  # regression: no class head
+
+    def __init__(
+        self,
+        max_neighbours: int = 16,
+        embed_dim: int = TEXT_DIM,
+        candidates: int = 6,
+        width: int = 256,
+        observed: int = OBSERVED,
+        predicted: int = PREDICTED,
+    ) -> None:
+        super().__init__()
+        if candidates < 1:
+            raise ValueError(f"candidates must be >= 1, got {candidates}")
+        self.input_spec = schema(max_neighbours, observed)
+        self.candidates, self.predicted = candidates, predicted
+        channels = len(RASTER_CHANNELS)
+        self.encoder = nn.Sequential(
+            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.Flatten(),
+            nn.LazyLinear(width), nn.ReLU(),
+        )  # fmt: skip
+        self.project = nn.Linear(width, embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's init
+        self.motion = nn.Sequential(
+            nn.Linear(observed * 2 + 3, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU()
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(embed_dim + 64, width), nn.ReLU(),
+            nn.Linear(width, width), nn.ReLU(),
+            nn.Linear(width, candidates * (predicted * 2 + 1)),
+        )  # fmt: skip
+        self.encoder(torch.zeros(1, *self.input_spec["raster"].shape))  # size the lazy layer
+
+    def embed(self, raster: Tensor) -> Tensor:
+        """The SC-CLIP embedding of rasters (unnormalised)."""
+        return self.project(self.encoder(raster))
+
+    def forward(self, x: dict[str, Tensor]) -> Forecast:
+        past, goal = x["past"], x["goal"]
+        embedding = self.embed(x["raster"])
+        origin, direction = past[:, -1], heading(past)
+        path = to_ego(past, origin, direction) / 2.0  # metres / 2: order one
+        to_goal = to_ego(goal[:, None], origin, direction)[:, 0]
+        far = to_goal.norm(dim=-1, keepdim=True)
+        motion = self.motion(
+            torch.cat([path.flatten(1), to_goal / far.clamp_min(1e-6), torch.log1p(far)], 1)
+        )
+        out = self.decoder(torch.cat([F.normalize(embedding, dim=1), motion], 1))
+        k, steps = self.candidates, self.predicted
+        residual = out[:, : k * steps * 2].reshape(-1, k, steps, 2) * STEP_SECONDS
+        logits = out[:, k * steps * 2 :]
+        straight = to_ego(constant_velocity(past, steps), origin, direction)  # (n, steps, 2)
+        ego_paths = straight[:, None] + residual.cumsum(2)
+        return Forecast(embedding, from_ego(ego_paths, origin, direction), logits)
+
+
+_CAPTIONS: dict[str, dict[str, np.ndarray]] = {}  # encoder name -> sentence -> embedding
+
+
+class CaptionTeacher:
+    """The frozen stage-1 teacher: sentences to text embeddings, each sentence encoded once
+    per process (a cache shared by every teacher with the same encoder, since the encoder is
+    frozen; :meth:`prime` fills it in large batches, faster than step by step)."""
+
+    def __init__(self, encoder: TextEncoder) -> None:
+        self.encoder, self.dim = encoder, encoder.dim
+        self._cache = _CAPTIONS.setdefault(encoder.name, {})
+
+    def prime(self, texts: list[str], batch: int = 256) -> None:
+        """Encode the sentences not yet cached, ``batch`` at a time."""
+        todo = sorted(set(texts) - self._cache.keys())
+        for i in range(0, len(todo), batch):
+            part = todo[i : i + batch]
+            self._cache.update(zip(part, self.encoder.encode(part), strict=True))
+
+    def embed(self, texts: list[str]) -> Tensor:
+        self.prime(texts)
+        return torch.from_numpy(np.stack([self._cache[t] for t in texts]))
+
+
+class SCCLIP(Strategy):
+    name = "sc_clip"
+    help = "OLiVia-Nav's SC-CLIP: raster student of a frozen text teacher + K trajectories"
+    needs_fields = INPUTS
+
+    def __init__(
+        self,
+        model: SocialNavNet,
+        *,
+        clip_weight: float = 1.0,
+        trajectory_weight: float = 1.0,
+        distill_weight: float = 1.0,
+        novelty_sigma: float = 3.0,
+        novelty_window: int = 10,
+        novelty_patience: int = 5,
+        context_weight: float = 1.0,
+        goal_weight: float = 0.5,
+        social_weight: float = 2.0,
+        radius: float = 0.5,
+        text_encoder_kind: str = "auto",
+        lr: float = 1e-3,
+        optimizer: str = "adam",
+        memory: int = 1000,
+        replay_batch: int = 16,
+        buffer_policy: str = "class_balanced",
+        **shared: Any,
+    ) -> None:
+        """Args:
+        clip_weight: weight of the contrastive loss to the teacher's caption embeddings
+        trajectory_weight: weight of the best-of-K trajectory loss and its scoring loss
+        distill_weight: weight of distillation from the previous student (0: none)
+        novelty_sigma: a distance this many std above its scenario's mean is novel
+        novelty_window: steps averaged into the recent context (an exponential mean), and
+            steps a scenario runs before novelty is tested
+        novelty_patience: novel steps in a row that change the scenario
+        context_weight: selection weight of a candidate's context log-probability
+        goal_weight: selection weight of metres gained toward the goal
+        social_weight: selection weight of predicted seconds inside personal space
+        radius: personal-space radius in metres
+        text_encoder_kind: the frozen teacher: auto, minilm or hashing
+        """
+        for name, value in (
+            ("clip_weight", clip_weight), ("trajectory_weight", trajectory_weight),
+            ("distill_weight", distill_weight), ("context_weight", context_weight),
+            ("goal_weight", goal_weight), ("social_weight", social_weight),
+        ):  # fmt: skip
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if not novelty_sigma > 0:
+            raise ValueError(f"novelty_sigma must be positive, got {novelty_sigma}")
+        if novelty_window < 1 or novelty_patience < 1:
+            raise ValueError("novelty_window and novelty_patience must be >= 1")
+        if not radius > 0:
+            raise ValueError(f"radius must be positive, got {radius}")
+        if not isinstance(model, SocialNavNet):
+            raise ValueError(
+                f"sc_clip trains a SocialNavNet (SC-CLIP student + trajectory predictor); got "
+                f"{type(model).__name__}"
+            )
+        super().__init__(
+            model, lr=lr, optimizer=optimizer, memory=memory, replay_batch=replay_batch,
+            buffer_policy=buffer_policy, **shared,
+        )  # fmt: skip
+        self.teacher = CaptionTeacher(text_encoder(text_encoder_kind))
+        if self.teacher.dim != model.project.out_features:
+            raise ValueError(
+                f"the student embeds into {model.project.out_features} dimensions, the teacher "
+                f"({self.teacher.encoder.name}) into {self.teacher.dim}"
+            )
+        self.previous: SocialNavNet | None = None  # the student when the scenario last changed
+        self.prototypes = VectorIndex(self.teacher.dim, metric="ip", normalize=True)
+        self.prototype_vectors: list[Tensor] = []  # float64 means, one per scenario
+        self.counts: list[int] = []  # batches averaged into each prototype
+        self.recent: Tensor | None = None
+        self.distance_stats: list[tuple[int, float, float]] = []  # per scenario (Welford)
+        self.novel_means: list[Tensor] = []  # batch means of the current novel streak
+        self.fresh = False  # the current scenario is new and not yet compared with the others
+        self.scenario = 0
+
+    @classmethod
+    def default_model(cls, stream) -> SocialNavNet:
+        """The network ``sc_clip`` trains on an ETH/UCY stream."""
+        spec = getattr(stream, "schema", None) or {}
+        missing = [f for f in cls.needs_fields if f not in spec]
+        if missing:
+            raise ValueError(
+                f"sc_clip learns trajectories from the fields of the ETH/UCY stream "
+                f"(streamkd.streams.eth_ucy); stream {stream.name!r} lacks {', '.join(missing)}"
+            )
+        return SocialNavNet(max_neighbours=spec["neighbours"].shape[0])
+
+    # -- one step: the algorithm box -------------------------------------------------------
+    def observe(self, batch: Batch) -> StepResult:
+        x, future = self.prepare(batch)
+        teacher = self.teacher.embed(batch.meta["context"])
+        scenario = self.track_scenario(teacher)
+        teacher = teacher.to(self.device)
+        n = len(future)
+
+        rows, fut, tea, replayed = x, future, teacher, None
+        if len(self.buffer):
+            replayed = self.buffer.sample(self.replay_batch)
+            rows = cat_inputs([x, replayed.x])
+            fut = torch.cat([future, replayed.extras["future"]])
+            tea = torch.cat([teacher, replayed.extras["teacher"]])
+
+        out = self.model(rows)
+        same = (tea @ tea.T) > 1 - 1e-6  # identical captions are positives too
+        scale = self.model.logit_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
+        clip = symmetric_info_nce(out.embedding, tea, 1 / scale, positives=same)
+        errors = (out.candidates - fut[:, None]).pow(2).sum(-1).mean(-1)  # (rows, k)
+        best = errors.argmin(1)
+        trajectory = errors.gather(1, best[:, None]).mean() + F.cross_entropy(out.logits, best)
+        loss = self.hparams["clip_weight"] * clip + self.hparams["trajectory_weight"] * trajectory
+        parts = {"clip": clip.detach(), "trajectory": trajectory.detach()}
+        if replayed is not None and self.previous is not None and self.hparams["distill_weight"]:
+            with torch.no_grad():
+                before = self.previous(replayed.x)
+            distill = feature_distance(out.embedding[n:], before.embedding) + feature_distance(
+                out.candidates[n:], before.candidates, kind="mse"
+            ) / (2 * self.model.predicted)
+            loss = loss + self.hparams["distill_weight"] * distill
+            parts["distill"] = distill.detach()
+        self.step(loss)
+
+        self.buffer.add(x, scenario.expand(n), future=future, teacher=teacher)
+        return StepResult(loss.detach(), n, parts)
+
+    def prepare(self, batch: Batch) -> tuple[dict[str, Tensor], Tensor]:
+        """Validate inputs, targets and descriptions; move them to the device."""
+        self.validate(batch)
+        n = len(batch)
+        future = batch.targets.get("future")
+        if not isinstance(future, Tensor) or tuple(future.shape) != (n, self.model.predicted, 2):
+            got = tuple(future.shape) if isinstance(future, Tensor) else type(future).__name__
+            raise InvalidBatchError(
+                f"observe() needs batch.targets['future'] of shape ({n}, "
+                f"{self.model.predicted}, 2) (the positions to predict); got {got}"
+            )
+        if not future.is_floating_point() or not bool(torch.isfinite(future).all()):
+            raise InvalidBatchError("batch.targets['future'] must hold finite float positions")
+        context = batch.meta.get("context")
+        if not isinstance(context, list) or len(context) != n:
+            raise InvalidBatchError(
+                f"observe() needs batch.meta['context']: {n} descriptions (one per sample) "
+                "for the teacher"
+            )
+        if not all(isinstance(c, str) for c in context):
+            raise InvalidBatchError("batch.meta['context'] must hold strings")
+        x = to_device(batch.x, self.device)
+        self._valid = None
+        self.train_mode(True)
+        self.samples_seen += n
+        return x, future.to(self.device, torch.float32, non_blocking=True)
+
+    # -- novelty: a new social scenario? ----------------------------------------------------
+    def track_scenario(self, teacher: Tensor) -> Tensor:
+        """Feed a batch of teacher embeddings (host tensors) to the novelty detector; return
+        the current scenario id (0-d long tensor on the device).
+
+        ``recent`` is an exponential mean of the batch means (window ``novelty_window``); its
+        cosine distance to the current scenario's prototype (the mean of its batches) is
+        tracked with a running mean and std per scenario. Once the scenario has
+        ``novelty_window`` steps, a distance above mean + ``novelty_sigma`` std for
+        ``novelty_patience`` steps in a row begins a new scenario (:meth:`change_scenario`);
+        novel steps update neither the prototype nor the statistics. A new scenario that
+        turns out to be a stored one come back merges into it (:meth:`recognise`)."""
+        h = self.hparams
+        mean = teacher.double().mean(0)
+        rate = 1.0 / h["novelty_window"]
+        self.recent = mean if self.recent is None else self.recent + rate * (mean - self.recent)
+        if not self.counts:
+            self._store(0, mean, count=1)
+            self.distance_stats.append((0, 0.0, 0.0))
+            return self._scenario_tensor()
+        proto = self.prototype
+        distance = 1.0 - float(F.cosine_similarity(self.recent, proto, dim=0))
+        n, mu, m2 = self.distance_stats[self.scenario]
+        if n >= h["novelty_window"] and distance > self.limit(self.scenario):
+            self.novel_means.append(mean)
+            if len(self.novel_means) >= h["novelty_patience"]:
+                self.change_scenario()
+            return self._scenario_tensor()
+        self.novel_means = []
+        n += 1
+        delta = distance - mu
+        mu += delta / n
+        self.distance_stats[self.scenario] = (n, mu, m2 + delta * (distance - mu))
+        count = self.counts[self.scenario] + 1
+        self._store(self.scenario, proto + (mean - proto) / count, count)
+        if self.fresh and n >= h["novelty_window"]:
+            self.recognise()
+        return self._scenario_tensor()
+
+    def limit(self, scenario: int) -> float:
+        """The largest distance to ``scenario``'s prototype that is not novel: the mean +
+        ``novelty_sigma`` std of the distances its own steps had (inf until it has any)."""
+        n, mu, m2 = self.distance_stats[scenario]
+        return mu + self.hparams["novelty_sigma"] * math.sqrt(m2 / n) if n else math.inf
+
+    def change_scenario(self) -> None:
+        """The context left the current scenario: a new one begins from the novel batches'
+        mean (``recent`` restarts there, so its statistics do not absorb the transition), and
+        the current student becomes the one to distil from."""
+        arrived = torch.stack(self.novel_means).mean(0)
+        self.scenario = len(self.counts)
+        self._store(self.scenario, arrived, count=len(self.novel_means))
+        self.distance_stats.append((0, 0.0, 0.0))
+        self.fresh = True
+        self.recent = arrived.clone()
+        self.novel_means = []
+        self.previous = copy.deepcopy(self.model).eval().requires_grad_(False)
+
+    def recognise(self) -> None:
+        """Once a new scenario's prototype is a mean of ``novelty_window`` steps: if it lies
+        within a stored scenario's own range (FAISS nearest), it is that scenario come back,
+        and the two merge (counts, prototype, and the memory's scenario labels)."""
+        self.fresh = False
+        new = self.scenario
+        similarity, ids = self.prototypes.search(self.prototype.float()[None], 2)
+        others = [
+            (sim, j)
+            for sim, j in zip(similarity[0].tolist(), ids[0].tolist(), strict=True)
+            if j not in (new, -1)
+        ]
+        if not others or 1.0 - others[0][0] > self.limit(others[0][1]):
+            return
+        j = others[0][1]
+        total = self.counts[j] + self.counts[new]
+        merged = self.prototype_vectors[j] * self.counts[j] + self.prototype * self.counts[new]
+        self._store(j, merged / total, total)
+        self.prototypes.remove([new])
+        self.prototype_vectors.pop()
+        self.counts.pop()
+        self.distance_stats.pop()
+        self.scenario = j
+        self.buffer.relabel(new, j)
+
+    @property
+    def prototype(self) -> Tensor:
+        return self.prototype_vectors[self.scenario]
+
+    def _store(self, scenario: int, vector: Tensor, count: int) -> None:
+        if scenario == len(self.counts):
+            self.counts.append(count)
+            self.prototype_vectors.append(vector)
+        else:
+            self.counts[scenario] = count
+            self.prototype_vectors[scenario] = vector
+        self.prototypes.add(vector.float()[None], [scenario])  # replaces the id's vector
+
+    def _scenario_tensor(self) -> Tensor:
+        return torch.tensor(self.scenario, dtype=torch.long, device=self.device)
+
+    # -- prediction and selection -------------------------------------------------------------
+    @torch.no_grad()
+    def forecast(self, x: dict[str, Tensor]) -> tuple[Forecast, Tensor, Tensor]:
+        """``(network output, selection scores (n, k), selected trajectories (n, steps, 2))``
+        for raw inputs."""
+        self.check_inputs(x)
+        self.train_mode(False)
+        x = to_device(x, self.device)
+        out = self.model(x)
+        scores = selection_scores(out, x, self.hparams)
+        pick = scores.argmax(1)
+        return out, scores, out.candidates[torch.arange(len(pick), device=pick.device), pick]
+
+    @torch.no_grad()
+    def predict(self, x: dict[str, Tensor]) -> Tensor:
+        """The selected trajectory per sample, (n, predicted, 2) world metres."""
+        return self.forecast(x)[2]
+
+    @torch.no_grad()
+    def embed(self, x: dict[str, Tensor]) -> Tensor:
+        """The SC-CLIP embeddings (L2-normalised) of raw inputs: what the robot uses in place
+        of the teacher at run time."""
+        self.check_inputs(x)
+        self.train_mode(False)
+        return F.normalize(self.model.embed(x["raster"].to(self.device)), dim=1)
+
+    def predictor(self):
+        """A frozen copy of :meth:`predict` (later training does not change it)."""
+        return FrozenNavigator(copy.deepcopy(self.model), dict(self.hparams), self.device)
+
+    def ensure_classes(self, n_classes: int) -> None:
+        """No class head: nothing grows."""
+
+    # -- state ------------------------------------------------------------------------------------
+    def extra_state(self) -> dict:
+        return {
+            "prototypes": [v.clone() for v in self.prototype_vectors],
+            "counts": list(self.counts),
+            "recent": None if self.recent is None else self.recent.clone(),
+            "distance_stats": [list(s) for s in self.distance_stats],
+            "novel_means": [m.clone() for m in self.novel_means],
+            "fresh": self.fresh,
+            "scenario": self.scenario,
+            "previous": None
+            if self.previous is None
+            else {k: v.detach().clone() for k, v in self.previous.state_dict().items()},
+        }
+
+    def load_extra_state(self, state: dict) -> None:
+        self.prototypes.reset()
+        self.prototype_vectors, self.counts = [], []
+        for i, (vector, count) in enumerate(zip(state["prototypes"], state["counts"], strict=True)):
+            self._store(i, vector.clone(), int(count))
+        self.recent = None if state["recent"] is None else state["recent"].clone()
+        self.distance_stats = [
+            (int(n), float(mu), float(m2)) for n, mu, m2 in state["distance_stats"]
+        ]
+        self.novel_means = [m.clone() for m in state["novel_means"]]
+        self.fresh = bool(state["fresh"])
+        self.scenario = int(state["scenario"])
+        self.previous = None
+        if state["previous"] is not None:
+            self.previous = copy.deepcopy(self.model).eval().requires_grad_(False)
+            self.previous.load_state_dict(state["previous"])
+
+
+def selection_scores(out: Forecast, x: dict[str, Tensor], weights: dict[str, Any]) -> Tensor:
+    """Each candidate's score: ``context_weight * log p(candidate | context) + goal_weight *
+    metres gained toward the goal - social_weight * seconds predicted within ``radius`` of a
+    neighbour`` (neighbours extrapolated at constant velocity from their observed positions;
+    one seen only at the last observed step stands still)."""
+    candidates = out.candidates  # (n, k, steps, 2)
+    last, goal = x["past"][:, -1], x["goal"]
+    progress = (goal - last).norm(dim=-1)[:, None] - (goal[:, None] - candidates[:, :, -1]).norm(
+        dim=-1
+    )
+    seen = x["neighbours_seen"]
+    moving = seen[:, :, -1] & seen[:, :, -2]
+    neighbours = torch.where(moving[..., None, None], x["neighbours"], x["neighbours"][:, :, -1:])
+    ahead = constant_velocity(neighbours, candidates.shape[2])  # (n, m, steps, 2)
+    gap = (candidates[:, :, None] - ahead[:, None]).norm(dim=-1)  # (n, k, m, steps)
+    inside = torch.sigmoid((weights["radius"] - gap) / 0.05) * seen[:, None, :, -1, None]
+    cost = inside.amax(2).sum(-1) * STEP_SECONDS  # (n, k) seconds
+    context = F.log_softmax(out.logits, dim=1)
+    return (
+        weights["context_weight"] * context
+        + weights["goal_weight"] * progress
+        - weights["social_weight"] * cost
+    )
+
+
+class FrozenNavigator:
+    """A frozen copy of :meth:`SCCLIP.predict`: selected trajectories from raw inputs."""
+
+    def __init__(self, model: SocialNavNet, weights: dict[str, Any], device) -> None:
+        self.model, self.weights, self.device = model.eval(), weights, device
+
+    @torch.no_grad()
+    def __call__(self, x: dict[str, Tensor]) -> Tensor:
+        x = to_device(x, self.device)
+        out = self.model(x)
+        pick = selection_scores(out, x, self.weights).argmax(1)
+        return out.candidates[torch.arange(len(pick), device=pick.device), pick]
