@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from streamkd.experiment import write_json
-from streamkd.strategies.sc_clip import SCCLIP, SocialNavNet
+from streamkd.strategies.sc_clip import SCCLIP, SocialNavNet, selection_scores
 from streamkd.streams.eth_ucy import SCENES, SceneSamples, eth_ucy_stream, leave_one_scene_out
 from streamkd.trajectory import (
     ade,
@@ -120,10 +120,18 @@ def cv_predict(x: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return path, path[:, None]
 
 
-def model_predict(strategy: SCCLIP):
+def model_predict(strategy: SCCLIP, **weights: float):
+    """The strategy's selected trajectories and candidates; ``weights`` override its
+    selection weights (an ablation: e.g. ``social_weight=0``)."""
+
     def predict(x: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        out, _, selected = strategy.forecast(x)
-        return selected, out.candidates
+        if not weights:
+            out, _, selected = strategy.forecast(x)
+            return selected, out.candidates
+        out = strategy.forecast(x)[0]
+        scores = selection_scores(out, x, {**strategy.hparams, **weights})
+        pick = scores.argmax(1)
+        return out.candidates[torch.arange(len(pick)), pick], out.candidates
 
     return predict
 
@@ -147,14 +155,11 @@ def make_learner(kind: str, seed: int, opts: Options) -> SCCLIP:
     return SCCLIP(SocialNavNet(), seed=seed, text_encoder_kind=opts.text_encoder, **lifelong)
 
 
-def stream_run(kind: str, seed: int, opts: Options) -> dict:
-    """One pass over the scenes; the error matrix after each scene."""
-    stream = _stream(seed, opts)
+def learn_stream(kind: str, seed: int, opts: Options):
+    """One pass over the scenes: ``(learner, stream, held-out batches, ADE matrix (a row
+    after each scene), scenario changes, seconds spent in observe())``."""
+    stream = scene_stream(seed, opts)
     tests = [stream.held_out(i) for i in range(len(stream.segments))]
-    if kind == "constant_velocity":
-        per_scene = [score(cv_predict, t) for t in tests]
-        matrix = [[s["ade"] for s in per_scene]] * len(tests)
-        return _summary(per_scene, matrix, seconds=0.0)
     learner = make_learner(kind, seed, opts)
     learner.teacher.prime([c for i in range(len(tests)) for c in stream.scene(i).context])
     matrix, scenarios, seconds, segment = [], [], 0.0, 0
@@ -167,18 +172,43 @@ def stream_run(kind: str, seed: int, opts: Options) -> dict:
         learner.observe(batch)
         seconds += time.perf_counter() - start
         if learner.scenario != before:
-            scenarios.append({"step": stream.position(), "scene": stream.segments[segment].name})
+            scenarios.append(
+                {
+                    "step": stream.position(),
+                    "scene": stream.segments[segment].name,
+                    "scenario": learner.scenario,
+                }
+            )
+    matrix.append([score(model_predict(learner), t)["ade"] for t in tests])
+    return learner, stream, tests, matrix, scenarios, seconds
+
+
+def stream_run(kind: str, seed: int, opts: Options) -> dict:
+    """A method on the domain-incremental stream: final metrics per scene, the ADE matrix,
+    forgetting; for the learners also retrieval, scenario changes and the selection without
+    its social term."""
+    if kind == "constant_velocity":
+        tests = [scene_stream(seed, opts).held_out(i) for i in range(len(SCENES))]
+        per_scene = [score(cv_predict, t) for t in tests]
+        matrix = [[s["ade"] for s in per_scene]] * len(tests)
+        return summary(per_scene, matrix, seconds=0.0)
+    learner, stream, tests, matrix, scenarios, seconds = learn_stream(kind, seed, opts)
     per_scene = [score(model_predict(learner), t) for t in tests]
-    matrix.append([s["ade"] for s in per_scene])
-    out = _summary(per_scene, matrix, seconds=seconds)
-    out["retrieval"] = retrieval(learner, _held_out_sample(tests, seed))
-    out["new_scenarios"] = scenarios
+    out = summary(per_scene, matrix, seconds=seconds)
+    out["retrieval"] = retrieval(learner, held_out_sample(tests, seed))
+    out["scenario_changes"] = scenarios
+    batches = [-(-len(stream.scene(i)) // opts.batch_size) for i in range(len(tests))]
+    out["scene_first_steps"] = [sum(batches[:i]) + 1 for i in range(len(tests))]
+    plain = [score(model_predict(learner, social_weight=0.0), t) for t in tests]
+    out["without_social_term"] = {
+        k: statistics.fmean(s[k] for s in plain) for k in ("ade", "fde", "psv_s")
+    }
     return out
 
 
 def joint_run(seed: int, opts: Options) -> dict:
     """Offline on all scenes' training windows together, shuffled each epoch."""
-    stream = _stream(seed, opts)
+    stream = scene_stream(seed, opts)
     tests = [stream.held_out(i) for i in range(len(stream.segments))]
     scenes = [stream.scene(i) for i in range(len(stream.segments))]
     everything = SceneSamples(
@@ -199,8 +229,8 @@ def joint_run(seed: int, opts: Options) -> dict:
             learner.observe(everything.batch(order[i : i + opts.batch_size]))
     seconds = time.perf_counter() - start
     per_scene = [score(model_predict(learner), t) for t in tests]
-    out = _summary(per_scene, None, seconds=seconds)
-    out["retrieval"] = retrieval(learner, _held_out_sample(tests, seed))
+    out = summary(per_scene, None, seconds=seconds)
+    out["retrieval"] = retrieval(learner, held_out_sample(tests, seed))
     return out
 
 
@@ -232,14 +262,14 @@ def loo_run(seed: int, opts: Options) -> dict:
     return out
 
 
-def _stream(seed: int, opts: Options):
+def scene_stream(seed: int, opts: Options):
     return eth_ucy_stream(
         data_dir=opts.data_dir, batch_size=opts.batch_size, max_per_segment=opts.max_per_scene,
         max_test_per_segment=opts.max_test, seed=seed,
     )  # fmt: skip
 
 
-def _held_out_sample(tests: list[Batch], seed: int, n: int = 256) -> Batch:
+def held_out_sample(tests: list[Batch], seed: int, n: int = 256) -> Batch:
     rows = [(i, j) for i, t in enumerate(tests) for j in range(len(t))]
     pick = np.random.default_rng(seed).permutation(len(rows))[:n]
     chosen = [rows[p] for p in sorted(pick)]
@@ -247,7 +277,7 @@ def _held_out_sample(tests: list[Batch], seed: int, n: int = 256) -> Batch:
     return Batch(x=x, meta={"context": [tests[i].meta["context"][j] for i, j in chosen]})
 
 
-def _summary(per_scene: list[dict], matrix, seconds: float) -> dict:
+def summary(per_scene: list[dict], matrix, seconds: float) -> dict:
     mean = {k: statistics.fmean(s[k] for s in per_scene) for k in per_scene[0] if k != "n"}
     out = {**mean, "per_scene": per_scene, "seconds": seconds}
     if matrix is not None:

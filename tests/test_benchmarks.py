@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -211,3 +212,31 @@ def test_online_kd_benchmark_smoke(tmp_path, data_dir):
         "bd_kd_ece_minus_forward_kl",
         "bd_kd_accuracy_minus_forward_kl",
     }
+
+
+def test_social_nav_benchmark_smoke(tmp_path, data_dir):
+    """The ETH/UCY lifelong benchmark runs end to end on a few windows per scene (and the
+    leave-one-scene-out table) and writes its schema."""
+    out = tmp_path / "social_nav.json"
+    args = ["--seeds", "0", "--max-per-scene", "48", "--max-test", "32", "--joint-epochs", "1"]
+    args += ["--text-encoder", "hashing", "--loo", "--loo-max-per-scene", "32"]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "social_nav.py"), *args, "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "STREAMKD_DATA": str(data_dir)},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert set(data["methods"]) == {"sc_clip", "naive", "joint", "constant_velocity"}
+    for name, m in data["methods"].items():
+        for key in ("ade", "fde", "hausdorff", "psv_s"):
+            assert m[key]["mean"] > 0 or key == "psv_s", (name, key)
+        assert (m["forgetting"] is None) == (name == "joint"), name
+    run = data["runs"]["sc_clip"][0]
+    assert len(run["ade_matrix"]) == 5 and len(run["per_scene"]) == 5
+    assert 0 <= run["retrieval"]["chance"] <= run["retrieval"]["top1"] + 1
+    assert set(data["loo"]["runs"]["0"]) == {"eth", "hotel", "univ", "zara1", "zara2"}
+    zara1 = data["loo"]["runs"]["0"]["zara1"]["constant_velocity"]["ade"]
+    assert abs(zara1 - 0.43) / 0.43 < 0.1  # Schöller et al.'s published constant velocity
