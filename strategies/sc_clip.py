@@ -14,7 +14,7 @@ Each step (:meth:`SCCLIP.observe`)::
 
     t      = teacher(context)                                 # frozen caption embeddings
     s      = scenario(t)                                      # novelty: a new scenario?
-    batch  = incoming + replay(memory, balanced over scenarios)
+    batch  = incoming + replay(memory)                        # memory balanced over scenarios
     loss   = clip_weight * InfoNCE(student(raster), t)
            + trajectory_weight * (min_k ||candidate_k - future||^2 + CE(scores, argmin_k))
            + distill_weight * D(student, previous student)    # on the replayed rows
@@ -22,17 +22,19 @@ Each step (:meth:`SCCLIP.observe`)::
 
 Novelty (task-free, :meth:`SCCLIP.track_scenario`): a running mean of the teacher's
 embeddings is compared with the current scenario's prototype; when its distance leaves the
-range the scenario's own batches kept for a few steps, the nearest stored prototype in a
-:class:`~streamkd.index.VectorIndex` is taken back if it matches, else a new scenario
-begins. At each change the student as it is becomes the "previous student" that later
-steps distil from (on replayed samples, as LwF does at a boundary, found here without task
-labels). Replay is class-balanced (CBRS) over the detected scenarios.
+range the scenario's own batches kept, for a few steps in a row, a new scenario begins, and
+a new one that turns out to match a stored prototype in a
+:class:`~streamkd.index.VectorIndex` merges back into it. At each change the student as it
+is becomes the "previous student" that later steps distil from (on replayed samples, as LwF
+does at a boundary, found here without task labels). The memory keeps a class-balanced
+(CBRS) share of each detected scenario; replay draws from it uniformly.
 
-Selection (:meth:`SCCLIP.forecast`) scores each candidate by agreement with the social context
-(its predicted log-probability, conditioned on the SC-CLIP embedding), goal progress (metres
-gained toward ``goal``) and social cost (seconds predicted within ``radius`` of a neighbour,
-each neighbour extrapolated at constant velocity from what was observed), weighted by
-``context_weight``, ``goal_weight`` and ``social_weight``.
+Selection (:meth:`SCCLIP.forecast`) scores each candidate by its context score (the
+log-probability a head conditioned on the SC-CLIP embedding gives it, trained to pick the
+candidate nearest the true path), goal progress (metres gained toward the ``goal`` input,
+when the stream gives one) and social cost (seconds predicted within ``radius`` of a
+neighbour, each neighbour extrapolated at constant velocity from what was observed),
+weighted by ``context_weight``, ``goal_weight`` and ``social_weight``.
 
 Not in the paper, stated: OLiVia-Nav's teacher is a large VLM on camera images, ours a rule
 describer on positions; its image is an RGB frame, ours a 5-channel bird's-eye raster
@@ -74,7 +76,8 @@ class Forecast(NamedTuple):
 
 class SocialNavNet(nn.Module):
     """The SC-CLIP student (raster CNN + projection into the teacher's space) and the
-    trajectory predictor conditioned on its embedding, the observed path and the goal."""
+    trajectory predictor conditioned on its embedding, the observed path and (with
+    ``goal=True``, for streams that give one) the goal."""
 
     n_classes = 0  # regression: no class head
 
@@ -86,11 +89,13 @@ class SocialNavNet(nn.Module):
         width: int = 256,
         observed: int = OBSERVED,
         predicted: int = PREDICTED,
+        goal: bool = False,
     ) -> None:
         super().__init__()
         if candidates < 1:
             raise ValueError(f"candidates must be >= 1, got {candidates}")
-        self.input_spec = schema(max_neighbours, observed)
+        self.input_spec = schema(max_neighbours, observed, goal=goal)
+        self.goal = goal
         self.candidates, self.predicted = candidates, predicted
         channels = len(RASTER_CHANNELS)
         self.encoder = nn.Sequential(
@@ -102,7 +107,10 @@ class SocialNavNet(nn.Module):
         self.project = nn.Linear(width, embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's init
         self.motion = nn.Sequential(
-            nn.Linear(observed * 2 + 3, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU()
+            nn.Linear(observed * 2 + (3 if goal else 0), 64),
+            nn.ReLU(),
+            nn.Linear(64, 64),
+            nn.ReLU(),
         )
         self.decoder = nn.Sequential(
             nn.Linear(embed_dim + 64, width), nn.ReLU(),
@@ -116,15 +124,16 @@ class SocialNavNet(nn.Module):
         return self.project(self.encoder(raster))
 
     def forward(self, x: dict[str, Tensor]) -> Forecast:
-        past, goal = x["past"], x["goal"]
+        past = x["past"]
         embedding = self.embed(x["raster"])
         origin, direction = past[:, -1], heading(past)
         path = to_ego(past, origin, direction) / 2.0  # metres / 2: order one
-        to_goal = to_ego(goal[:, None], origin, direction)[:, 0]
-        far = to_goal.norm(dim=-1, keepdim=True)
-        motion = self.motion(
-            torch.cat([path.flatten(1), to_goal / far.clamp_min(1e-6), torch.log1p(far)], 1)
-        )
+        features = [path.flatten(1)]
+        if self.goal:  # direction and log distance to the goal
+            to_goal = to_ego(x["goal"][:, None], origin, direction)[:, 0]
+            far = to_goal.norm(dim=-1, keepdim=True)
+            features += [to_goal / far.clamp_min(1e-6), torch.log1p(far)]
+        motion = self.motion(torch.cat(features, 1))
         out = self.decoder(torch.cat([F.normalize(embedding, dim=1), motion], 1))
         k, steps = self.candidates, self.predicted
         residual = out[:, : k * steps * 2].reshape(-1, k, steps, 2) * STEP_SECONDS
@@ -140,18 +149,20 @@ _CAPTIONS: dict[str, dict[str, np.ndarray]] = {}  # encoder name -> sentence -> 
 class CaptionTeacher:
     """The frozen stage-1 teacher: sentences to text embeddings, each sentence encoded once
     per process (a cache shared by every teacher with the same encoder, since the encoder is
-    frozen; :meth:`prime` fills it in large batches, faster than step by step)."""
+    frozen; :meth:`prime` fills it ahead of a stream).
+
+    Each sentence is encoded on its own: batched, MiniLM's embedding of a sentence changes in
+    its last bits with the sentences padded beside it, so a resumed run (whose cache starts
+    empty) would not see the same targets. Alone, it is about half as fast."""
 
     def __init__(self, encoder: TextEncoder) -> None:
         self.encoder, self.dim = encoder, encoder.dim
         self._cache = _CAPTIONS.setdefault(encoder.name, {})
 
-    def prime(self, texts: list[str], batch: int = 256) -> None:
-        """Encode the sentences not yet cached, ``batch`` at a time."""
-        todo = sorted(set(texts) - self._cache.keys())
-        for i in range(0, len(todo), batch):
-            part = todo[i : i + batch]
-            self._cache.update(zip(part, self.encoder.encode(part), strict=True))
+    def prime(self, texts: list[str]) -> None:
+        """Encode the sentences not yet cached."""
+        for text in sorted(set(texts) - self._cache.keys()):
+            self._cache[text] = self.encoder.encode([text])[0]
 
     def embed(self, texts: list[str]) -> Tensor:
         self.prime(texts)
@@ -247,7 +258,7 @@ class SCCLIP(Strategy):
                 f"sc_clip learns trajectories from the fields of the ETH/UCY stream "
                 f"(streamkd.streams.eth_ucy); stream {stream.name!r} lacks {', '.join(missing)}"
             )
-        return SocialNavNet(max_neighbours=spec["neighbours"].shape[0])
+        return SocialNavNet(max_neighbours=spec["neighbours"].shape[0], goal="goal" in spec)
 
     # -- one step: the algorithm box -------------------------------------------------------
     def observe(self, batch: Batch) -> StepResult:
@@ -258,7 +269,7 @@ class SCCLIP(Strategy):
         n = len(future)
 
         rows, fut, tea, replayed = x, future, teacher, None
-        if len(self.buffer):
+        if len(self.buffer) and self.replay_batch:
             replayed = self.buffer.sample(self.replay_batch)
             rows = cat_inputs([x, replayed.x])
             fut = torch.cat([future, replayed.extras["future"]])
@@ -354,9 +365,13 @@ class SCCLIP(Strategy):
 
     def limit(self, scenario: int) -> float:
         """The largest distance to ``scenario``'s prototype that is not novel: the mean +
-        ``novelty_sigma`` std of the distances its own steps had (inf until it has any)."""
+        ``novelty_sigma`` std of the distances its own steps had (inf until it has any; the
+        std counts as at least a tenth of the mean, so a scenario whose distances barely
+        varied is not tripped by any small rise)."""
         n, mu, m2 = self.distance_stats[scenario]
-        return mu + self.hparams["novelty_sigma"] * math.sqrt(m2 / n) if n else math.inf
+        if not n:
+            return math.inf
+        return mu + self.hparams["novelty_sigma"] * max(math.sqrt(m2 / n), 0.1 * mu)
 
     def change_scenario(self) -> None:
         """The context left the current scenario: a new one begins from the novel batches'
@@ -448,6 +463,7 @@ class SCCLIP(Strategy):
     # -- state ------------------------------------------------------------------------------------
     def extra_state(self) -> dict:
         return {
+            "teacher": self.teacher.encoder.name,
             "prototypes": [v.clone() for v in self.prototype_vectors],
             "counts": list(self.counts),
             "recent": None if self.recent is None else self.recent.clone(),
@@ -461,6 +477,12 @@ class SCCLIP(Strategy):
         }
 
     def load_extra_state(self, state: dict) -> None:
+        if state["teacher"] != self.teacher.encoder.name:
+            raise ValueError(
+                f"this state was learned with the {state['teacher']} text teacher; this "
+                f"learner's is {self.teacher.encoder.name} (set text_encoder_kind to match): "
+                "its prototypes and stored embeddings live in that teacher's space"
+            )
         self.prototypes.reset()
         self.prototype_vectors, self.counts = [], []
         for i, (vector, count) in enumerate(zip(state["prototypes"], state["counts"], strict=True)):
@@ -484,10 +506,12 @@ def selection_scores(out: Forecast, x: dict[str, Tensor], weights: dict[str, Any
     neighbour`` (neighbours extrapolated at constant velocity from their observed positions;
     one seen only at the last observed step stands still)."""
     candidates = out.candidates  # (n, k, steps, 2)
-    last, goal = x["past"][:, -1], x["goal"]
-    progress = (goal - last).norm(dim=-1)[:, None] - (goal[:, None] - candidates[:, :, -1]).norm(
-        dim=-1
-    )
+    progress = torch.zeros(candidates.shape[:2], device=candidates.device)
+    if "goal" in x:
+        last, goal = x["past"][:, -1], x["goal"]
+        progress = (goal - last).norm(dim=-1)[:, None] - (
+            goal[:, None] - candidates[:, :, -1]
+        ).norm(dim=-1)
     seen = x["neighbours_seen"]
     moving = seen[:, :, -1] & seen[:, :, -2]
     neighbours = torch.where(moving[..., None, None], x["neighbours"], x["neighbours"][:, :, -1:])

@@ -3,10 +3,10 @@
 OLiVia-Nav has a large vision-language model describe the social situation around the robot
 and distils that description into a small CLIP-like student. No VLM runs here, so
 :class:`RuleDescriber` writes the description from what a robot has observed -- the ego's
-8 observed positions, its neighbours' observed positions and its navigation goal, never
-anything of the future -- covering what the paper's prompts ask about: crowd density, people
+8 observed positions, its neighbours' observed positions and, when one is given, its
+navigation goal -- covering what the paper's prompts ask about: crowd density, people
 approaching or crossing, walking companions and groups, the ego's walking speed, the flow
-around it, and whether the way toward the goal is free. A frozen text encoder
+around it, and whether the way ahead (toward the goal, when given) is free. A frozen text encoder
 (:func:`streamkd.encoders.text_encoder`, all-MiniLM-L6-v2) turns the sentences into the
 teacher's embeddings.
 
@@ -33,9 +33,11 @@ CORRIDOR = (4.0, 0.75)  # the way toward the goal: 4 m long, 0.75 m to each side
 class Describer(Protocol):
     """Observed scene -> one sentence-level description per sample."""
 
-    def describe(self, past: Tensor, neighbours: Tensor, seen: Tensor, goal: Tensor) -> list[str]:
+    def describe(
+        self, past: Tensor, neighbours: Tensor, seen: Tensor, goal: Tensor | None = None
+    ) -> list[str]:
         """``past`` (n, 8, 2), ``neighbours`` (n, m, 8, 2), ``seen`` (n, m, 8) bool, ``goal``
-        (n, 2); world metres."""
+        (n, 2) or ``None``; world metres."""
         ...
 
 
@@ -44,15 +46,21 @@ class RuleDescriber:
 
     name = "rules"
 
-    def describe(self, past: Tensor, neighbours: Tensor, seen: Tensor, goal: Tensor) -> list[str]:
+    def describe(
+        self, past: Tensor, neighbours: Tensor, seen: Tensor, goal: Tensor | None = None
+    ) -> list[str]:
         f = social_features(past, neighbours, seen, goal)
-        return [_sentence({k: v[i] for k, v in f.items()}) for i in range(len(past))]
+        rows = [{k: None if v is None else v[i] for k, v in f.items()} for i in range(len(past))]
+        return [_sentence(row) for row in rows]
 
 
-def social_features(past: Tensor, neighbours: Tensor, seen: Tensor, goal: Tensor) -> dict:
+def social_features(
+    past: Tensor, neighbours: Tensor, seen: Tensor, goal: Tensor | None = None
+) -> dict:
     """The quantities the descriptions are made of, per sample, in the ego frame (+x the
-    walking direction, +y its left), as plain Python lists."""
-    past, neighbours, goal = past.double(), neighbours.double(), goal.double()
+    walking direction, +y its left), as plain Python lists. Without a goal the way ahead is
+    the walking direction, and the goal entries are ``None``."""
+    past, neighbours = past.double(), neighbours.double()
     origin, direction = past[:, -1], heading(past)
     nb = to_ego(neighbours, origin, direction)  # (n, m, steps, 2)
     now = nb[:, :, -1]
@@ -79,7 +87,11 @@ def social_features(past: Tensor, neighbours: Tensor, seen: Tensor, goal: Tensor
     companion = (dist < 1.5) & moving & ((velocity - ego_v[:, None]).norm(dim=-1) < 0.5)
     flow_same = (dist < 8) & moving & (velocity[..., 0] > MOVING)
     flow_against = (dist < 8) & moving & (velocity[..., 0] < -MOVING)
-    g = to_ego(goal[:, None], origin, direction)[:, 0]
+    if goal is None:  # the way ahead: straight on, as far as the corridor reaches
+        g = torch.zeros_like(origin)
+        g[:, 0] = CORRIDOR[0]
+    else:
+        g = to_ego(goal.double()[:, None], origin, direction)[:, 0]
     g_dist = g.norm(dim=-1).clamp_min(1e-6)
     u = g / g_dist[:, None]
     along = (now * u[:, None]).sum(-1)
@@ -99,8 +111,10 @@ def social_features(past: Tensor, neighbours: Tensor, seen: Tensor, goal: Tensor
         "companions": companion.sum(1).tolist(),
         "flow_same": flow_same.sum(1).tolist(),
         "flow_against": flow_against.sum(1).tolist(),
-        "goal_angle": torch.rad2deg(torch.atan2(g[:, 1], g[:, 0])).tolist(),
-        "goal_dist": g_dist.tolist(),
+        "goal_angle": None
+        if goal is None
+        else torch.rad2deg(torch.atan2(g[:, 1], g[:, 0])).tolist(),
+        "goal_dist": None if goal is None else g_dist.tolist(),
         "blocked_at": block.tolist(),
     }
 
@@ -132,7 +146,9 @@ def _sentence(f: dict) -> str:
         else "walking fast"
     )
     a = f["goal_angle"]
-    if f["goal_dist"] < 0.5:
+    if a is None:
+        goal = None
+    elif f["goal_dist"] < 0.5:
         goal = "has almost reached the goal"
     elif abs(a) < 20:
         goal = "heads straight for the goal"
@@ -142,7 +158,11 @@ def _sentence(f: dict) -> str:
         goal = f"has the goal to the {'left' if a > 0 else 'right'}"
     else:
         goal = "has the goal behind"
-    parts = [f"{density}. The person is {pace} and {goal}."]
+    parts = [
+        f"{density}. The person is {pace} and {goal}."
+        if goal
+        else f"{density}. The person is {pace}."
+    ]
     sides = [
         (f["approach_ahead"], "from ahead"),
         (f["approach_left"], "from the left"),
@@ -177,14 +197,15 @@ def _sentence(f: dict) -> str:
             else "People walk both ways."
         )
     b = f["blocked_at"]
+    way = "The way ahead" if a is None else "The way to the goal"
     parts.append(
-        "The way to the goal is clear."
+        f"{way} is clear."
         if b == math.inf
-        else "Someone blocks the way to the goal within a metre."
+        else f"Someone blocks {way.lower()} within a metre."
         if b < 1.0
-        else "Someone blocks the way to the goal within two metres."
+        else f"Someone blocks {way.lower()} within two metres."
         if b < 2.0
-        else "Someone is in the way to the goal a few metres ahead."
+        else f"Someone is in {way.lower()} a few metres ahead."
     )
     return " ".join(parts)
 

@@ -37,6 +37,11 @@ SCENES: dict[str, tuple[str, ...]] = {
     "zara1": ("crowds_zara01",),
     "zara2": ("crowds_zara02",),
 }
+TRAINING_ONLY: dict[str, tuple[str, ...]] = {
+    "zara3": ("crowds_zara03",),
+    "uni_examples": ("uni_examples",),
+}
+"""Recordings that belong to no test scene; :func:`leave_one_scene_out` trains on them."""
 OBSERVED, PREDICTED = 8, 12
 FRAME_STEP = 10  # frame ids between two samples (0.4 s)
 
@@ -53,6 +58,7 @@ class Windows:
     ego: np.ndarray  # (n,) pedestrian id
     start: np.ndarray  # (n,) frame id of the first observed step
     goal: np.ndarray  # (n, 2) where the ego's track ends in the recording: its destination
+    full_others: np.ndarray  # (n,) other pedestrians present at all 20 frames (any distance)
 
 
 def load_tracks(path: str | Path) -> np.ndarray:
@@ -67,11 +73,15 @@ def load_tracks(path: str | Path) -> np.ndarray:
 
 
 def scene_files(scene: str, data_dir: str | Path | None = None) -> list[Path]:
-    """The recordings of ``scene`` (a key of :data:`SCENES`) under ``eth_ucy/``."""
-    if scene not in SCENES:
-        raise ValueError(f"unknown ETH/UCY scene {scene!r}; expected one of {', '.join(SCENES)}")
+    """The recordings of ``scene`` (a key of :data:`SCENES` or :data:`TRAINING_ONLY`) under
+    ``eth_ucy/``."""
+    recordings = {**SCENES, **TRAINING_ONLY}
+    if scene not in recordings:
+        raise ValueError(
+            f"unknown ETH/UCY scene {scene!r}; expected one of {', '.join(recordings)}"
+        )
     folder = find_data("eth_ucy", data_dir, markers=("biwi_eth.txt",))
-    return [folder / f"{name}.txt" for name in SCENES[scene]]
+    return [folder / f"{name}.txt" for name in recordings[scene]]
 
 
 def windows(
@@ -85,8 +95,9 @@ def windows(
     """Every window of ``observed + predicted`` consecutive frames (a frame every
     :data:`FRAME_STEP` ids) in which the ego is present throughout, starting every ``stride``
     frames. ``collapse_gaps`` treats the recording's distinct frame ids as consecutive steps,
-    as Social-GAN's loader does (eth has gaps of 60-110 ids that it reads as one step): only
-    for comparing with numbers published under that protocol."""
+    as Social-GAN's loader does (eth has gaps of up to 600 ids that it reads as one step; its
+    ``start`` ids are then the relabelled ones): only for comparing with numbers published
+    under that protocol."""
     length = observed + predicted
     frames = rows[:, 0]
     if collapse_gaps:
@@ -113,11 +124,12 @@ def windows(
         for i in range(0, len(ego), 512)
     ]
     if parts:
-        track, picked, present = (np.concatenate(p) for p in zip(*parts, strict=True))
+        track, picked, present, full = (np.concatenate(p) for p in zip(*parts, strict=True))
     else:
         track = np.zeros((0, length, 2))
         picked = np.zeros((0, max_neighbours, length, 2))
         present = np.zeros((0, max_neighbours, length), dtype=bool)
+        full = np.zeros(0, dtype=np.int64)
     return Windows(
         past=track[:, :observed].astype(np.float32),
         future=track[:, observed:].astype(np.float32),
@@ -127,12 +139,14 @@ def windows(
         ego=peds[ego].astype(np.int64),
         start=(frames.min() + start * FRAME_STEP).astype(np.int64),
         goal=destination[ego].astype(np.float32),
+        full_others=full.astype(np.int64),
     )
 
 
 def _neighbours(grid, ego, start, length, observed, max_neighbours):
-    """For windows (ego, start): the ego's track and the nearest other pedestrians' positions
-    (0 where absent) and presence, padded to ``max_neighbours`` slots."""
+    """For windows (ego, start): the ego's track, the nearest other pedestrians' positions
+    (0 where absent) and presence, padded to ``max_neighbours`` slots, and how many others
+    are present throughout."""
     n = len(ego)
     steps = start[:, None] + np.arange(length)  # (n, length)
     track = grid[ego[:, None], steps]  # (n, length, 2)
@@ -152,7 +166,7 @@ def _neighbours(grid, ego, start, length, observed, max_neighbours):
     if pad > 0:
         picked = np.pad(picked, ((0, 0), (0, pad), (0, 0), (0, 0)))
         present = np.pad(present, ((0, 0), (0, pad), (0, 0)))
-    return track, picked, present
+    return track, picked, present, there.all(-1).sum(1)
 
 
 # -- the egocentric raster: the lightweight model's "image" ------------------------------------
@@ -208,23 +222,28 @@ def rasterize(
 
 
 # -- multi-field batches, scene after scene ----------------------------------------------------
-INPUTS = ("past", "neighbours", "neighbours_seen", "raster", "goal")
+INPUTS = ("past", "neighbours", "neighbours_seen", "raster")
 """The input fields: the ego's observed path, its neighbours' observed paths and where they
-are known, the raster, and the ego's navigation goal (world metres)."""
+are known, and the raster (world metres). With ``goal="destination"`` a ``goal`` field joins
+them (see :func:`eth_ucy_stream`)."""
+GOALS = ("none", "destination")
 TARGETS = ("future", "neighbours_future", "neighbours_future_seen")
 """What is predicted or scored against, in ``batch.targets``; never an input."""
 
 
-def schema(max_neighbours: int = 16, observed: int = OBSERVED) -> Schema:
-    """The declaration of :data:`INPUTS` for ``max_neighbours`` neighbour slots."""
+def schema(max_neighbours: int = 16, observed: int = OBSERVED, goal: bool = False) -> Schema:
+    """The declaration of :data:`INPUTS` (and ``goal`` if asked) for ``max_neighbours``
+    neighbour slots."""
     m, cells = max_neighbours, RASTER_CELLS
-    return {
+    fields = {
         "past": Field((observed, 2), torch.float32),
         "neighbours": Field((m, observed, 2), torch.float32),
         "neighbours_seen": Field((m, observed), torch.bool),
         "raster": Field((len(RASTER_CHANNELS), cells, cells), torch.float32),
-        "goal": Field((2,), torch.float32),
     }
+    if goal:
+        fields["goal"] = Field((2,), torch.float32)
+    return fields
 
 
 @dataclass
@@ -263,25 +282,30 @@ def scene_samples(
     w: Windows,
     describer: Describer,
     observed: int = OBSERVED,
+    goal: str = "none",
 ) -> SceneSamples:
-    """Tensors of windows ``w`` (see :data:`INPUTS`, :data:`TARGETS`), described."""
+    """Tensors of windows ``w`` (see :data:`INPUTS`, :data:`TARGETS`), described; ``goal``
+    as in :func:`eth_ucy_stream`."""
+    if goal not in GOALS:
+        raise ValueError(f"unknown goal {goal!r}; expected one of {GOALS}")
     past = torch.from_numpy(w.past)
     neighbours = torch.from_numpy(w.neighbours_past)
     seen = torch.from_numpy(w.present[:, :, :observed])
-    goal = torch.from_numpy(w.goal)
+    destination = torch.from_numpy(w.goal) if goal == "destination" else None
     x = {
         "past": past,
         "neighbours": neighbours,
         "neighbours_seen": seen,
         "raster": rasterize(past, neighbours, seen),
-        "goal": goal,
     }
+    if destination is not None:
+        x["goal"] = destination
     targets = {
         "future": torch.from_numpy(w.future),
         "neighbours_future": torch.from_numpy(w.neighbours_future),
         "neighbours_future_seen": torch.from_numpy(w.present[:, :, observed:]),
     }
-    context = describer.describe(past, neighbours, seen, goal) if len(past) else []
+    context = describer.describe(past, neighbours, seen, destination) if len(past) else []
     ego, start = torch.from_numpy(w.ego), torch.from_numpy(w.start)
     return SceneSamples(name, x, targets, list(context), ego, start)
 
@@ -310,15 +334,17 @@ def scene_windows(
     the cut, test windows start at or after it, so no frame is in both. ``social_gan``
     windows the recordings as Social-GAN's loader does, to compare with published numbers:
     frame gaps collapsed (see :func:`windows`), and only windows in which another pedestrian
-    is also present for all 20 frames."""
+    is also present for all 20 frames (it holds out whole scenes: no ``test_fraction``)."""
     if not 0.0 <= test_fraction < 1.0:
         raise ValueError(f"test_fraction must lie in [0, 1), got {test_fraction}")
+    if social_gan and test_fraction:
+        raise ValueError("social_gan windows hold out whole scenes: test_fraction must be 0")
     train, test = [], []
     for path in scene_files(scene, data_dir):
         rows = load_tracks(path)
         w = windows(rows, max_neighbours=max_neighbours, stride=stride, collapse_gaps=social_gan)
         if social_gan:
-            w = _select(w, w.present.all(-1).any(-1))
+            w = _select(w, w.full_others > 0)
         w = _select(w, np.lexsort((w.ego, w.start)))  # time order, then pedestrian
         first, last = rows[0, 0], rows[-1, 0]
         cut = first + (1.0 - test_fraction) * (last - first) if test_fraction else np.inf
@@ -344,12 +370,13 @@ class TrajectoryStream:
         *,
         batch_size: int,
         max_neighbours: int,
+        goal: str = "none",
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.name, self.batch_size = name, batch_size
+        self.name, self.batch_size, self.goal = name, batch_size, goal
         self._train, self._test = list(train), list(test)
-        self.schema = schema(max_neighbours)
+        self.schema = schema(max_neighbours, goal=goal == "destination")
         self.segments = [Segment(s.name, len(s)) for s in self._train]
         self._bounds = [
             (i, a, min(a + batch_size, len(s)))
@@ -413,16 +440,28 @@ def eth_ucy_stream(
     max_test_per_segment: int | None = None,
     max_neighbours: int = 16,
     describer: Describer | None = None,
+    goal: str = "none",
     seed: int = 0,
 ) -> TrajectoryStream:
     """ETH/UCY as a domain-incremental stream: ``scenes`` in the order given, each in time
     order; the last ``test_fraction`` of each recording held out (:meth:`held_out`).
     ``stride`` takes every stride-th window start; ``max_per_segment`` keeps a scene's first
     windows; ``max_test_per_segment`` a seeded random subset of its held-out ones.
-    ``describer`` writes ``meta["context"]`` (default :class:`RuleDescriber`)."""
+    ``describer`` writes ``meta["context"]`` (default :class:`RuleDescriber`).
+
+    ``goal="destination"`` adds a ``goal`` input: where the ego's recorded track ends, the
+    robot-navigation reading of a pedestrian (a robot knows where it is going). It is future
+    information -- for 6% of zara1's windows it is the last position to predict -- so
+    results with it do not compare with predictors that have no goal (constant velocity,
+    Social-GAN). The default, ``"none"``, gives the inputs nothing after the last observed
+    step."""
     if not scenes:
         raise ValueError("eth_ucy_stream needs at least one scene")
-    for option, value in (("max_per_segment", max_per_segment), ("max_test", max_test_per_segment)):
+    if goal not in GOALS:
+        raise ValueError(f"unknown goal {goal!r}; expected one of {GOALS}")
+    for option, value in (
+        ("max_per_segment", max_per_segment), ("max_test_per_segment", max_test_per_segment),
+    ):  # fmt: skip
         if value is not None and value <= 0:
             raise ValueError(f"{option} must be positive, got {value}")
     describer = describer or RuleDescriber()
@@ -437,10 +476,10 @@ def eth_ucy_stream(
             fit = _select(fit, np.arange(min(max_per_segment, len(fit.ego))))
         if max_test_per_segment is not None and len(held.ego) > max_test_per_segment:
             held = _select(held, np.sort(rng.permutation(len(held.ego))[:max_test_per_segment]))
-        train.append(scene_samples(scene, fit, describer))
-        test.append(scene_samples(scene, held, describer))
+        train.append(scene_samples(scene, fit, describer, goal=goal))
+        test.append(scene_samples(scene, held, describer, goal=goal))
     return TrajectoryStream(
-        "eth-ucy", train, test, batch_size=batch_size, max_neighbours=max_neighbours
+        "eth-ucy", train, test, batch_size=batch_size, max_neighbours=max_neighbours, goal=goal
     )
 
 
@@ -453,15 +492,17 @@ def leave_one_scene_out(
     max_neighbours: int = 16,
     describer: Describer | None = None,
 ) -> tuple[TrajectoryStream, Batch]:
-    """The standard ETH/UCY protocol (Social-GAN, Trajectron++, CVM): train on the other four
-    scenes (every window, a segment each), test on every window of ``test_scene``, windowed
-    as Social-GAN's loader does (``social_gan`` in :func:`scene_windows`)."""
+    """The standard ETH/UCY protocol (Social-GAN, Trajectron++, CVM): test on every window of
+    ``test_scene``, windowed as Social-GAN's loader does (``social_gan`` in
+    :func:`scene_windows`); train on the other four scenes and on the two recordings that
+    belong to no test scene (:data:`TRAINING_ONLY`: zara3, uni_examples), a segment each,
+    windowed at their true frame spacing (no gaps collapsed). No goal input."""
     if test_scene not in SCENES:
         raise ValueError(
             f"unknown ETH/UCY scene {test_scene!r}; expected one of {', '.join(SCENES)}"
         )
     describer = describer or RuleDescriber()
-    others = [s for s in SCENES if s != test_scene]
+    others = [s for s in SCENES if s != test_scene] + list(TRAINING_ONLY)
     stream = eth_ucy_stream(
         others, data_dir=data_dir, batch_size=batch_size, stride=stride, test_fraction=0.0,
         max_neighbours=max_neighbours, describer=describer,

@@ -133,23 +133,31 @@ def test_held_out_windows_come_after_the_training_windows():
     assert len(held) == 50 and held.targets["future"].shape == (50, 12, 2)
 
 
-def test_descriptions_and_rasters_see_nothing_of_the_future():
+def test_inputs_and_descriptions_see_nothing_of_the_future():
+    """Moving everyone after a window's last observed frame -- the ego's own destination too --
+    leaves every input and the description unchanged; only the targets move."""
     w = windows(ZARA1)
-    last_seen = {int(p): ZARA1[ZARA1[:, 1] == p, 0].max() for p in np.unique(ZARA1[:, 1])}
-    end = w.start + 19 * FRAME_STEP
-    i = int(np.flatnonzero([last_seen[int(e)] > t for e, t in zip(w.ego, end, strict=True)])[50])
+    i = len(w.ego) // 4
     moved = ZARA1.copy()
-    future = (moved[:, 0] > w.start[i] + 7 * FRAME_STEP) & (moved[:, 0] <= end[i])
-    moved[future, 2:] += 1.5  # everyone's predicted steps move; the ego's destination stays
+    moved[moved[:, 0] > w.start[i] + 7 * FRAME_STEP, 2:] += 1.5
     v = windows(moved)
     j = int(np.flatnonzero((v.ego == w.ego[i]) & (v.start == w.start[i]))[0])
-    pick = lambda ws, k: type(ws)(*(getattr(ws, f)[k : k + 1] for f in ws.__annotations__))  # noqa: E731
-    a = scene_samples("zara1", pick(w, i), RuleDescriber())
-    b = scene_samples("zara1", pick(v, j), RuleDescriber())
+    a = scene_samples("zara1", _pick(w, i), RuleDescriber())
+    b = scene_samples("zara1", _pick(v, j), RuleDescriber())
+    assert set(a.x) == {"past", "neighbours", "neighbours_seen", "raster"}
     for name in a.x:
         assert torch.equal(a.x[name], b.x[name]), name
     assert a.context == b.context
     assert not torch.equal(a.targets["future"], b.targets["future"])
+    # the robot-navigation reading: a goal input, where the ego's track ends (future by design)
+    c = scene_samples("zara1", _pick(w, i), RuleDescriber(), goal="destination")
+    track = ZARA1[ZARA1[:, 1] == w.ego[i]]
+    assert torch.allclose(c.x["goal"][0], torch.tensor(track[-1, 2:4], dtype=torch.float32))
+    assert "goal" in c.context[0] and "goal" not in a.context[0]
+
+
+def _pick(w, k):
+    return type(w)(*(getattr(w, f)[k : k + 1] for f in w.__annotations__))
 
 
 def test_the_raster_by_hand_and_turned():
@@ -179,6 +187,15 @@ def test_the_raster_by_hand_and_turned():
     shift = torch.tensor([5.0, -3.0], dtype=torch.float64)
     turned = rasterize((past @ turn + shift)[None], neighbours @ turn + shift, seen)
     assert torch.allclose(turned, r, atol=1e-5)
+
+
+def test_social_gan_windows_hold_out_whole_scenes_with_company():
+    with pytest.raises(ValueError, match="test_fraction must be 0"):
+        scene_windows("hotel", social_gan=True, test_fraction=0.2)
+    w, _ = scene_windows("hotel", social_gan=True)
+    assert (w.full_others > 0).all()
+    every, _ = scene_windows("hotel")
+    assert len(every.ego) > len(w.ego)
 
 
 def test_social_gan_windowing_reproduces_published_constant_velocity_errors():

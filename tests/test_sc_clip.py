@@ -13,7 +13,13 @@ from streamkd.checkpoint import Checkpointer
 from streamkd.data import DataNotFoundError
 from streamkd.distill import symmetric_info_nce
 from streamkd.strategies import get_strategy
-from streamkd.strategies.sc_clip import SCCLIP, Forecast, SocialNavNet, selection_scores
+from streamkd.strategies.sc_clip import (
+    _CAPTIONS,
+    SCCLIP,
+    Forecast,
+    SocialNavNet,
+    selection_scores,
+)
 from streamkd.streams.eth_ucy import eth_ucy_stream
 from streamkd.trajectory import constant_velocity, min_over_k
 from streamkd.types import Batch, InvalidBatchError
@@ -135,8 +141,10 @@ def test_a_checkpoint_resumes_the_lifelong_state_exactly(tmp_path):
     path = Checkpointer(tmp_path).save(learner.state_dict(), step=learner.samples_seen)
     for batch in rest:
         learner.observe(batch)
+    _CAPTIONS.clear()  # a new process: the teacher encodes every caption again
     resumed = _learner(seed=7, memory=100)  # a different seed: everything comes from the file
-    resumed.load_state_dict(Checkpointer.load(path))
+    state = Checkpointer.load(path)
+    resumed.load_state_dict(state)
     assert resumed.scenario == 1 and resumed.previous is not None
     for batch in rest:
         resumed.observe(batch)
@@ -144,6 +152,17 @@ def test_a_checkpoint_resumes_the_lifelong_state_exactly(tmp_path):
     assert torch.equal(learner.predict(probe), resumed.predict(probe))
     assert torch.equal(learner.embed(probe), resumed.embed(probe))
     assert learner.counts == resumed.counts and learner.scenario == resumed.scenario
+    state["extra"]["teacher"] = "all-MiniLM-L6-v2"
+    with pytest.raises(ValueError, match="learned with the all-MiniLM-L6-v2 text teacher"):
+        _learner(memory=100).load_state_dict(state)
+
+
+def test_no_replay_rows_means_no_distillation_term():
+    learner = _learner(memory=50, replay_batch=0)
+    learner.observe(BATCHES[0])
+    learner.previous = SocialNavNet()  # as if a scenario had just changed
+    result = learner.observe(BATCHES[1])
+    assert torch.isfinite(result.loss) and "distill" not in result.parts
 
 
 @pytest.mark.parametrize(
@@ -155,7 +174,7 @@ def test_a_checkpoint_resumes_the_lifelong_state_exactly(tmp_path):
         (lambda b: b.meta.pop("context"), "16 descriptions"),
         (lambda b: b.meta.update(context=b.meta["context"][:3]), "16 descriptions"),
         (lambda b: b.x["raster"].__setitem__((1, 0, 0, 0), float("inf")), "'raster'.*NaN"),
-        (lambda b: b.x.pop("goal"), "missing \\['goal'\\]"),
+        (lambda b: b.x.pop("raster"), "missing \\['raster'\\]"),
     ],
 )
 def test_bad_batches_are_refused_and_change_nothing(change, words):

@@ -84,3 +84,14 @@ def test_a_describer_plugs_into_the_stream():
     assert batch.meta["context"][0].endswith("people in view")
     counts = batch.x["neighbours_seen"][:, :, -1].sum(1).tolist()
     assert batch.meta["context"] == [f"{c} people in view" for c in counts]
+
+
+def test_without_a_goal_the_description_speaks_of_the_way_ahead():
+    past = torch.stack([0.4 * STEPS, torch.zeros(8)], -1)[None]
+    ahead = (torch.tensor([4.0, 0.2]) + 0 * STEPS[:, None])[None, None]  # stands 1.2 m ahead
+    seen = torch.ones(1, 1, 8, dtype=torch.bool)
+    text = RuleDescriber().describe(past, ahead, seen)[0]  # the ego closes in on them
+    assert text == (
+        "A few people are nearby. The person is walking. One person from ahead approaches. "
+        "Someone blocks the way ahead within two metres."
+    )
