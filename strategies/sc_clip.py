@@ -8,7 +8,8 @@ encoder embeds it (all-MiniLM-L6-v2, :func:`streamkd.encoders.text_encoder`).
 Stage 2, the student: a small CNN over the egocentric raster, projected into the teacher's
 space and trained with CLIP's symmetric InfoNCE (learnable temperature), so at run time the
 robot needs no teacher. Its embedding conditions the trajectory predictor, which proposes K
-candidates (residuals over the constant-velocity path, in the ego frame) and a score for each.
+candidates (the constant-velocity path and K-1 learned residuals over it, in the ego frame)
+and a score for each.
 
 Each step (:meth:`SCCLIP.observe`)::
 
@@ -77,7 +78,9 @@ class Forecast(NamedTuple):
 class SocialNavNet(nn.Module):
     """The SC-CLIP student (raster CNN + projection into the teacher's space) and the
     trajectory predictor conditioned on its embedding, the observed path and (with
-    ``goal=True``, for streams that give one) the goal."""
+    ``goal=True``, for streams that give one) the goal. Candidates are residuals over the
+    constant-velocity path; with ``keep_straight`` (default) candidate 0 is that path itself,
+    so the selection can always fall back on the strong physical baseline."""
 
     n_classes = 0  # regression: no class head
 
@@ -90,13 +93,18 @@ class SocialNavNet(nn.Module):
         observed: int = OBSERVED,
         predicted: int = PREDICTED,
         goal: bool = False,
+        keep_straight: bool = True,
     ) -> None:
         super().__init__()
-        if candidates < 1:
-            raise ValueError(f"candidates must be >= 1, got {candidates}")
+        if candidates < 1 + keep_straight:
+            raise ValueError(
+                f"candidates must be >= {1 + keep_straight} (one learned"
+                f"{' beside the constant-velocity one' if keep_straight else ''}), got {candidates}"
+            )
         self.input_spec = schema(max_neighbours, observed, goal=goal)
-        self.goal = goal
+        self.goal, self.keep_straight = goal, keep_straight
         self.candidates, self.predicted = candidates, predicted
+        learned = candidates - keep_straight
         channels = len(RASTER_CHANNELS)
         self.encoder = nn.Sequential(
             nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -115,7 +123,7 @@ class SocialNavNet(nn.Module):
         self.decoder = nn.Sequential(
             nn.Linear(embed_dim + 64, width), nn.ReLU(),
             nn.Linear(width, width), nn.ReLU(),
-            nn.Linear(width, candidates * (predicted * 2 + 1)),
+            nn.Linear(width, learned * predicted * 2 + candidates),
         )  # fmt: skip
         self.encoder(torch.zeros(1, *self.input_spec["raster"].shape))  # size the lazy layer
 
@@ -135,9 +143,11 @@ class SocialNavNet(nn.Module):
             features += [to_goal / far.clamp_min(1e-6), torch.log1p(far)]
         motion = self.motion(torch.cat(features, 1))
         out = self.decoder(torch.cat([F.normalize(embedding, dim=1), motion], 1))
-        k, steps = self.candidates, self.predicted
+        k, steps = self.candidates - self.keep_straight, self.predicted
         residual = out[:, : k * steps * 2].reshape(-1, k, steps, 2) * STEP_SECONDS
         logits = out[:, k * steps * 2 :]
+        if self.keep_straight:  # candidate 0: the constant-velocity path itself
+            residual = torch.cat([residual.new_zeros(len(out), 1, steps, 2), residual], 1)
         straight = to_ego(constant_velocity(past, steps), origin, direction)  # (n, steps, 2)
         ego_paths = straight[:, None] + residual.cumsum(2)
         return Forecast(embedding, from_ego(ego_paths, origin, direction), logits)

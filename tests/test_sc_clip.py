@@ -55,6 +55,11 @@ def test_the_network_starts_from_constant_velocity():
     # zero residuals: every candidate is the constant-velocity path, in world coordinates
     straight = constant_velocity(x["past"])
     assert torch.allclose(out.candidates, straight[:, None].expand_as(out.candidates), atol=1e-5)
+    # learned candidates move away from it; candidate 0 stays the constant-velocity path
+    torch.nn.init.normal_(last.weight)
+    out = net(x)
+    assert torch.allclose(out.candidates[:, 0], straight, atol=1e-5)
+    assert not torch.allclose(out.candidates[:, 1], straight, atol=1e-2)
 
 
 def test_it_learns_to_retrieve_captions_and_to_predict():
