@@ -26,7 +26,9 @@ increase on the earlier scenes between just after learning each and the end of t
 last only (it also counts forgetting that a later scene undid). ``psv_truth_s`` is the
 personal-space violation of the real future paths, for reference (both count the 16
 nearest neighbours only). ``social_weight_sweep`` re-scores the final model's candidates
-with other selection weights on personal space (the runs use the default, 2).
+with other selection weights on personal space (the runs use the default, 2), and
+``picked_weight`` is the held-out result at the weight the issue's rule picks on
+prequential data (:class:`PrequentialSelection`: each batch scored before it is learned).
 ``retrieval`` is SC-CLIP's top-1 caption retrieval on 256 held-out windows (a hit when the
 retrieved caption is the window's own caption text), next to chance (the expected hit rate
 of a uniform pick: duplicate captions count).
@@ -62,7 +64,7 @@ from streamkd.trajectory import (
     mse,
     personal_space_violation,
 )
-from streamkd.types import Batch
+from streamkd.types import Batch, to_device
 
 PUBLISHED = {
     "constant_velocity": {
@@ -166,9 +168,49 @@ def make_learner(kind: str, seed: int, opts: Options) -> SCCLIP:
     return SCCLIP(model, seed=seed, text_encoder_kind=opts.text_encoder, **plain)
 
 
-def learn_stream(kind: str, seed: int, opts: Options):
+class PrequentialSelection:
+    """Test-then-train: before the learner sees a batch, the ADE and personal-space violation
+    of what it would select at each social weight, and of constant velocity. :meth:`pick`
+    applies the issue's rule to these (never to held-out data): the largest weight whose
+    prequential ADE is at most ``margin`` times constant velocity's."""
+
+    def __init__(self, weights: tuple[float, ...] = SOCIAL_WEIGHTS) -> None:
+        self.sums = {w: [0.0, 0.0] for w in weights}
+        self.cv = [0.0, 0.0]
+        self.n = 0
+
+    def update(self, learner: SCCLIP, batch: Batch) -> None:
+        out = learner.forecast(batch.x)[0]
+        x = to_device(batch.x, learner.device)
+        future, others = batch.targets["future"], batch.targets["neighbours_future"]
+        seen = batch.targets["neighbours_future_seen"]
+        rows = torch.arange(len(future), device=out.logits.device)
+        for w, sums in self.sums.items():
+            pick = selection_scores(out, x, {**learner.hparams, "social_weight": w}).argmax(1)
+            path = out.candidates[rows, pick].cpu()
+            sums[0] += float(ade(path, future).sum())
+            sums[1] += float(personal_space_violation(path, others, seen).sum())
+        straight = constant_velocity(batch.x["past"])
+        self.cv[0] += float(ade(straight, future).sum())
+        self.cv[1] += float(personal_space_violation(straight, others, seen).sum())
+        self.n += len(future)
+
+    def pick(self, margin: float = 1.1) -> float:
+        fits = [w for w, (a, _) in self.sums.items() if a <= margin * self.cv[0]]
+        return max(fits) if fits else min(self.sums)
+
+    def as_dict(self) -> dict:
+        per = {str(w): {"ade": a / self.n, "psv_s": v / self.n} for w, (a, v) in self.sums.items()}
+        cv = {"ade": self.cv[0] / self.n, "psv_s": self.cv[1] / self.n}
+        return {"by_social_weight": per, "constant_velocity": cv, "picked": self.pick()}
+
+
+def learn_stream(
+    kind: str, seed: int, opts: Options, prequential: PrequentialSelection | None = None
+):
     """One pass over the scenes: ``(learner, stream, held-out batches, ADE matrix (a row
-    after each scene), scenario changes, seconds spent in observe())``."""
+    after each scene), scenario changes, seconds spent in observe())``; ``prequential``
+    scores each batch's selection before the learner learns from it."""
     stream = scene_stream(seed, opts, goal="destination" if kind == "sc_clip_goal" else "none")
     tests = [stream.held_out(i) for i in range(len(stream.segments))]
     learner = make_learner(kind, seed, opts)
@@ -178,6 +220,8 @@ def learn_stream(kind: str, seed: int, opts: Options):
         if batch.segment != segment:
             matrix.append([score(model_predict(learner), t)["ade"] for t in tests])
             segment = batch.segment
+        if prequential is not None:
+            prequential.update(learner, batch)
         before = learner.scenario
         start = time.perf_counter()
         learner.observe(batch)
@@ -204,7 +248,8 @@ def stream_run(kind: str, seed: int, opts: Options) -> dict:
         per_scene = [score(cv_predict, t) for t in tests]
         matrix = [[s["ade"] for s in per_scene]] * len(tests)
         return summary(per_scene, matrix, seconds=0.0)
-    learner, stream, tests, matrix, scenarios, seconds = learn_stream(kind, seed, opts)
+    prequential = PrequentialSelection()
+    learner, stream, tests, matrix, scenarios, seconds = learn_stream(kind, seed, opts, prequential)
     per_scene = [score(model_predict(learner), t) for t in tests]
     out = summary(per_scene, matrix, seconds=seconds)
     out["retrieval"] = retrieval(learner, held_out_sample(tests, seed))
@@ -217,6 +262,9 @@ def stream_run(kind: str, seed: int, opts: Options) -> dict:
         out["social_weight_sweep"][str(weight)] = {
             k: statistics.fmean(s[k] for s in swept) for k in ("ade", "fde", "psv_s")
         }
+    out["prequential_selection"] = prequential.as_dict()
+    picked = out["prequential_selection"]["picked"]
+    out["picked_weight"] = {"social_weight": picked, **out["social_weight_sweep"][str(picked)]}
     return out
 
 
@@ -346,6 +394,19 @@ def main(argv: list[str] | None = None) -> dict:
             "forgetting", "forgetting_all",
         )  # fmt: skip
         result["methods"][method] = {k: _spread(runs, k) for k in keys}
+        if "picked_weight" in runs[0]:
+            summary_of = result["methods"][method]
+            summary_of["picked_weight"] = {
+                k: _spread([r["picked_weight"] for r in runs], k)
+                for k in ("social_weight", "ade", "fde", "psv_s")
+            }
+            summary_of["social_weight_sweep"] = {
+                w: {
+                    k: _spread([r["social_weight_sweep"][w] for r in runs], k)
+                    for k in ("ade", "psv_s")
+                }
+                for w in runs[0]["social_weight_sweep"]
+            }
         if "retrieval" in runs[0]:
             result["methods"][method]["retrieval_top1"] = _spread(
                 [r["retrieval"] for r in runs], "top1"
