@@ -18,9 +18,9 @@
 #
 # A robot (here: each recorded pedestrian in turn) observes 3.2 s of its own path and of the people around it, and must choose its next 4.8 s. The five ETH/UCY scenes arrive one after another — eth, hotel, univ, zara1, zara2 — and the learner sees each window once.
 #
-# - **Teacher (stage 1):** a rule describer writes the social context in words (density, people approaching or crossing, companions, the flow, whether the way to the goal is free); a frozen all-MiniLM-L6-v2 embeds it.
+# - **Teacher (stage 1):** a rule describer writes the social context in words (density, people approaching or crossing, companions, the flow, whether the way ahead is free); a frozen all-MiniLM-L6-v2 embeds it.
 # - **SC-CLIP student (stage 2):** a small CNN over an egocentric occupancy/velocity raster, trained contrastively to land on the teacher's embedding of the same window, so at run time no teacher is needed.
-# - **Trajectory prediction and selection:** K = 6 candidates conditioned on the path, the goal and the SC-CLIP embedding; the selected one trades off context agreement, progress toward the goal and predicted time inside anyone's personal space (0.5 m).
+# - **Trajectory prediction and selection:** K = 6 candidates (the constant-velocity path and five learned residuals over it) conditioned on the path and the SC-CLIP embedding; the selected one trades off its context score against predicted time inside anyone's personal space (0.5 m). No input holds anything after the last observed step.
 # - **Lifelong:** novelty detection opens a new scenario when the context changes, replay is balanced over the scenarios, and the student distils from its earlier self.
 #
 # The full comparison (three seeds, joint training, leave-one-scene-out) is `benchmarks/social_nav.py`. Here: one seed, the first `ROWS / 5` windows of each scene.

@@ -101,8 +101,8 @@ class SocialNavNet(nn.Module):
                 f"candidates must be >= {1 + keep_straight} (one learned"
                 f"{' beside the constant-velocity one' if keep_straight else ''}), got {candidates}"
             )
-        self.input_spec = schema(max_neighbours, observed, goal=goal)
-        self.goal, self.keep_straight = goal, keep_straight
+        self.input_spec = schema(max_neighbours, observed, goal=bool(goal))
+        self.goal, self.keep_straight = bool(goal), bool(keep_straight)
         self.candidates, self.predicted = candidates, predicted
         learned = candidates - keep_straight
         channels = len(RASTER_CHANNELS)
@@ -215,7 +215,8 @@ class SCCLIP(Strategy):
             steps a scenario runs before novelty is tested
         novelty_patience: novel steps in a row that change the scenario
         context_weight: selection weight of a candidate's context log-probability
-        goal_weight: selection weight of metres gained toward the goal
+        goal_weight: selection weight of metres gained toward the goal (only for a model
+            built with a goal input; without one there is no goal term)
         social_weight: selection weight of predicted seconds inside personal space
         radius: personal-space radius in metres
         text_encoder_kind: the frozen teacher: auto, minilm or hashing
@@ -446,7 +447,7 @@ class SCCLIP(Strategy):
         self.train_mode(False)
         x = to_device(x, self.device)
         out = self.model(x)
-        scores = selection_scores(out, x, self.hparams)
+        scores = selection_scores(out, x, self.hparams, goal=self.model.goal)
         pick = scores.argmax(1)
         return out, scores, out.candidates[torch.arange(len(pick), device=pick.device), pick]
 
@@ -487,6 +488,11 @@ class SCCLIP(Strategy):
         }
 
     def load_extra_state(self, state: dict) -> None:
+        if "teacher" not in state:
+            raise ValueError(
+                "this sc_clip state predates the teacher record (and the constant-velocity "
+                "candidate): it cannot be resumed by this version"
+            )
         if state["teacher"] != self.teacher.encoder.name:
             raise ValueError(
                 f"this state was learned with the {state['teacher']} text teacher; this "
@@ -510,14 +516,17 @@ class SCCLIP(Strategy):
             self.previous.load_state_dict(state["previous"])
 
 
-def selection_scores(out: Forecast, x: dict[str, Tensor], weights: dict[str, Any]) -> Tensor:
+def selection_scores(
+    out: Forecast, x: dict[str, Tensor], weights: dict[str, Any], goal: bool = False
+) -> Tensor:
     """Each candidate's score: ``context_weight * log p(candidate | context) + goal_weight *
     metres gained toward the goal - social_weight * seconds predicted within ``radius`` of a
     neighbour`` (neighbours extrapolated at constant velocity from their observed positions;
-    one seen only at the last observed step stands still)."""
+    one seen only at the last observed step stands still). The goal term counts only with
+    ``goal`` (a model built with a goal input; ``x`` then holds ``goal``)."""
     candidates = out.candidates  # (n, k, steps, 2)
     progress = torch.zeros(candidates.shape[:2], device=candidates.device)
-    if "goal" in x:
+    if goal:
         last, goal = x["past"][:, -1], x["goal"]
         progress = (goal - last).norm(dim=-1)[:, None] - (
             goal[:, None] - candidates[:, :, -1]
@@ -547,5 +556,5 @@ class FrozenNavigator:
     def __call__(self, x: dict[str, Tensor]) -> Tensor:
         x = to_device(x, self.device)
         out = self.model(x)
-        pick = selection_scores(out, x, self.weights).argmax(1)
+        pick = selection_scores(out, x, self.weights, goal=self.model.goal).argmax(1)
         return out.candidates[torch.arange(len(pick), device=pick.device), pick]

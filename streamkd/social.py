@@ -205,7 +205,7 @@ def _sentence(f: dict) -> str:
         if b < 1.0
         else f"Someone blocks {way.lower()} within two metres."
         if b < 2.0
-        else f"Someone is in {way.lower()} a few metres ahead."
+        else f"Someone is in {way.lower()} a few metres on."
     )
     return " ".join(parts)
 

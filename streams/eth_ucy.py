@@ -12,7 +12,7 @@ personal-space violation, and never reach the inputs.
 :func:`eth_ucy_stream` turns the windows into multi-field batches (:data:`INPUTS`; targets in
 ``batch.targets``, the social-context description in ``batch.meta["context"]``), scene after
 scene, each scene's last ``test_fraction`` of time held out; :func:`leave_one_scene_out` is
-the standard protocol (train on four scenes, test on every window of the fifth).
+the standard protocol (train on the other scenes, test on every window of the held-out one).
 """
 
 from __future__ import annotations
@@ -374,6 +374,8 @@ class TrajectoryStream:
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if goal not in GOALS:
+            raise ValueError(f"unknown goal {goal!r}; expected one of {GOALS}")
         self.name, self.batch_size, self.goal = name, batch_size, goal
         self._train, self._test = list(train), list(test)
         self.schema = schema(max_neighbours, goal=goal == "destination")

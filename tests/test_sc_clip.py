@@ -102,19 +102,19 @@ def test_selection_weighs_goal_progress_against_personal_space():
     aside = torch.cat([steps * 0.9, torch.full((12, 1), 1.0)], 1)  # 1 m to the left
     out = Forecast(torch.zeros(1, 384), torch.stack([straight, aside])[None], torch.zeros(1, 2))
     weights = {"context_weight": 1.0, "goal_weight": 1.0, "social_weight": 0.0, "radius": 0.5}
-    scores = selection_scores(out, x, weights)
+    scores = selection_scores(out, x, weights, goal=True)
     gained = torch.tensor([4.8, 10.0 - math.hypot(10.0 - 4.32, 1.0)])
     assert torch.allclose(scores[0], gained - math.log(2), atol=1e-4)
     assert int(scores.argmax()) == 0
     # straight ahead passes the person at 0.4, 0 and 0.4 m (steps 4-6): a soft count of
     # 0.4 s per step inside 0.5 m, sigmoid((0.5 - gap) / 0.05); 1 m aside costs nothing
     weights["social_weight"] = 1.0
-    cost = gained - math.log(2) - selection_scores(out, x, weights)[0]
+    cost = gained - math.log(2) - selection_scores(out, x, weights, goal=True)[0]
     gaps = (torch.arange(1, 13) * 0.4 - 2.0).abs()
     expected = float(torch.sigmoid((0.5 - gaps) / 0.05).sum()) * 0.4  # ~1.1 s
     assert cost[0] == pytest.approx(expected, abs=1e-4) and 1.0 < expected < 1.2
     assert cost[1] == pytest.approx(0.0, abs=1e-3)
-    assert int(selection_scores(out, x, weights).argmax()) == 1
+    assert int(selection_scores(out, x, weights, goal=True).argmax()) == 1
 
 
 def test_novelty_opens_a_scenario_and_recognises_a_return():
