@@ -34,7 +34,7 @@ def test_someone_coming_head_on_blocks_the_way():
     text = _scene(((5.3, 0.0), (-1.0, 0.0)))  # 2.5 m ahead, walking toward the ego
     assert text == (
         "A few people are nearby. The person is walking and heads straight for the goal. "
-        "One person from ahead approaches. Someone is in the way to the goal a few metres ahead."
+        "One person from ahead approaches. Someone is in the way to the goal a few metres on."
     )
 
 
