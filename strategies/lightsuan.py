@@ -529,11 +529,5 @@ class LightSUANKD(OnlineDistillation):
     @classmethod
     def default_model(cls, stream) -> Classifier:
         """The student ``streamkd run --strategy lightsuan`` trains: LightSUAN, grade 1."""
-        schema = getattr(stream, "schema", None) or {}
-        missing = [f for f in cls.needs_fields if f not in schema]
-        if missing:
-            raise ValueError(
-                f"lightsuan learns click-through rates from the fields of movielens-ctr; "
-                f"stream {stream.name!r} lacks {', '.join(missing)}"
-            )
+        schema = cls.stream_fields(stream, "click-through rates from the fields of movielens-ctr")
         return LightSUAN(schema)

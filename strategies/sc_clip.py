@@ -262,13 +262,10 @@ class SCCLIP(Strategy):
     @classmethod
     def default_model(cls, stream) -> SocialNavNet:
         """The network ``sc_clip`` trains on an ETH/UCY stream."""
-        spec = getattr(stream, "schema", None) or {}
-        missing = [f for f in cls.needs_fields if f not in spec]
-        if missing:
-            raise ValueError(
-                f"sc_clip learns trajectories from the fields of the ETH/UCY stream "
-                f"(streamkd.streams.eth_ucy); stream {stream.name!r} lacks {', '.join(missing)}"
-            )
+        spec = cls.stream_fields(
+            stream,
+            "trajectories from the fields of the ETH/UCY stream (streamkd.streams.eth_ucy)",
+        )
         return SocialNavNet(max_neighbours=spec["neighbours"].shape[0], goal="goal" in spec)
 
     # -- one step: the algorithm box -------------------------------------------------------

@@ -256,6 +256,19 @@ class Strategy:
         stream's default architecture; :func:`streamkd.experiment.make_model`)."""
         return None
 
+    @classmethod
+    def stream_fields(cls, stream, learns: str) -> dict:
+        """``stream``'s field schema, for a :meth:`default_model` that builds from it; a
+        stream lacking one of :attr:`needs_fields` is refused, saying what this strategy
+        ``learns`` (and from which stream's fields)."""
+        schema = getattr(stream, "schema", None) or {}
+        missing = [f for f in cls.needs_fields if f not in schema]
+        if missing:
+            raise ValueError(
+                f"{cls.name} learns {learns}; stream {stream.name!r} lacks {', '.join(missing)}"
+            )
+        return schema
+
     def add_trainable(self, name: str, module: torch.nn.Module) -> torch.nn.Module:
         """Register a module trained beside the model (e.g. a projection head): it moves to
         the device, joins the optimizer and is saved in ``state_dict``."""
