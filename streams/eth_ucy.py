@@ -27,6 +27,7 @@ from torch import Tensor
 
 from streamkd.data import find_data, reading
 from streamkd.social import Describer, RuleDescriber
+from streamkd.streams.split import BatchCursor
 from streamkd.trajectory import STEP_SECONDS, heading, to_ego
 from streamkd.types import Batch, Field, Schema, Segment, take
 
@@ -354,7 +355,7 @@ def scene_windows(
     return _join(train), _join(test)
 
 
-class TrajectoryStream:
+class TrajectoryStream(BatchCursor):
     """A single pass over scenes, one segment each, with ``position()`` / ``seek()`` (the
     :class:`~streamkd.types.Stream` protocol). Batches carry :data:`INPUTS` as fields,
     :data:`TARGETS` in ``batch.targets`` and the description in ``meta["context"]``;
@@ -380,32 +381,14 @@ class TrajectoryStream:
         self._train, self._test = list(train), list(test)
         self.schema = schema(max_neighbours, goal=goal == "destination")
         self.segments = [Segment(s.name, len(s)) for s in self._train]
-        self._bounds = [
-            (i, a, min(a + batch_size, len(s)))
-            for i, s in enumerate(self._train)
-            for a in range(0, len(s), batch_size)
-        ]
-        self._pos = 0
+        self._cut([len(s) for s in self._train], batch_size)
 
     @property
     def input_spec(self) -> Schema:
         return self.schema
 
-    def __len__(self) -> int:
-        return len(self._bounds)
-
-    def position(self) -> int:
-        return self._pos
-
-    def seek(self, position: int) -> None:
-        if not 0 <= position <= len(self._bounds):
-            raise ValueError(f"position {position} is outside the stream (0..{len(self._bounds)})")
-        self._pos = int(position)
-
     def __iter__(self) -> Iterator[Batch]:
-        while self._pos < len(self._bounds):
-            i, a, b = self._bounds[self._pos]
-            self._pos += 1
+        for i, a, b in self._batches():
             yield self._train[i].batch(slice(a, b), segment=i)
 
     def scene(self, segment: int) -> SceneSamples:

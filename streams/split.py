@@ -38,7 +38,40 @@ class SegmentData:
     transform: Callable[[Tensor], Tensor] | None = None
 
 
-class SegmentedStream:
+class BatchCursor:
+    """Where a single pass over segments cut into batches stands: each batch's ``(segment,
+    start, end)`` rows, ``position()`` (batches yielded so far) and ``seek()``. Streams that
+    cut segments this way (:class:`SegmentedStream`, the ETH/UCY stream) share it."""
+
+    def _cut(self, lengths: Sequence[int], batch_size: int) -> None:
+        self._bounds: list[tuple[int, int, int]] = [
+            (i, start, min(start + batch_size, n))
+            for i, n in enumerate(lengths)
+            for start in range(0, n, batch_size)
+        ]
+        self._pos = 0
+
+    def __len__(self) -> int:
+        """Number of batches in one pass."""
+        return len(self._bounds)
+
+    def position(self) -> int:
+        return self._pos
+
+    def seek(self, position: int) -> None:
+        if not 0 <= position <= len(self._bounds):
+            raise ValueError(f"position {position} is outside the stream (0..{len(self._bounds)})")
+        self._pos = int(position)
+
+    def _batches(self) -> Iterator[tuple[int, int, int]]:
+        """The ``(segment, start, end)`` of each batch from the current position on."""
+        while self._pos < len(self._bounds):
+            bounds = self._bounds[self._pos]
+            self._pos += 1
+            yield bounds
+
+
+class SegmentedStream(BatchCursor):
     """A single-pass stream over segments of tensors, with ``position()`` / ``seek()``.
 
     Attributes describe the inputs so models can be built for them: ``input_shape`` (per
@@ -103,13 +136,8 @@ class SegmentedStream:
                 if schema is not None and part is not None:
                     validate_batch(Batch(part), self.schema)
         self.mean, self.std, self.default_arch = tuple(mean), tuple(std), default_arch
-        self._bounds: list[tuple[int, int, int]] = [
-            (i, start, min(start + batch_size, len(seg.y)))
-            for i, seg in enumerate(self._data)
-            for start in range(0, len(seg.y), batch_size)
-        ]
+        self._cut([len(seg.y) for seg in self._data], batch_size)
         self.max_test_per_segment = max_test_per_segment
-        self._pos = 0
         self._test_cache: dict[int, tuple[Tensor, Tensor] | None] = {}
 
     @property
@@ -121,31 +149,16 @@ class SegmentedStream:
         x = take(seg.x, slice(1))
         return seg.transform(x) if seg.transform else x
 
-    def __len__(self) -> int:
-        """Number of batches in one pass."""
-        return len(self._bounds)
-
     @property
     def n_samples(self) -> int:
         return sum(s.n_train for s in self.segments)
 
-    def position(self) -> int:
-        return self._pos
-
-    def seek(self, position: int) -> None:
-        if not 0 <= position <= len(self._bounds):
-            raise ValueError(f"position {position} is outside the stream (0..{len(self._bounds)})")
-        self._pos = int(position)
-
     def __iter__(self) -> Iterator[Batch]:
-        bounds, data = self._bounds, self._data
-        while self._pos < len(bounds):
-            seg_id, start, end = bounds[self._pos]
-            seg = data[seg_id]
+        for seg_id, start, end in self._batches():
+            seg = self._data[seg_id]
             x = take(seg.x, slice(start, end))
             if seg.transform is not None:
                 x = seg.transform(x)
-            self._pos += 1
             yield Batch(x=x, y=seg.y[start:end], segment=seg_id)
 
     def test_set(self, segment: int) -> tuple[Tensor, Tensor] | None:
