@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 from streamkd.experiment import write_json
-from streamkd.strategies.sc_clip import SCCLIP, SocialNavNet, selection_scores
+from streamkd.strategies.sc_clip import SCCLIP, SocialNavNet, select
 from streamkd.streams.eth_ucy import SCENES, SceneSamples, eth_ucy_stream, leave_one_scene_out
 from streamkd.trajectory import (
     ade,
@@ -136,14 +136,8 @@ def model_predict(strategy: SCCLIP, **weights: float):
     selection weights (an ablation: e.g. ``social_weight=0``)."""
 
     def predict(x: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        if not weights:
-            out, _, selected = strategy.forecast(x)
-            return selected, out.candidates
-        out = strategy.forecast(x)[0]
-        x = to_device(x, strategy.device)
-        scores = selection_scores(out, x, {**strategy.hparams, **weights}, goal=strategy.model.goal)
-        pick = scores.argmax(1)
-        return out.candidates[torch.arange(len(pick), device=pick.device), pick], out.candidates
+        out, _, selected = strategy.forecast(x, weights)
+        return selected, out.candidates
 
     return predict
 
@@ -187,20 +181,19 @@ class PrequentialSelection:
         x = to_device(batch.x, learner.device)
         future, others = batch.targets["future"], batch.targets["neighbours_future"]
         seen = batch.targets["neighbours_future_seen"]
-        rows = torch.arange(len(future), device=out.logits.device)
         scene = self.by_scene.setdefault(batch.segment, {"n": 0, "cv_ade": 0.0})
         for w, sums in self.sums.items():
             weights = {**learner.hparams, "social_weight": w}
-            pick = selection_scores(out, x, weights, goal=learner.model.goal).argmax(1)
-            path = out.candidates[rows, pick].cpu()
+            path = select(out, x, weights, learner.model.goal)[1].cpu()
             error = float(ade(path, future).sum())
             sums[0] += error
             sums[1] += float(personal_space_violation(path, others, seen).sum())
             scene[str(w)] = scene.get(str(w), 0.0) + error
         straight = constant_velocity(batch.x["past"])
-        self.cv[0] += float(ade(straight, future).sum())
+        error = float(ade(straight, future).sum())
+        self.cv[0] += error
         self.cv[1] += float(personal_space_violation(straight, others, seen).sum())
-        scene["cv_ade"] += float(ade(straight, future).sum())
+        scene["cv_ade"] += error
         scene["n"] += len(future)
         self.n += len(future)
 

@@ -437,16 +437,18 @@ class SCCLIP(Strategy):
 
     # -- prediction and selection -------------------------------------------------------------
     @torch.no_grad()
-    def forecast(self, x: dict[str, Tensor]) -> tuple[Forecast, Tensor, Tensor]:
+    def forecast(
+        self, x: dict[str, Tensor], weights: dict[str, float] | None = None
+    ) -> tuple[Forecast, Tensor, Tensor]:
         """``(network output, selection scores (n, k), selected trajectories (n, steps, 2))``
-        for raw inputs."""
+        for raw inputs; ``weights`` override the learner's selection weights (e.g.
+        ``{"social_weight": 0.0}`` for an ablation)."""
         self.check_inputs(x)
         self.train_mode(False)
         x = to_device(x, self.device)
         out = self.model(x)
-        scores = selection_scores(out, x, self.hparams, goal=self.model.goal)
-        pick = scores.argmax(1)
-        return out, scores, out.candidates[torch.arange(len(pick), device=pick.device), pick]
+        scores, selected = select(out, x, {**self.hparams, **(weights or {})}, self.model.goal)
+        return out, scores, selected
 
     @torch.no_grad()
     def predict(self, x: dict[str, Tensor]) -> Tensor:
@@ -543,6 +545,16 @@ def selection_scores(
     )
 
 
+def select(
+    out: Forecast, x: dict[str, Tensor], weights: dict[str, Any], goal: bool = False
+) -> tuple[Tensor, Tensor]:
+    """``(selection scores (n, k), the best-scoring candidate per sample (n, steps, 2))``
+    (:func:`selection_scores`)."""
+    scores = selection_scores(out, x, weights, goal=goal)
+    pick = scores.argmax(1)
+    return scores, out.candidates[torch.arange(len(pick), device=pick.device), pick]
+
+
 class FrozenNavigator:
     """A frozen copy of :meth:`SCCLIP.predict`: selected trajectories from raw inputs."""
 
@@ -552,6 +564,4 @@ class FrozenNavigator:
     @torch.no_grad()
     def __call__(self, x: dict[str, Tensor]) -> Tensor:
         x = to_device(x, self.device)
-        out = self.model(x)
-        pick = selection_scores(out, x, self.weights, goal=self.model.goal).argmax(1)
-        return out.candidates[torch.arange(len(pick), device=pick.device), pick]
+        return select(self.model(x), x, self.weights, self.model.goal)[1]
