@@ -21,5 +21,5 @@ class ER(Strategy):
         inputs, labels = self.with_replay(x, y)
         loss = F.cross_entropy(self.model(inputs), labels)
         self.step(loss)
-        self.buffer.add(x, y)
+        self.remember(x, y)
         return StepResult(loss.detach(), len(y))

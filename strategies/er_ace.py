@@ -26,7 +26,7 @@ class ERACE(Strategy):
         if len(self.buffer) == 0:
             loss = F.cross_entropy(self.model(x), y)
             self.step(loss)
-            self.buffer.add(x, y)
+            self.remember(x, y)
             return StepResult(loss.detach(), len(y))
         replay = self.buffer.sample(self.replay_batch)
         logits = self.model(cat_inputs([x, replay.x]))
@@ -38,7 +38,7 @@ class ERACE(Strategy):
         loss_replay = F.cross_entropy(replayed, replay.y)
         loss = loss_new + loss_replay
         self.step(loss)
-        self.buffer.add(x, y)
+        self.remember(x, y)
         return StepResult(
             loss.detach(), len(y), {"ace": loss_new.detach(), "replay": loss_replay.detach()}
         )

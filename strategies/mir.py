@@ -60,5 +60,5 @@ class MIR(Strategy):
             inputs, labels = cat_inputs([x, replay.x]), torch.cat([y, replay.y])
         loss = F.cross_entropy(self.model(inputs), labels)
         self.step(loss)
-        self.buffer.add(x, y)
+        self.remember(x, y)
         return StepResult(loss.detach(), len(y))

@@ -80,8 +80,7 @@ class OnlineDistillation(Strategy):
         super().__init__(model, memory=memory, **kwargs)
         self.distiller = self.distillers[distill]
         self.kd_weight, self.temperature = kd_weight, temperature
-        with torch.random.fork_rng(devices=[]):  # the teacher's init from the strategy's seed
-            torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=self.generator)))
+        with self.seeded():  # the teacher's init from the strategy's seed
             teacher = self.make_teacher(model)
         if self.hparams["channels_last"]:
             teacher = teacher.to(memory_format=torch.channels_last)
@@ -101,7 +100,7 @@ class OnlineDistillation(Strategy):
             + self.kd_weight * self.distiller(student, teacher.detach(), self.temperature)
         )
         self.step(loss)
-        self.buffer.add(x, y)
+        self.remember(x, y)
         return StepResult(loss.detach(), len(y))
 
     def hard_loss(self, logits: Tensor, labels: Tensor) -> Tensor:

@@ -46,7 +46,7 @@ from streamkd.losses import (
     prototype_infonce,
 )
 from streamkd.strategy import Strategy
-from streamkd.types import Batch, StepResult
+from streamkd.types import Batch, StepResult, to_device
 
 
 def mix_identities(y_a: torch.Tensor, y_b: torch.Tensor, lam: torch.Tensor, n_classes: int):
@@ -153,18 +153,29 @@ class OnPro(Strategy):
         pseudo = rotation_pseudo_labels(identities, self.rotations, span)
         return nt_xent_pseudo(sim, pseudo, self.ins_t, mask_self=mask_self)
 
+    def classes_of(self, host_labels: torch.Tensor) -> torch.Tensor:
+        """The distinct labels, found on the host and sent to the device (no ``unique`` on
+        device data)."""
+        return to_device(torch.unique(host_labels), self.device)
+
     def seen_prototype_loss(self) -> torch.Tensor:
         """OPE on a replay batch (up to 64); refreshes the prototypes APF samples pairs by."""
         mem = self.buffer.sample(self.max_replay)
         x = to_float(mem.x)
         _, z = self.embed(torch.cat([x, self.augment(x, self.generator)]))
         n = len(mem)
-        loss, means, classes = prototype_infonce(z[:n].float(), z[n:].float(), mem.y, self.proto_t)
+        loss, means, classes = prototype_infonce(
+            z[:n].float(), z[n:].float(), mem.y, self.proto_t, self.classes_of(mem.y_host)
+        )
         self.prototypes, self.prototype_classes = means, classes
         return loss
 
     def apf(self, x: torch.Tensor, y: torch.Tensor):
-        """Adaptive prototypical feedback: returns mixed inputs, both labels and lambda."""
+        """Adaptive prototypical feedback: returns mixed inputs, both labels and lambda.
+
+        The random-mixup draws are made on the host and sent without waiting; the class pairs
+        (drawn by prototype distance) and a random stored sample of each class are drawn on
+        the device, from the device generator."""
         base_rate, mix_p, lam_max, beta = self.mixup
         g = self.generator
         n = len(y)
@@ -178,7 +189,7 @@ class OnPro(Strategy):
         x_out = x.clone()
         y_b = y.clone()
         dev = x.device
-        lam_d, partner_d = lam.to(dev), partner.to(dev)
+        lam_d, partner_d = to_device(lam, dev), to_device(partner, dev)
         x_out[:n_base] = (1 - lam_d[:n_base, None, None, None]) * x[:n_base] + lam_d[
             :n_base, None, None, None
         ] * x[partner_d[:n_base]]
@@ -186,34 +197,34 @@ class OnPro(Strategy):
         n_pair = n - n_base
         if n_pair and self.prototypes is not None and len(self.prototype_classes) >= 2:
             pairs, probs = pair_probabilities(self.prototypes.float())
-            drawn = torch.multinomial(probs.cpu(), n_pair, replacement=True, generator=g)
-            classes = self.prototype_classes[pairs[drawn.to(pairs.device)]].cpu()  # (n_pair, 2)
-            stored = self.buffer.y[: len(self.buffer)].cpu()
-            first, second = [], []
-            for c1, c2 in classes.tolist():
-                for c, out in ((c1, first), (c2, second)):
-                    members = (stored == c).nonzero().flatten()
-                    out.append(int(members[torch.randint(len(members), (1,), generator=g)]))
-            x1, x2 = (
-                self.buffer.gather(torch.tensor(first)),
-                self.buffer.gather(torch.tensor(second)),
-            )
+            gd = self.device_generator
+            drawn = torch.multinomial(probs, n_pair, replacement=True, generator=gd)
+            wanted = self.prototype_classes[pairs[drawn]].T.reshape(-1)  # firsts, then seconds
+            stored = self.buffer.y[: len(self.buffer)]
+            # a uniformly random stored sample of each wanted class: the argmax of uniform
+            # draws over that class's slots
+            u = torch.rand(len(wanted), len(stored), generator=gd, device=dev)
+            slots = u.masked_fill(stored[None, :] != wanted[:, None], -1.0).argmax(1)
+            x1, x2 = self.buffer.gather(slots[:n_pair]), self.buffer.gather(slots[n_pair:])
             mixed = torch.rand(n_pair, generator=g) < mix_p
             seed = int(torch.randint(2**62, (1,), generator=g))  # Beta from our generator
             draws = torch.from_numpy(np.random.default_rng(seed).beta(beta, beta, n_pair))
             lam_pair = torch.where(mixed, draws.float(), 0.0)
-            lp = lam_pair.to(dev)[:, None, None, None]
+            lp = to_device(lam_pair, dev)[:, None, None, None]
             x_out[n_base:] = (1 - lp) * to_float(x1.x) + lp * to_float(x2.x)
             y[n_base:] = x1.y
             y_b[n_base:] = x2.y
             lam[n_base:] = lam_pair
-        return x_out, y, y_b, lam.to(dev)
+        return x_out, y, y_b, to_device(lam, dev)
 
     # -- the step -----------------------------------------------------------------------------
     def observe(self, batch: Batch) -> StepResult:
         x, y = self.prepare(batch)
         n, r = len(y), self.rotations
-        replaying = len(self.buffer) > 0 and bool((~torch.isin(self.buffer.classes(), y)).any())
+        # memory holds a class absent from the batch (host labels: no device read)
+        replaying = len(self.buffer) > 0 and bool(
+            (~torch.isin(self.buffer.classes(), self.host_labels)).any()
+        )
         with self.autocast():
             if not replaying:
                 feats, proj = self.embed(self.two_views(x))
@@ -222,8 +233,7 @@ class OnPro(Strategy):
                 ce = F.cross_entropy(self.model.head(feats[r * n : r * n + n]).float(), y)
                 seen = self.seen_prototype_loss() if len(self.buffer) else ins * 0
             else:
-                n_seen = int(self.seen_classes.sum())
-                size = min(self.max_replay, self.replay_per_class * n_seen)
+                size = min(self.max_replay, self.replay_per_class * self.n_seen_classes)
                 mem = self.buffer.sample(size)
                 mx, y_a, y_b, lam = self.apf(to_float(mem.x), mem.y.clone())
                 m = len(y_a)
@@ -241,11 +251,15 @@ class OnPro(Strategy):
                 ce = mixup_cross_entropy(ce_logits, y_a, y_b, lam)
                 seen = self.seen_prototype_loss()
             new, _, _ = prototype_infonce(
-                proj[:n].float(), proj[r * n : r * n + n].float(), y, self.proto_t
+                proj[:n].float(),
+                proj[r * n : r * n + n].float(),
+                y,
+                self.proto_t,
+                self.classes_of(self.host_labels),
             )
             loss = ce + ins + new + seen
         self.step(loss)
-        self.buffer.add(x, y)
+        self.remember(x, y)
         parts = {
             "ce": ce.detach(),
             "ins": ins.detach(),

@@ -59,7 +59,8 @@ def anchor_sample_loss(features: torch.Tensor, labels: torch.Tensor, temperature
     pos = (labels[:, None] == labels[None, :]) & ~torch.eye(n, dtype=torch.bool, device=f.device)
     has = pos.any(1)
     per_anchor = -(log_prob.masked_fill(~pos, 0.0).sum(1) / pos.sum(1).clamp(min=1))
-    return per_anchor[has].mean() if bool(has.any()) else features.sum() * 0
+    # the mean over anchors with a positive (0 when none): fixed-size, no host read
+    return (per_anchor * has).sum() / has.sum().clamp(min=1)
 
 
 class PCR(Strategy):
@@ -89,7 +90,7 @@ class PCR(Strategy):
         if len(self.buffer) == 0:
             with torch.no_grad():
                 feats = self.model.features(stream_in)
-            self.buffer.add(x, y, **self.memory_extras(feats[:n]))
+            self.remember(x, y, **self.memory_extras(feats[:n]))
             return StepResult(torch.zeros((), device=self.device), n)
         feats = self.model.features(stream_in)
         mem = self.buffer.sample(self.replay_batch)
@@ -102,7 +103,7 @@ class PCR(Strategy):
         extras = self.memory_extras(feats[:n].detach())  # logits before the update, as official
         self.step(loss)
         self.steps += 1
-        self.buffer.add(x, y, **extras)
+        self.remember(x, y, **extras)
         return StepResult(loss.detach(), n, parts)
 
     def loss(self, feats, labels, mem, mem_feats):
@@ -173,7 +174,8 @@ class HPCR(PCR):
         loss = tau_s * contrast
         parts = {"pcr": contrast.detach()}
         n_classes_now = self.model.n_classes
-        old = ~torch.isin(mem.y, labels[2 * len(mem) :])
+        # the replayed rows' labels and the batch's, on the host: the gate reads no device data
+        old = ~torch.isin(mem.y_host, self.host_labels)
         if bool(old.any()):
             mem_logits = self.model.head(mem_feats)
             stored_logits = mem.extras["logits"][:, :n_classes_now].repeat(2, 1)

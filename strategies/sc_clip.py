@@ -273,7 +273,7 @@ class SCCLIP(Strategy):
         x, future = self.prepare(batch)
         teacher = self.teacher.embed(batch.meta["context"])
         scenario = self.track_scenario(teacher)
-        teacher = teacher.to(self.device)
+        teacher = to_device(teacher, self.device)
         n = len(future)
 
         rows, fut, tea, replayed = x, future, teacher, None
@@ -302,7 +302,9 @@ class SCCLIP(Strategy):
             parts["distill"] = distill.detach()
         self.step(loss)
 
-        self.buffer.add(x, scenario.expand(n), future=future, teacher=teacher)
+        # the scenario id is known on the host: the buffer's labels need no device read
+        labels = scenario.expand(n)
+        self.buffer.add(x, labels, host_labels=labels, future=future, teacher=teacher)
         return StepResult(loss.detach(), n, parts)
 
     def prepare(self, batch: Batch) -> tuple[dict[str, Tensor], Tensor]:
@@ -433,7 +435,8 @@ class SCCLIP(Strategy):
         self.prototypes.add(vector.float()[None], [scenario])  # replaces the id's vector
 
     def _scenario_tensor(self) -> Tensor:
-        return torch.tensor(self.scenario, dtype=torch.long, device=self.device)
+        """The current scenario id, a host tensor (the buffer sends it to the device)."""
+        return torch.tensor(self.scenario, dtype=torch.long)
 
     # -- prediction and selection -------------------------------------------------------------
     @torch.no_grad()

@@ -64,7 +64,7 @@ class SCR(Strategy):
             )
             loss = supcon_loss(views, labels, self.temperature)
             self.step(loss)
-        self.buffer.add(x, y)
+        self.remember(x, y)
         return StepResult(loss.detach(), len(y))
 
     @torch.no_grad()
@@ -89,9 +89,12 @@ class SCR(Strategy):
         feats = F.normalize(self.model.features(x), dim=1)
         means = self.class_means()
         scores = -torch.cdist(feats, means).pow(2)
-        in_memory = torch.zeros(len(means), dtype=torch.bool, device=self.device)
-        in_memory[self.buffer.classes().to(self.device)] = True
-        return scores.masked_fill(~in_memory, float("-inf"))
+        return scores.masked_fill(~self._in_memory(len(means)), float("-inf"))
+
+    def _in_memory(self, n: int) -> torch.Tensor:
+        """A device mask of the classes memory holds (found from the buffer's host labels)."""
+        classes = self.buffer.classes().to(self.device, non_blocking=True)
+        return torch.zeros(n, dtype=torch.bool, device=self.device).index_fill_(0, classes, True)
 
     def predictor(self):
         """NCM over a frozen copy of the model, the class means and the memory classes."""
@@ -99,8 +102,7 @@ class SCR(Strategy):
 
         if len(self.buffer) == 0:
             return NoMemoryPredictor(self.model.n_classes, self.device)
-        in_memory = torch.zeros(len(self.class_means()), dtype=torch.bool, device=self.device)
-        in_memory[self.buffer.classes().to(self.device)] = True
+        in_memory = self._in_memory(len(self.class_means()))
         return NCMPredictor(
             copy.deepcopy(self.model), self.class_means().clone(), in_memory, self.device
         )

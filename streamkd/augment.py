@@ -5,6 +5,10 @@ host. Here every op is a handful of batched tensor ops, parameters are drawn per
 the strategy's ``torch.Generator`` (so runs are reproducible and resumable), and the whole
 pipeline stays on the device. Inputs are ``uint8`` images or floats in [0, 1]; outputs are
 floats in [0, 1], which the model's :class:`~streamkd.models.InputNormalizer` accepts.
+
+GPU: the parameters are drawn on the host and each op sends them in one non-blocking copy
+(pinned on CUDA); which samples an op touches is decided on the host too, so no op waits
+for the device (no ``nonzero`` on device data).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from streamkd.types import to_device
 
 
 def to_float(x: Tensor) -> Tensor:
@@ -85,7 +91,7 @@ def resized_crop_flip(
     theta[:, 0, 2] = (2 * left + w) / width - 1  # centre of the box
     theta[:, 1, 1] = h / height
     theta[:, 1, 2] = (2 * top + h) / height - 1
-    grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
+    grid = F.affine_grid(to_device(theta, x.device), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
@@ -165,31 +171,40 @@ def color_jitter(
     official code applies it image by image: per sample, factors for brightness, contrast
     and saturation in [1 - v, 1 + v], a hue shift in [-hue, hue], and the four ops in a
     random order. Batched: at each of the four positions every op runs once, on the samples
-    whose permutation puts it there."""
+    whose permutation puts it there. The subsets are found on the host, and all parameters
+    and subsets reach the device in two non-blocking copies."""
     n = x.shape[0]
-    apply = (torch.rand(n, generator=g) < p).to(x.device).view(n, 1, 1, 1)
-    shape = (n, 1, 1, 1)
-    factors = [
-        _uniform(n, 1 - brightness, 1 + brightness, g).to(x.device).view(shape),
-        _uniform(n, 1 - contrast, 1 + contrast, g).to(x.device).view(shape),
-        _uniform(n, 1 - saturation, 1 + saturation, g).to(x.device).view(shape),
-        _uniform(n, -hue, hue, g).to(x.device).view(shape),
-    ]
-    order = torch.rand(n, 4, generator=g).argsort(1).to(x.device)  # a permutation per sample
+    apply = torch.rand(n, generator=g) < p
+    factors = torch.stack(
+        [
+            _uniform(n, 1 - brightness, 1 + brightness, g),
+            _uniform(n, 1 - contrast, 1 + contrast, g),
+            _uniform(n, 1 - saturation, 1 + saturation, g),
+            _uniform(n, -hue, hue, g),
+            apply.float(),
+        ]
+    )  # (5, n): the four ops' factors, then whether jitter applies
+    order = torch.rand(n, 4, generator=g).argsort(1)  # a permutation per sample
     enabled = (brightness > 0, contrast > 0, saturation > 0, hue > 0)
-    out = x
+    runs, subsets = [], []  # (op, rows in the index) per (position, op) with samples
     for position in range(4):
         for op_id, op in enumerate(_JITTER_OPS):
-            if not enabled[op_id]:
-                continue
-            idx = (order[:, position] == op_id).nonzero().flatten()
-            if len(idx):
-                out = out.index_copy(0, idx, op(out[idx], factors[op_id][idx]))
-    return torch.where(apply, out, x)
+            idx = (order[:, position] == op_id).nonzero().flatten()  # host tensors
+            if enabled[op_id] and len(idx):
+                runs.append((op_id, op, len(idx)))
+                subsets.append(idx)
+    params = to_device(factors, x.device)
+    index = to_device(torch.cat(subsets), x.device) if subsets else None
+    out, start = x, 0
+    for op_id, op, size in runs:
+        idx = index[start : start + size]
+        start += size
+        out = out.index_copy(0, idx, op(out[idx], params[op_id][idx].view(-1, 1, 1, 1)))
+    return torch.where(params[4].bool().view(n, 1, 1, 1), out, x)
 
 
 def random_grayscale(x: Tensor, g: torch.Generator, p: float = 0.2) -> Tensor:
-    apply = (torch.rand(x.shape[0], generator=g) < p).to(x.device).view(-1, 1, 1, 1)
+    apply = to_device(torch.rand(x.shape[0], generator=g) < p, x.device).view(-1, 1, 1, 1)
     return torch.where(apply, grayscale(x), x)
 
 

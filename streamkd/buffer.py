@@ -21,6 +21,7 @@ class Replay:
     y: Tensor
     idx: Tensor
     extras: dict[str, Tensor] = field(default_factory=dict)
+    y_host: Tensor | None = None  # the labels on the host, when the slots were chosen there
 
     def __len__(self) -> int:
         return len(self.y)
@@ -44,6 +45,11 @@ class ReplayBuffer:
 
     Retrieval: :meth:`sample` (uniform, without replacement) and :meth:`nearest` (k-NN over a
     stored extra through a FAISS :class:`VectorIndex`, when ``index_key`` is set).
+
+    GPU: slots are chosen on the host (from the host generator) and sent with non-blocking
+    copies; the labels are mirrored on the host (``labels``), so the class bookkeeping
+    (CBRS, :meth:`classes`, the host labels of a sample) never reads the device. Pass the
+    labels' host copy to :meth:`add` when they already are on the device.
     """
 
     def __init__(
@@ -71,6 +77,7 @@ class ReplayBuffer:
         self.seen = 0
         self.x: Inputs | None = None
         self.y: Tensor | None = None
+        self.labels: Tensor | None = None  # the host copy of ``y``
         self.step: Tensor | None = None
         self.extras: dict[str, Tensor] = {}
         self.class_seen: dict[int, int] = {}
@@ -92,6 +99,7 @@ class ReplayBuffer:
 
         self.x = {k: like(v) for k, v in x.items()} if isinstance(x, dict) else like(x)
         self.y = torch.empty(cap, dtype=torch.long, device=dev)
+        self.labels = torch.empty(cap, dtype=torch.long)
         self.step = torch.empty(cap, dtype=torch.long, device=dev)
         for key, value in extras.items():
             self.extras[key] = torch.empty((cap, *value.shape[1:]), dtype=value.dtype, device=dev)
@@ -145,16 +153,27 @@ class ReplayBuffer:
                     f"{what} of dtype {new.dtype} do not match the buffer's {old.dtype}"
                 )
 
-    def add(self, x: Inputs, y: Tensor, **extras: Tensor) -> list[int]:
-        """Offer a batch to the buffer; returns the slot written per sample (-1: not stored)."""
+    def add(
+        self, x: Inputs, y: Tensor, *, host_labels: Tensor | None = None, **extras: Tensor
+    ) -> list[int]:
+        """Offer a batch to the buffer; returns the slot written per sample (-1: not stored).
+
+        ``host_labels``: ``y``'s copy on the host, when ``y`` lives on a GPU (without it the
+        buffer copies ``y`` to the host, which waits for the GPU)."""
         n = inputs_len(x)
         self._check(x, y, extras)
+        if host_labels is not None and len(host_labels) != len(y):
+            raise ValueError(f"got {len(host_labels)} host labels for {len(y)} labels")
         if self.capacity == 0 or n == 0:
             self.seen += n
             return [-1] * n
         if self.x is None:
             self._allocate(x, extras)
-        slots = self._reservoir_slots(n) if self.policy == "reservoir" else self._balanced_slots(y)
+        if host_labels is None:
+            host_labels = y if y.device.type == "cpu" else y.cpu()
+        host_labels = host_labels.long()
+        policy = self.policy == "reservoir"
+        slots = self._reservoir_slots(n) if policy else self._balanced_slots(host_labels)
         first = self.seen
         self.seen += n
         # later samples win when two in one batch drew the same slot (sequential semantics)
@@ -162,27 +181,37 @@ class ReplayBuffer:
         if not chosen:
             return slots
         if list(chosen) == list(range(slots[0], slots[0] + n)):
-            dst_d = slice(slots[0], slots[0] + n)  # filling phase: one contiguous copy
-            src_d: slice | Tensor = slice(None)
-            src = list(range(n))
+            dst: slice | Tensor = slice(slots[0], slots[0] + n)  # filling: one contiguous copy
+            src: slice | Tensor = slice(None)
+            steps = torch.arange(first, first + n)
         else:
-            src = list(chosen.values())
-            dst_d = torch.tensor(list(chosen), dtype=torch.long, device=self.device)
-            src_d = torch.tensor(src, dtype=torch.long, device=y.device)
+            dst = torch.tensor(list(chosen), dtype=torch.long)
+            src = torch.tensor(list(chosen.values()), dtype=torch.long)
+            steps = src + first
+        self.labels[dst] = host_labels[src]
+        dst_d = _to(dst, self.device)
+
+        src_on: dict[torch.device, slice | Tensor] = {}
+
+        def rows(value: Tensor) -> Tensor:  # value[src] on the buffer's device, no waiting
+            if value.device not in src_on:
+                src_on[value.device] = _to(src, value.device)
+            return _to(value[src_on[value.device]], self.device)
+
         if isinstance(x, dict):
             for key, value in x.items():
-                self.x[key][dst_d] = value[src_d].to(self.device)
+                self.x[key][dst_d] = rows(value)
         else:
-            self.x[dst_d] = x[src_d].to(self.device)
-        self.y[dst_d] = y[src_d].to(self.device, torch.long)
-        self.step[dst_d] = torch.tensor([first + i for i in src], device=self.device)
+            self.x[dst_d] = rows(x)
+        self.y[dst_d] = rows(y).long()
+        self.step[dst_d] = _to(steps, self.device)
         for key, value in extras.items():
-            self.extras[key][dst_d] = value[src_d].detach().to(self.device, self.extras[key].dtype)
+            self.extras[key][dst_d] = rows(value.detach()).to(self.extras[key].dtype)
         if self.index_key is not None and self.index_key in extras:
-            vectors = extras[self.index_key][src_d].detach().float().flatten(1)
+            vectors = rows(extras[self.index_key].detach()).float().flatten(1)
             if self.index is None:
                 self.index = VectorIndex(vectors.shape[1], metric=self.index_metric)
-            self.index.add(vectors, list(chosen))
+            self.index.add(vectors, list(chosen))  # FAISS searches on the host
         return slots
 
     def _reservoir_slots(self, n: int) -> list[int]:
@@ -203,9 +232,10 @@ class ReplayBuffer:
         return slots
 
     def _balanced_slots(self, y: Tensor) -> list[int]:
+        """CBRS slots for host labels ``y``, from the host label copy."""
         labels = y.tolist()
         slots = []
-        y_mem = self.y
+        y_mem = self.labels
         for label in labels:
             self.class_seen[label] = self.class_seen.get(label, 0) + 1
             if self.size < self.capacity:
@@ -213,7 +243,7 @@ class ReplayBuffer:
                 y_mem[self.size] = label
                 self.size += 1
                 continue
-            counts = torch.bincount(y_mem[: self.size], minlength=max(label + 1, 1)).cpu()
+            counts = torch.bincount(y_mem[: self.size], minlength=max(label + 1, 1))
             largest = int(counts.max())
             if int(counts[label]) < largest:
                 big = (counts == largest).nonzero().flatten()
@@ -224,7 +254,7 @@ class ReplayBuffer:
                     slots.append(-1)
                     continue
                 cls = label
-            members = (y_mem[: self.size] == cls).nonzero().flatten().cpu()
+            members = (y_mem[: self.size] == cls).nonzero().flatten()
             slot = int(members[torch.randint(len(members), (1,), generator=self.generator)])
             y_mem[slot] = label
             slots.append(slot)
@@ -235,23 +265,29 @@ class ReplayBuffer:
         keeps): two labels found to be one (e.g. a scenario recognised as come back)."""
         if self.y is not None:
             self.y.masked_fill_(self.y == old, new)
+            self.labels.masked_fill_(self.labels == old, new)
         if old in self.class_seen:
             self.class_seen[new] = self.class_seen.get(new, 0) + self.class_seen.pop(old)
 
     # -- retrieval -------------------------------------------------------------------------
     def gather(self, idx: Tensor) -> Replay:
-        """The stored samples at slots ``idx``."""
-        idx = idx.to(self.device)
+        """The stored samples at slots ``idx`` (host slots also give the host labels)."""
+        host = idx.device.type == "cpu"
+        y_host = self.labels[idx] if host else None
+        idx = _to(idx, self.device)
         extras = {k: v[idx] for k, v in self.extras.items()}
-        return Replay(take(self.x, idx), self.y[idx], idx, extras)
+        return Replay(take(self.x, idx), self.y[idx], idx, extras, y_host)
 
     def sample(self, k: int, exclude_classes: Tensor | None = None) -> Replay:
-        """Up to ``k`` distinct stored samples drawn uniformly at random."""
+        """Up to ``k`` distinct stored samples drawn uniformly at random (slots drawn on the
+        host), optionally none of the classes in ``exclude_classes``."""
         if self.size == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")
         if exclude_classes is not None:
-            allowed = ~torch.isin(self.y[: self.size], exclude_classes.to(self.device))
-            pool = allowed.nonzero().flatten().cpu()
+            exclude = exclude_classes.cpu() if exclude_classes.device.type != "cpu" else (
+                exclude_classes
+            )  # fmt: skip
+            pool = (~torch.isin(self.labels[: self.size], exclude)).nonzero().flatten()
             perm = torch.randperm(len(pool), generator=self.generator)[:k]
             return self.gather(pool[perm])
         idx = torch.randperm(self.size, generator=self.generator)[: min(k, self.size)]
@@ -273,7 +309,10 @@ class ReplayBuffer:
         return self.gather(torch.arange(self.size))
 
     def classes(self) -> Tensor:
-        return torch.unique(self.y[: self.size]) if self.size else torch.empty(0, dtype=torch.long)
+        """The labels held, sorted, on the host."""
+        if not self.size:
+            return torch.empty(0, dtype=torch.long)
+        return torch.unique(self.labels[: self.size])
 
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -298,7 +337,7 @@ class ReplayBuffer:
             )
         self.size, self.seen = int(state["size"]), int(state["seen"])
         self.class_seen = {int(c): int(m) for c, m in state["class_seen"]}
-        self.x = self.y = self.step = None
+        self.x = self.y = self.labels = self.step = None
         self.extras = {}
         self.index = None
         if state["x"] is None:
@@ -311,6 +350,7 @@ class ReplayBuffer:
         else:
             self.x[:n] = state["x"].to(self.device)
         self.y[:n] = state["y"].to(self.device)
+        self.labels[:n] = state["y"]
         self.step[:n] = state["step"].to(self.device)
         for key, value in state["extras"].items():
             self.extras[key][:n] = value.to(self.device)
@@ -318,6 +358,14 @@ class ReplayBuffer:
             vectors = self.extras[self.index_key][:n].float().flatten(1)
             self.index = VectorIndex(vectors.shape[1], metric=self.index_metric)
             self.index.add(vectors, torch.arange(n))
+
+
+def _to(index, device: torch.device):
+    """A host tensor on ``device`` by a non-blocking copy (slices and same-device tensors
+    pass through)."""
+    if isinstance(index, Tensor) and index.device != torch.device(device):
+        return index.to(device, non_blocking=True)
+    return index
 
 
 def _cpu_rows(x: Inputs, n: int) -> Inputs:

@@ -13,8 +13,14 @@ after training through segment i):
   * learning curves        = every ``log_every`` samples (default: the stream's length / 100,
     so even a short stream gives ~50-100 points), the prequential accuracy and mean loss over
     the trailing ``window`` samples (default 5 x ``log_every``)
-  * samples/s counts ``observe()`` time only; peak memory is CUDA's peak allocation on GPU and
-    the process's peak resident set size on CPU.
+  * samples/s counts ``observe()`` time only (CUDA events on a GPU); peak memory is CUDA's
+    peak allocation on GPU and the process's peak resident set size on CPU.
+
+On a GPU the per-batch path never waits for the device: hits and losses are summed on the
+device and read at curve points, evaluations and checkpoints; step times come from CUDA
+events read at the same points; each batch is copied once, pinned and non-blocking
+(``streamkd.syncs`` counts what remains; the drift monitor reads every batch's errors or
+loss on the host, so it costs one wait per batch when on).
 
 With a :class:`~streamkd.drift.DriftMonitor` (``drift=``), each sample's prequential error (from
 the prediction already made for accuracy: no extra forward pass) or each batch's loss is fed
@@ -28,13 +34,16 @@ import math
 import resource
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from streamkd.checks import positive_int
 from streamkd.strategy import Strategy
+from streamkd.syncs import emulate_cuda
 from streamkd.types import Inputs, inputs_len, take
 
 if TYPE_CHECKING:
@@ -74,14 +83,51 @@ def summarize(acc_matrix: list[list[float | None]], row_segments: list[int]) -> 
 
 @torch.no_grad()
 def heldout_accuracy(strategy: Strategy, x: Inputs, y: torch.Tensor, chunk: int) -> float:
-    correct = 0
+    """Accuracy of ``strategy.predict`` on ``(x, y)`` in chunks (hits summed on the device,
+    read once)."""
+    correct = torch.zeros((), dtype=torch.long, device=strategy.device)
     for start in range(0, inputs_len(x), chunk):
         scores = strategy.predict(take(x, slice(start, start + chunk)))
         if scores.shape[1] == 0:
             continue
-        pred = scores.argmax(1).cpu()
-        correct += int((pred == y[start : start + chunk]).sum())
-    return correct / len(y)
+        labels = y[start : start + chunk].to(scores.device, non_blocking=True)
+        correct += (scores.argmax(1) == labels).sum()
+    return int(correct) / len(y)
+
+
+class StepTimer:
+    """Seconds spent in ``observe()``: the host clock on CPU; on CUDA, events recorded around
+    each step and read only when :attr:`seconds` is asked (at curve points and at the end), so
+    timing never makes the step loop wait for the GPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.done = 0.0
+        self._pending: list[tuple[Any, Any]] = []
+        self._start: Any = None
+
+    def start(self) -> None:
+        if self.cuda:
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._start = time.perf_counter()
+
+    def stop(self) -> None:
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self._pending.append((self._start, end))
+        else:
+            self.done += time.perf_counter() - self._start
+
+    @property
+    def seconds(self) -> float:
+        for start, end in self._pending:
+            end.synchronize()
+            self.done += start.elapsed_time(end) / 1000.0
+        self._pending.clear()
+        return self.done
 
 
 def expected_calibration_error(scores: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
@@ -130,10 +176,12 @@ class Evaluator:
         self.curve: list[list[float]] = []  # [samples, windowed prequential acc, mean loss]
         self.current_segment: int | None = None
         self.samples = 0
-        self.correct = 0
+        self._correct = 0
         self.predicted = 0
-        self.train_seconds = 0.0
+        self._timer: StepTimer | None = None
+        self._seconds = 0.0  # before a timer exists (a resumed run's)
         self._win_correct = self._win_n = 0
+        self._hits: torch.Tensor | None = None  # hits not yet read, on the device
         self._loss_sum = torch.zeros(())
         self._loss_n = 0
         self._next_log = self.log_every
@@ -171,22 +219,55 @@ class Evaluator:
             self.anytime.append([self.samples, sum(accs) / len(accs)])
 
     # -- per batch --------------------------------------------------------------------------
+    def learn(
+        self, strategy: Strategy, batch, logger: RunLogger | None, prequential: bool = True
+    ) -> None:
+        """One batch: the prequential prediction (validated once, before it), the timed
+        ``observe()`` and the bookkeeping, none of which waits for the device."""
+        if prequential and batch.y is not None:
+            strategy.validate(batch)
+            self.record_prediction(strategy.predict(batch.x), batch.y)
+        if self._timer is None:
+            self._timer = StepTimer(strategy.device)
+            self._timer.done = self._seconds
+        self._timer.start()
+        step = strategy.observe(batch)
+        self._timer.stop()
+        self.record_step(step.loss, step.n, logger)
+
+    @property
+    def train_seconds(self) -> float:
+        return self._timer.seconds if self._timer is not None else self._seconds
+
+    @property
+    def correct(self) -> int:
+        """Prequential hits so far (reads the device's running sum)."""
+        self._read_hits()
+        return self._correct
+
+    def _read_hits(self) -> None:
+        if self._hits is not None:
+            hits = int(self._hits)
+            self._correct += hits
+            self._win_correct += hits
+            self._hits = None
+
     def record_prediction(self, scores: torch.Tensor, y: torch.Tensor) -> None:
+        y = y.to(scores.device, non_blocking=True)
         if scores.shape[1] == 0:
-            hit = torch.zeros(len(y), dtype=torch.bool)
+            hit = torch.zeros(len(y), dtype=torch.bool, device=scores.device)
         else:
-            hit = scores.argmax(1).cpu() == y
-        hits = int(hit.sum())
+            hit = scores.argmax(1) == y
         if self.drift is not None and self.drift.signal == "error":
-            self.drift.update_many((~hit).float(), start_index=self.samples)
-        self.correct += hits
+            self.drift.update_many((~hit).float().cpu(), start_index=self.samples)
+        hits = hit.sum()
+        self._hits = hits if self._hits is None else self._hits + hits
         self.predicted += len(y)
-        self._win_correct += hits
         self._win_n += len(y)
 
     def record_step(self, loss: torch.Tensor, n: int, logger: RunLogger | None) -> None:
         self.samples += n
-        self._loss_sum = self._loss_sum + loss.detach().cpu()
+        self._loss_sum = self._loss_sum.to(loss.device, non_blocking=True) + loss.detach()
         self._loss_n += 1
         if self.drift is not None:
             if self.drift.signal == "loss":
@@ -199,6 +280,7 @@ class Evaluator:
         """Close the current interval: one curve point (and MLflow metrics) at ``samples``."""
         if not self._loss_n:
             return
+        self._read_hits()
         self._next_log = (self.samples // self.log_every + 1) * self.log_every
         self._recent.append([self._win_correct, self._win_n, float(self._loss_sum), self._loss_n])
         correct, predicted, loss_sum, steps = (sum(p[i] for p in self._recent) for i in range(4))
@@ -244,6 +326,7 @@ class Evaluator:
         return out
 
     def state_dict(self) -> dict[str, Any]:
+        self._read_hits()
         state = {
             "acc_matrix": [[(-1.0 if v is None else v) for v in row] for row in self.acc_matrix],
             "row_segments": list(self.row_segments),
@@ -260,7 +343,7 @@ class Evaluator:
                 self._next_log,
                 self._next_eval,
             ],
-            "loss_sum": self._loss_sum.clone(),
+            "loss_sum": self._loss_sum.cpu().clone(),
             "recent": [list(p) for p in self._recent],
             "log_every": [self.log_every, self.window],  # a resumed curve keeps its interval
             "train_seconds": self.train_seconds,
@@ -278,7 +361,7 @@ class Evaluator:
         self.current_segment = None if seg < 0 else seg
         (
             self.samples,
-            self.correct,
+            self._correct,
             self.predicted,
             self._win_correct,
             self._win_n,
@@ -287,12 +370,14 @@ class Evaluator:
             self._next_eval,
         ) = (int(v) for v in state["counts"])
         self._loss_sum = state["loss_sum"].clone()
+        self._hits = None
         if "log_every" in state:
             self.log_every, self.window = (int(v) for v in state["log_every"])
             self._recent = deque(maxlen=max(1, self.window // self.log_every))
         self._recent.clear()
         self._recent.extend(list(p) for p in state.get("recent", []))
-        self.train_seconds = float(state["train_seconds"])
+        self._seconds = float(state["train_seconds"])
+        self._timer = None
         if self.drift is not None and "drift" in state:
             self.drift.load_state_dict(state["drift"])
             self._drift_logged = len(self.drift.events)  # logged before the checkpoint
@@ -398,15 +483,7 @@ def run(
         if ev.current_segment is not None and seg != ev.current_segment:
             ev.end_segment(strategy, ev.current_segment, logger)
         ev.current_segment = seg
-        if prequential and batch.y is not None:  # validated once, before the prediction
-            strategy.validate(batch)
-            ev.record_prediction(strategy.predict(batch.x), batch.y)
-        t0 = time.perf_counter()
-        step = strategy.observe(batch)
-        if strategy.device.type == "cuda":
-            torch.cuda.synchronize(strategy.device)
-        ev.train_seconds += time.perf_counter() - t0
-        ev.record_step(step.loss, step.n, logger)
+        ev.learn(strategy, batch, logger, prequential)
         if ev.eval_every and ev.samples >= ev._next_eval:
             ev._next_eval = (ev.samples // ev.eval_every + 1) * ev.eval_every
             ev.anytime_point(strategy)
@@ -432,3 +509,48 @@ def run(
     if not math.isfinite(result["train_seconds"]):
         result["train_seconds"] = None
     return result
+
+
+@dataclass
+class SyncCount:
+    """What :func:`count_syncs` saw: synchronisations per batch, and where they came from."""
+
+    per_step: list[int]
+    sites: Counter
+    errors: list[str]
+
+    @property
+    def worst(self) -> int:
+        return max(self.per_step, default=0)
+
+    @property
+    def mean(self) -> float:
+        return sum(self.per_step) / len(self.per_step) if self.per_step else 0.0
+
+
+def count_syncs(
+    build: Callable[[], Strategy], stream: SegmentedStream, *, steps: int, skip: int = 0
+) -> SyncCount:
+    """Host-device synchronisations per batch of :func:`run`'s loop, counted on any machine.
+
+    ``build()`` makes the strategy, with ``device="cuda"``: it runs on the CPU under
+    :func:`streamkd.syncs.emulate_cuda`, which counts every operation that would make the
+    host wait for a GPU. Each of ``steps`` batches after the first ``skip`` is counted over
+    its prequential prediction, ``observe()`` and bookkeeping; curve points, evaluations and
+    checkpoints (which read the device once per interval, on purpose) are not counted.
+    """
+    with emulate_cuda() as emulator:
+        emulator.counting = False
+        strategy = build()
+        ev = Evaluator(stream, log_every=10**12)
+        per_step: list[int] = []
+        for i, batch in enumerate(stream):
+            if i >= skip + steps:
+                break
+            before = sum(emulator.syncs.values())
+            emulator.counting = i >= skip
+            ev.learn(strategy, batch, None)
+            emulator.counting = False
+            if i >= skip:
+                per_step.append(sum(emulator.syncs.values()) - before)
+    return SyncCount(per_step, emulator.syncs, list(emulator.errors))

@@ -70,16 +70,21 @@ def similarity_distillation(
     """HPCR's sample-based contrastive distillation (SCD): cross-entropy between the softmax
     over pairwise similarities (self excluded) of the stored features and of the current
     ones, per row."""
-    n = current.shape[0]
-    off_diag = ~torch.eye(n, dtype=torch.bool, device=current.device)
 
     def log_probs(f: Tensor) -> Tensor:
         f = F.normalize(f, dim=1)
-        sim = (f @ f.T / temperature)[off_diag].view(n, n - 1)
+        sim = _off_diagonal(f @ f.T / temperature)
         return torch.log_softmax(sim, dim=1)
 
     target = log_probs(stored.detach()).exp()
     return weight * -(target * log_probs(current)).sum(1).mean()
+
+
+def _off_diagonal(square: Tensor) -> Tensor:
+    """The (n, n - 1) off-diagonal entries of an (n, n) matrix, row by row, in order (a
+    reshape, not a boolean mask: no data-dependent size)."""
+    n = square.shape[0]
+    return square.flatten()[1:].view(n - 1, n + 1)[:, :-1].reshape(n, n - 1)
 
 
 def nt_xent_pseudo(
@@ -111,7 +116,7 @@ def nt_xent_pseudo(
     if not mask_self:
         return supervised
     m = n // 2
-    partner = torch.cat([torch.arange(m, n), torch.arange(0, m)]).to(sim.device)
+    partner = torch.arange(n, device=sim.device).roll(m)  # row i's other view: i +- m
     return nll[torch.arange(n, device=sim.device), partner].mean() + 2 * supervised
 
 
@@ -121,15 +126,24 @@ def class_prototypes(z: Tensor, labels: Tensor, classes: Tensor) -> Tensor:
     return onehot @ z / onehot.sum(1, keepdim=True)
 
 
-def prototype_infonce(z1: Tensor, z2: Tensor, labels: Tensor, temperature: float = 0.5):
+def prototype_infonce(
+    z1: Tensor,
+    z2: Tensor,
+    labels: Tensor,
+    temperature: float = 0.5,
+    classes: Tensor | None = None,
+):
     """OnPro's online prototype equilibrium (OPE) loss.
 
     Per-class prototypes of each view's L2-normalised projections over the batch, then an
     InfoNCE over the 2K prototypes in which the only positive of a prototype is the same
     class's prototype from the other view. Returns ``(loss, mean prototype per class,
-    classes)``; the means (of the two views, not re-normalised) feed APF.
+    classes)``; the means (of the two views, not re-normalised) feed APF. ``classes``: the
+    sorted distinct labels when the caller knows them (e.g. from host labels); otherwise
+    they are found with ``unique``, which waits for a GPU.
     """
-    classes = torch.unique(labels)
+    if classes is None:
+        classes = torch.unique(labels)
     z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
     p1 = class_prototypes(z1, labels, classes)
     p2 = class_prototypes(z2, labels, classes)
@@ -138,7 +152,7 @@ def prototype_infonce(z1: Tensor, z2: Tensor, labels: Tensor, temperature: float
     protos = F.normalize(torch.cat([p1, p2]), dim=1)
     logits = protos @ protos.T / temperature
     logits = logits.masked_fill(torch.eye(2 * k, dtype=torch.bool, device=z1.device), -1e9)
-    target = torch.cat([torch.arange(k, 2 * k), torch.arange(0, k)]).to(z1.device)
+    target = torch.arange(2 * k, device=z1.device).roll(k)  # the other view's prototype
     return F.cross_entropy(logits, target), means.detach(), classes
 
 
@@ -154,6 +168,6 @@ def pair_probabilities(prototypes: Tensor) -> tuple[Tensor, Tensor]:
     ``1 / ||p_i - p_j||``, so confusable (close) classes are mixed more. Returns
     ``(pairs (P, 2) as row indices into prototypes, probabilities (P,))``."""
     k = prototypes.shape[0]
-    pairs = torch.combinations(torch.arange(k, device=prototypes.device), r=2)
+    pairs = torch.combinations(torch.arange(k), r=2).to(prototypes.device, non_blocking=True)
     dist = torch.pdist(prototypes)
     return pairs, torch.softmax(1.0 / dist.clamp(min=1e-8), dim=0)

@@ -70,12 +70,15 @@ class LinearHead(IncrementalHead):
         if n_classes <= self.out_features:
             return False
         extra = n_classes - self.out_features
-        w = self.weight.data.new_empty(extra, self.in_features)
-        b = None if self.bias is None else self.bias.data.new_empty(extra)
+        # new rows drawn on the host (torch's CPU RNG, which callers seed) and then copied:
+        # the same numbers on every device, and CUDA's RNG untouched
+        w = torch.empty(extra, self.in_features, dtype=self.weight.dtype)
+        b = None if self.bias is None else torch.empty(extra, dtype=self.bias.dtype)
         self._init_rows(w, b)
-        self.weight = nn.Parameter(torch.cat([self.weight.data, w]))
+        device = self.weight.device
+        self.weight = nn.Parameter(torch.cat([self.weight.data, w.to(device, non_blocking=True)]))
         if self.bias is not None:
-            self.bias = nn.Parameter(torch.cat([self.bias.data, b]))
+            self.bias = nn.Parameter(torch.cat([self.bias.data, b.to(device, non_blocking=True)]))
         self.out_features = n_classes
         return True
 

@@ -7,12 +7,13 @@ algorithm box::
         x, y = self.prepare(batch)          # validate, move to device, grow the head
         ...                                 # the method's own loss, replay, distillation
         self.step(loss)                     # one optimizer update
-        self.buffer.add(x, y)
+        self.remember(x, y)                 # offer the batch to the replay memory
         return StepResult(loss.detach(), len(y))
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import inspect
@@ -204,6 +205,13 @@ class Strategy:
             # those of the default layout up to float rounding
             self.model = self.model.to(memory_format=torch.channels_last)
         self.generator = torch.Generator().manual_seed(seed)
+        # draws that depend on device data (e.g. OnPro's class pairs) come from a generator on
+        # the device; on the CPU it is the host generator itself, so CPU runs are unchanged
+        self.device_generator = (
+            torch.Generator(device=self.device).manual_seed(seed)
+            if self.device.type == "cuda"
+            else self.generator
+        )
         self.hparams: dict[str, Any] = dict(self.__dict__.pop("_arguments", {}))
         self.hparams.update(  # what the arguments resolved to
             device=str(self.device),
@@ -220,6 +228,10 @@ class Strategy:
         self.replay_batch = replay_batch
         self.samples_seen = 0
         self.seen_classes = torch.zeros(self.model.n_classes, dtype=torch.bool, device=self.device)
+        self._seen_host = torch.zeros(self.model.n_classes, dtype=torch.bool)  # its host copy
+        self.host_labels: Tensor | None = None  # the current batch's labels, on the host
+        self._labels: tuple[Tensor, Tensor] | None = None  # (device labels, host copy)
+        self._staged: tuple[Inputs, Inputs] | None = None  # (host inputs, their device copy)
         self.extra_modules: dict[str, torch.nn.Module] = {}
         self._training: bool | None = None
         self._valid: tuple[Inputs, Tensor | None] | None = None  # the last batch validated
@@ -321,20 +333,51 @@ class Strategy:
         return input_spec(self.model)
 
     def prepare(self, batch: Batch) -> tuple[Inputs, Tensor]:
-        """Validate a labelled batch, move it to the device and grow the head for new labels."""
+        """Validate a labelled batch, move it to the device and grow the head for new labels.
+
+        The labels also stay on the host (``host_labels``): decisions that depend on them
+        (new classes, which classes memory holds) are taken there, without reading the
+        device. Nothing here waits for the device when the stream lives on the host."""
         self.validate(batch)
         if batch.y is None:
             raise InvalidBatchError("observe() needs labels: batch.y is None (use predict())")
-        x = to_device(batch.x, self.device)
+        x = self._on_device(batch.x)
         y = batch.y.to(self.device, torch.long, non_blocking=True)
-        self._valid = None
+        self._valid = self._staged = None
+        host = batch.y.long() if batch.y.device.type == "cpu" else batch.y.cpu().long()
         if self.input_dtype is None and isinstance(batch.x, Tensor):
             self.input_dtype = batch.x.dtype
-        self.ensure_classes(int(batch.y.max()) + 1)
-        self.seen_classes[y] = True
+        self.ensure_classes(int(host.max()) + 1)
+        self.seen_classes.index_fill_(0, y, True)
+        self._seen_host[host] = True
+        self.host_labels = host
+        self._labels = (y, host)
         self.train_mode(True)
         self.samples_seen += len(y)
         return x, y
+
+    def _on_device(self, x: Inputs) -> Inputs:
+        """``x`` on the device. The inputs of the batch :meth:`validate` has just checked are
+        copied once (pinned, non-blocking on CUDA) for both the evaluator's prediction and
+        :meth:`observe`."""
+        valid, staged = self._valid, self._staged
+        if valid is None or valid[0] is not x:
+            return to_device(x, self.device)
+        if staged is None or staged[0] is not x:
+            staged = self._staged = (x, to_device(x, self.device))
+        return staged[1]
+
+    @property
+    def n_seen_classes(self) -> int:
+        """How many classes were trained on so far (read on the host)."""
+        return int(self._seen_host.sum())
+
+    def remember(self, x: Inputs, y: Tensor, **extras: Tensor) -> list[int]:
+        """Offer the current batch to the replay memory, handing it the labels' host copy
+        (so its class bookkeeping never reads the device)."""
+        labels = self._labels
+        host = labels[1] if labels is not None and labels[0] is y else None
+        return self.buffer.add(x, y, host_labels=host, **extras)
 
     def with_replay(self, x: Inputs, y: Tensor) -> tuple[Inputs, Tensor]:
         """The incoming batch followed by ``replay_batch`` samples drawn from memory (the
@@ -369,7 +412,7 @@ class Strategy:
         """
         self.check_inputs(x)
         self.train_mode(False)
-        scores = self.scores(to_device(x, self.device))
+        scores = self.scores(self._on_device(x))
         return scores.masked_fill(~self.seen_classes, float("-inf"))
 
     def check_inputs(self, x: Inputs) -> None:
@@ -414,13 +457,25 @@ class Strategy:
         grown = torch.zeros(n_classes, dtype=torch.bool, device=self.device)
         grown[: len(self.seen_classes)] = self.seen_classes
         self.seen_classes = grown
+        host = torch.zeros(n_classes, dtype=torch.bool)
+        host[: len(self._seen_host)] = self._seen_host
+        self._seen_host = host
+
+    @contextlib.contextmanager
+    def seeded(self):
+        """Torch's global CPU RNG seeded from the strategy's generator, and restored after:
+        module initialisations that draw from it are reproducible. CUDA's RNG is untouched
+        (modules are built on the host and then moved)."""
+        with torch.random.fork_rng(devices=[]):
+            seed = int(torch.randint(2**31 - 1, (1,), generator=self.generator))
+            torch.random.default_generator.manual_seed(seed)
+            yield
 
     def _grow_head(self, head: torch.nn.Module, n_classes: int) -> None:
         """Grow ``head`` to ``n_classes`` rows (new rows drawn from the strategy's generator)
         and move its optimizer state to the new parameters."""
         old = list(head.parameters())
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=self.generator)))
+        with self.seeded():
             head.grow(n_classes)
         head.to(self.device)
         for before, after in zip(old, head.parameters(), strict=True):
@@ -461,9 +516,20 @@ class Strategy:
             "buffer": self.buffer.state_dict(),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
+            **self._device_rng_state(),
             "samples_seen": self.samples_seen,
             "input_dtype": str(self.input_dtype or "").replace("torch.", ""),
             "extra": self.extra_state(),
+        }
+
+    def _device_rng_state(self) -> dict:
+        """On CUDA, the device generator's and torch's CUDA RNG states (a resumed run then
+        draws what an uninterrupted one would)."""
+        if self.device.type != "cuda":
+            return {}
+        return {
+            "device_generator": self.device_generator.get_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -478,6 +544,10 @@ class Strategy:
         self.buffer.load_state_dict(state["buffer"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
+        if self.device.type == "cuda" and "device_generator" in state:
+            self.device_generator.set_state(state["device_generator"])
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        self._seen_host = self.seen_classes.cpu()
         self.samples_seen = int(state["samples_seen"])
         dtype = state.get("input_dtype") or None  # absent in older checkpoints: the buffer's
         self.input_dtype = getattr(torch, dtype) if dtype else self.buffer.input_dtype

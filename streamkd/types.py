@@ -124,8 +124,13 @@ def cat_inputs(parts: list[Inputs]) -> Inputs:
 
 
 def to_device(x: Inputs, device: torch.device, non_blocking: bool = True) -> Inputs:
+    """``x`` on ``device``; host tensors bound for CUDA go through pinned memory, so the copy
+    is asynchronous and the host does not wait for the GPU."""
     if isinstance(x, dict):
-        return {k: v.to(device, non_blocking=non_blocking) for k, v in x.items()}
+        return {k: to_device(v, device, non_blocking) for k, v in x.items()}
+    device = torch.device(device)
+    if device.type == "cuda" and x.device.type == "cpu" and non_blocking:
+        x = x.pin_memory()
     return x.to(device, non_blocking=non_blocking)
 
 

@@ -1,0 +1,177 @@
+"""The GPU-readiness of every strategy's step, checked on the CPU.
+
+``streamkd.syncs.emulate_cuda`` runs ``device="cuda"`` code on the CPU and counts each
+operation that would make the host wait for a GPU; ``count_syncs`` drives a strategy through
+the evaluator's per-batch path (prediction + ``observe()`` + bookkeeping) under it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from streamkd.data import DataNotFoundError
+from streamkd.evaluate import count_syncs
+from streamkd.experiment import make_model, make_strategy, make_stream
+from streamkd.strategies import STRATEGIES
+from streamkd.syncs import emulate_cuda
+
+# the issue's budgets (synchronisations per batch); the strategies added since get the
+# budget of their family (1: a plain replay step; 3: augmentations, contrast, retrieval)
+BUDGETS = {
+    "naive": 1,
+    "er": 1,
+    "er_ace": 1,
+    "mir": 1,
+    "online_kd": 1,
+    "lightsuan": 1,
+    "scr": 3,
+    "pcr": 3,
+    "hpcr": 3,
+    "onpro": 3,
+    "droc": 3,
+    "sc_clip": 3,
+}
+# the stream and model kwargs each strategy runs on here (tiny, real data)
+SETUPS = {
+    "naive": ("split-mnist", {}),
+    "er": ("split-mnist", {}),
+    "er_ace": ("split-mnist", {}),
+    "mir": ("split-mnist", {}),
+    "scr": ("split-cifar10", {"nf": 8}),
+    "pcr": ("split-cifar10", {"nf": 8}),
+    "hpcr": ("split-cifar10", {"nf": 8}),
+    "onpro": ("split-cifar10", {"nf": 8}),
+    "droc": ("split-cifar10", {"nf": 8}),
+    "online_kd": ("split-cifar10", {"nf": 8}),
+    "lightsuan": ("movielens-ctr", {}),
+}
+STEPS, SKIP = 8, 2  # batches counted, after the first ones (memory filling, first classes)
+TABLE: dict[str, list[int]] = {}
+
+
+def _case(name: str, **strategy_kwargs):
+    """(build, stream) for ``name`` on its tiny real stream, the strategy on ``cuda``."""
+    if name == "sc_clip":
+        from streamkd.strategies.sc_clip import SCCLIP, SocialNavNet
+        from streamkd.streams.eth_ucy import eth_ucy_stream
+
+        try:
+            stream = eth_ucy_stream(("zara1", "hotel"), batch_size=16, max_per_segment=160)
+        except DataNotFoundError as err:
+            pytest.skip(f"ETH/UCY not available: {err}")
+
+        def build():
+            return SCCLIP(SocialNavNet(), seed=0, device="cuda", text_encoder_kind="hashing")
+
+        return build, stream
+    stream_name, model_kwargs = SETUPS[name]
+    order = {} if stream_name == "movielens-ctr" else {"order": "fixed"}
+    stream = make_stream(stream_name, seed=0, max_per_segment=30, batch_size=10, **order)
+    if name == "onpro":  # 4 rotation copies instead of 16: the same code path, 4x cheaper
+        strategy_kwargs.setdefault("rotations", 4)
+
+    def build():
+        model = make_model(stream, seed=0, strategy=name, **model_kwargs)
+        return make_strategy(name, model, memory=40, seed=0, device="cuda", **strategy_kwargs)
+
+    return build, stream
+
+
+def test_every_strategy_has_a_budget():
+    assert set(BUDGETS) == set(STRATEGIES)
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_a_step_stays_within_its_sync_budget(name, capsys):
+    build, stream = _case(name)
+    counted = count_syncs(build, stream, steps=STEPS, skip=SKIP)
+    TABLE[name] = counted.per_step
+    sites = "\n".join(f"  {n} x {what} at {where}" for (what, where), n in counted.sites.items())
+    with capsys.disabled():
+        print(f"\n{name:10s} syncs per batch {counted.per_step} (budget {BUDGETS[name]})")
+        if sites:
+            print(sites)
+    assert len(counted.per_step) == STEPS
+    assert not counted.errors, "would fail on a GPU:\n" + "\n".join(counted.errors[:5])
+    assert counted.worst <= BUDGETS[name], f"{name} exceeds its budget:\n{sites}"
+
+
+def test_class_balanced_memory_and_the_prototype_paths_stay_sync_free():
+    """Paths the defaults above do not take: CBRS insertion, HPCR's anchor-to-sample term."""
+    for name, kwargs in (
+        ("er", {"buffer_policy": "class_balanced"}),
+        ("hpcr", {"anchor_sample_min_batch": 2}),
+    ):
+        build, stream = _case(name, **kwargs)
+        counted = count_syncs(build, stream, steps=STEPS, skip=SKIP)
+        assert not counted.errors, counted.errors[:5]
+        assert counted.worst == 0, (name, dict(counted.sites))
+
+
+# -- the emulation itself: it must see what a GPU would wait for, and only that ------------
+def test_reads_of_device_data_are_counted_and_host_reads_are_not():
+    with emulate_cuda() as emu:
+        host = torch.arange(6)
+        device = torch.arange(6, device="cuda")
+        assert device.device.type == "cuda" and host.device.type == "cpu"
+        int(host.sum()), host.tolist(), host.nonzero(), bool(host.any())
+        assert sum(emu.syncs.values()) == 0
+        int(device.sum())
+        device.tolist()
+        device.nonzero()
+        bool(device.any())
+        device.cpu()
+        torch.unique(device)
+        device[device > 2]  # boolean mask
+        device[torch.tensor([0, 2])]  # a host index tensor: a blocking copy
+        whats = [what for what, _ in emu.syncs]
+    assert sum(emu.syncs.values()) == 8, whats
+    assert any("boolean mask" in w for w in whats) and any("host index" in w for w in whats)
+    # each count says where it came from
+    assert all(where.startswith("tests/test_syncs.py:") for _, where in emu.syncs)
+
+
+def test_copies_to_the_device_count_only_when_blocking():
+    with emulate_cuda() as emu:
+        host = torch.ones(4)
+        a = host.to("cuda", non_blocking=True)
+        b = host.cuda()  # blocking
+        c = torch.tensor([1.0, 2.0], device="cuda")
+        d = torch.zeros(3, device="cuda")  # no data to copy
+    assert [w for w, _ in emu.syncs] == [
+        "cuda(cuda) without non_blocking: blocking copy",
+        "torch.tensor(data, device=cuda): blocking copy",
+    ]
+    assert all(emu.on_device(t) for t in (a, b, c, d)) and not emu.on_device(host)
+    host.add_(1)  # copies, not aliases: the host tensor's change does not reach them
+    assert float(a.sum()) == float(b.sum()) == 4.0
+
+
+def test_what_a_gpu_would_refuse_is_reported():
+    with emulate_cuda() as emu:
+        device = torch.ones(3, device="cuda")
+        device + torch.ones(3)  # host tensor (not 0-dim) in a device op
+        device + torch.tensor(2.0)  # a 0-dim host tensor is a scalar: fine on a GPU
+        host_gen, device_gen = torch.Generator(), torch.Generator(device="cuda")
+        torch.rand(2, generator=host_gen, device="cuda")
+        torch.rand(2, generator=device_gen)
+        torch.rand(2, generator=device_gen, device="cuda")  # right
+    assert len(emu.errors) == 3, emu.errors
+    assert "mixed with device tensors" in emu.errors[0]
+    assert "host generator drawing on cuda" in emu.errors[1]
+    assert "cuda generator drawing on the host" in emu.errors[2]
+
+
+def test_a_model_moved_to_cuda_computes_on_the_device_and_stays_correct():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    x = torch.randn(5, 4)
+    expected = model(x)
+    with emulate_cuda() as emu:
+        gpu = model.to("cuda")  # four blocking parameter copies, as on a GPU
+        assert sum(emu.syncs.values()) == 4
+        out = gpu(x.to("cuda", non_blocking=True))
+        assert out.device.type == "cuda"
+        assert sum(emu.syncs.values()) == 4 and not emu.errors  # the forward pass: none
+    torch.testing.assert_close(out, expected)
