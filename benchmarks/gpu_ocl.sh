@@ -1,18 +1,58 @@
 #!/usr/bin/env bash
-# Full Split CIFAR-10 protocol on one CUDA GPU (aimed at < 10 minutes on a recent GPU):
-# OnPro (full ResNet18, nf=64, 16 rotations, bf16 autocast) and HPCR (reduced ResNet18),
-# memory 200 and 1000, seed 0. Prints the table; JSON and markdown go to $OUT.
+# Everything the GPU tables need, in one run on one CUDA GPU (a lent machine: ~15 minutes):
+#   1. host-device synchronisations per step of every strategy, as the CPU emulation counts
+#      them and as CUDA's own sync debug mode reports them (tests/test_syncs.py);
+#   2. Split CIFAR-10 (5 x 2 classes, batch 10, one pass), ER, PCR, HPCR (reduced ResNet18)
+#      and OnPro (full ResNet18, nf=64, 16 rotations, bf16 autocast) at memory 200 and 1000:
+#      accuracy, samples/s and mean GPU utilisation (nvidia-smi, sampled every 0.5 s);
+#   3. with PCR_OFFICIAL=path/to/FelixHuiweiLin-PCR: PCR against the official code, which
+#      calls .cuda() itself, side by side (task 1; PCR_TASKS=5 for the whole protocol).
+# Environment: PY (python), OUT (results folder), SEEDS (default 0), STRATEGIES (default
+# er,pcr,hpcr,onpro), MEMORY (default 200,1000), MAX_SAMPLES (default: all 50,000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-results}
 SEEDS=${SEEDS:-0}
+STRATEGIES=${STRATEGIES:-er,pcr,hpcr,onpro}
+MEMORY=${MEMORY:-200,1000}
+PCR_TASKS=${PCR_TASKS:-1}
 mkdir -p "$OUT"
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device here')"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-for strategy in hpcr onpro; do
-  /usr/bin/time -f "$strategy: %e s wall" "$PY" benchmarks/cifar10_ocl.py --device cuda \
-    --strategies "$strategy" --memory 200,1000 --seeds "$SEEDS" --no-track \
-    --json "$OUT/gpu_ocl_$strategy.json" --markdown "$OUT/gpu_ocl_$strategy.md"
+
+echo "== 1. synchronisations per step (emulated on the CPU, then reported by CUDA)"
+"$PY" -m pytest -q -s tests/test_syncs.py -k "budget or real_gpu" -p no:cacheprovider \
+  | tee "$OUT/gpu_syncs.txt" | grep -E "syncs per batch| x |passed|failed" || true
+
+# the mean of nvidia-smi's utilisation samples taken while "$@" runs
+with_utilisation() {
+  local log="$1"
+  shift
+  nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 500 >"$log" &
+  local smi=$!
+  "$@"
+  kill "$smi" 2>/dev/null || true
+  awk '{s += $1; n++} END {if (n) printf "mean GPU utilisation %.0f%% over %d samples\n", s / n, n}' "$log"
+}
+
+echo "== 2. Split CIFAR-10: accuracy, samples/s, GPU utilisation"
+for strategy in ${STRATEGIES//,/ }; do
+  extra=()
+  [[ -n "${MAX_SAMPLES:-}" ]] && extra+=(--max-samples "$MAX_SAMPLES")
+  with_utilisation "$OUT/gpu_util_$strategy.log" \
+    "$PY" benchmarks/cifar10_ocl.py --device cuda --strategies "$strategy" --memory "$MEMORY" \
+    --seeds "$SEEDS" --no-track "${extra[@]}" \
+    --json "$OUT/gpu_ocl_$strategy.json" --markdown "$OUT/gpu_ocl_$strategy.md" \
+    | tee "$OUT/gpu_ocl_$strategy.txt" | tail -n 3
 done
 cat "$OUT"/gpu_ocl_*.md
+
+if [[ -n "${PCR_OFFICIAL:-}" ]]; then
+  echo "== 3. PCR against the official code, $PCR_TASKS task(s), memory 200"
+  with_utilisation "$OUT/gpu_util_pcr_side_by_side.log" \
+    "$PY" benchmarks/pcr_side_by_side.py --official "$PCR_OFFICIAL" --agents PCR \
+    --device cuda --max-tasks "$PCR_TASKS" --json "$OUT/gpu_pcr_side_by_side.json"
+else
+  echo "== 3. skipped: set PCR_OFFICIAL to a checkout of FelixHuiweiLin/PCR"
+fi

@@ -132,7 +132,9 @@ def run_official(checkout: Path, agent: str, memory: int, seed: int, max_tasks: 
     }
 
 
-def run_streamkd(agent: str, memory: int, seed: int, max_tasks: int, channels_last: bool) -> dict:
+def run_streamkd(
+    agent: str, memory: int, seed: int, max_tasks: int, channels_last: bool, device: str
+) -> dict:
     from streamkd.experiment import run_one
 
     r = run_one(
@@ -140,9 +142,9 @@ def run_streamkd(agent: str, memory: int, seed: int, max_tasks: int, channels_la
         "split-cifar10",
         seed=seed,
         memory=memory,
-        device="cpu",
+        device=device,
         max_samples=10000 * max_tasks if max_tasks < 5 else None,
-        strategy_kwargs={"channels_last": channels_last},
+        strategy_kwargs={"channels_last": True} if channels_last else {},  # else: the default
         stream_kwargs={"order": "fixed"},
     )
     return {
@@ -164,6 +166,11 @@ def main(argv: list[str] | None = None) -> dict:
         action="store_true",
         help="streamkd side in NHWC (opt-in on CPU, see streamkd.strategy.Strategy)",
     )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="streamkd's device (the official code picks CUDA by itself when there is one)",
+    )
     p.add_argument("--json", dest="json_out", default=None)
     args = p.parse_args(argv)
     results: dict = {
@@ -171,6 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
         "seed": args.seed,
         "max_tasks": args.max_tasks,
         "channels_last": args.channels_last,
+        "device": args.device,
     }
     with tempfile.TemporaryDirectory() as tmp:
         checkout = Path(tmp) / "PCR"
@@ -181,7 +189,12 @@ def main(argv: list[str] | None = None) -> dict:
                     res = run_official(checkout, agent, args.memory, args.seed, args.max_tasks)
                 else:
                     res = run_streamkd(
-                        agent, args.memory, args.seed, args.max_tasks, args.channels_last
+                        agent,
+                        args.memory,
+                        args.seed,
+                        args.max_tasks,
+                        args.channels_last,
+                        args.device,
                     )
                 results[f"{agent}/{side}"] = res
                 print(

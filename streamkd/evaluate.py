@@ -30,10 +30,12 @@ to a drift detector; its events land in ``result["drift_events"]`` and in MLflow
 
 from __future__ import annotations
 
+import contextlib
 import math
 import resource
 import sys
 import time
+import warnings
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -529,28 +531,62 @@ class SyncCount:
 
 
 def count_syncs(
-    build: Callable[[], Strategy], stream: SegmentedStream, *, steps: int, skip: int = 0
+    build: Callable[[], Strategy],
+    stream: SegmentedStream,
+    *,
+    steps: int,
+    skip: int = 0,
+    real_gpu: bool = False,
 ) -> SyncCount:
-    """Host-device synchronisations per batch of :func:`run`'s loop, counted on any machine.
+    """Host-device synchronisations per batch of :func:`run`'s loop.
 
-    ``build()`` makes the strategy, with ``device="cuda"``: it runs on the CPU under
-    :func:`streamkd.syncs.emulate_cuda`, which counts every operation that would make the
-    host wait for a GPU. Each of ``steps`` batches after the first ``skip`` is counted over
-    its prequential prediction, ``observe()`` and bookkeeping; curve points, evaluations and
-    checkpoints (which read the device once per interval, on purpose) are not counted.
+    ``build()`` makes the strategy, with ``device="cuda"``. By default it runs on the CPU
+    under :func:`streamkd.syncs.emulate_cuda`, which counts every operation that would make
+    the host wait for a GPU (any machine). ``real_gpu=True`` runs it on the GPU and counts
+    what CUDA's sync debug mode reports (``torch.cuda.set_sync_debug_mode``). Each of
+    ``steps`` batches after the first ``skip`` is counted over its prequential prediction,
+    ``observe()`` and bookkeeping; curve points, evaluations and checkpoints (which read the
+    device once per interval, on purpose) are not counted.
     """
-    with emulate_cuda() as emulator:
-        emulator.counting = False
+    with emulate_cuda() if not real_gpu else _cuda_sync_warnings() as counter:
+        counter.counting = False
         strategy = build()
         ev = Evaluator(stream, log_every=10**12)
         per_step: list[int] = []
         for i, batch in enumerate(stream):
             if i >= skip + steps:
                 break
-            before = sum(emulator.syncs.values())
-            emulator.counting = i >= skip
+            before = sum(counter.syncs.values())
+            counter.counting = i >= skip
             ev.learn(strategy, batch, None)
-            emulator.counting = False
+            counter.counting = False
             if i >= skip:
-                per_step.append(sum(emulator.syncs.values()) - before)
-    return SyncCount(per_step, emulator.syncs, list(emulator.errors))
+                per_step.append(sum(counter.syncs.values()) - before)
+    return SyncCount(per_step, counter.syncs, list(counter.errors))
+
+
+class _SyncWarnings:
+    """Counts CUDA's synchronisation warnings (``set_sync_debug_mode("warn")``) by site."""
+
+    def __init__(self) -> None:
+        self.syncs: Counter = Counter()
+        self.errors: list[str] = []
+        self.counting = True
+
+    def record(self, message, category, filename, lineno, file=None, line=None) -> None:
+        if self.counting and "synchronizing" in str(message):
+            self.syncs[(str(message).split(".")[0], f"{filename}:{lineno}")] += 1
+
+
+@contextlib.contextmanager
+def _cuda_sync_warnings():
+    counter = _SyncWarnings()
+    previous = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = counter.record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield counter
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)

@@ -9,6 +9,12 @@ algorithm box::
         self.step(loss)                     # one optimizer update
         self.remember(x, y)                 # offer the batch to the replay memory
         return StepResult(loss.detach(), len(y))
+
+On a GPU the step should never wait for the device: decisions that depend on labels are
+taken on the host (``host_labels``, ``n_seen_classes``, the buffer's host label copy), draws
+on the host come from ``generator`` and are sent with non-blocking copies, draws that depend
+on device data come from ``device_generator``. ``streamkd.syncs`` counts what is left
+(``tests/test_syncs.py`` holds every strategy to a budget).
 """
 
 from __future__ import annotations

@@ -97,6 +97,20 @@ def test_a_step_stays_within_its_sync_budget(name, capsys):
     assert counted.worst <= BUDGETS[name], f"{name} exceeds its budget:\n{sites}"
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_on_a_real_gpu_cuda_reports_no_more_syncs_than_the_emulation(name, capsys):
+    """On a GPU (``benchmarks/gpu_ocl.sh`` runs this): CUDA's own sync debug mode counts the
+    same step, so the emulation's table is checked against the hardware."""
+    build, stream = _case(name)
+    real = count_syncs(build, stream, steps=STEPS, skip=SKIP, real_gpu=True)
+    with capsys.disabled():
+        print(f"\n{name:10s} CUDA-reported syncs per batch {real.per_step}")
+        for (what, where), n in real.sites.items():
+            print(f"  {n} x {what} at {where}")
+    assert real.worst <= BUDGETS[name]
+
+
 def test_class_balanced_memory_and_the_prototype_paths_stay_sync_free():
     """Paths the defaults above do not take: CBRS insertion, HPCR's anchor-to-sample term."""
     for name, kwargs in (
@@ -175,3 +189,22 @@ def test_a_model_moved_to_cuda_computes_on_the_device_and_stays_correct():
         assert out.device.type == "cuda"
         assert sum(emu.syncs.values()) == 4 and not emu.errors  # the forward pass: none
     torch.testing.assert_close(out, expected)
+
+
+def test_a_resumed_cuda_run_draws_what_an_uninterrupted_one_draws():
+    """OnPro draws its class pairs from the device generator: on (emulated) CUDA a restored
+    state must carry it, and torch's CUDA RNG, for the continuation to match."""
+    build, stream = _case("onpro")
+    batches = list(stream)[:9]
+    with emulate_cuda():
+        first = build()
+        for batch in batches[:6]:
+            first.observe(batch)
+        assert first.device_generator is not first.generator  # a generator of its own
+        state = first.state_dict()
+        assert {"device_generator", "cuda_rng"} <= set(state)
+        ahead = [first.observe(b).loss_value for b in batches[6:]]
+        second = build()
+        second.load_state_dict(state)
+        resumed = [second.observe(b).loss_value for b in batches[6:]]
+    assert resumed == ahead
