@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
         "memory": args.memory,
         "seed": args.seed,
         "max_tasks": args.max_tasks,
-        "channels_last": args.channels_last,
+        "channels_last": args.channels_last or "default (on for CUDA, off on CPU)",
         "device": args.device,
     }
     with tempfile.TemporaryDirectory() as tmp:

@@ -202,9 +202,9 @@ class OnPro(Strategy):
             wanted = self.prototype_classes[pairs[drawn]].T.reshape(-1)  # firsts, then seconds
             stored = self.buffer.y[: len(self.buffer)]
             # a uniformly random stored sample of each wanted class: the argmax of uniform
-            # draws over that class's slots
+            # draws over that class's slots (any slot if the class has left memory since)
             u = torch.rand(len(wanted), len(stored), generator=gd, device=dev)
-            slots = u.masked_fill(stored[None, :] != wanted[:, None], -1.0).argmax(1)
+            slots = torch.where(stored[None, :] == wanted[:, None], u, u - 2).argmax(1)
             x1, x2 = self.buffer.gather(slots[:n_pair]), self.buffer.gather(slots[n_pair:])
             mixed = torch.rand(n_pair, generator=g) < mix_p
             seed = int(torch.randint(2**62, (1,), generator=g))  # Beta from our generator

@@ -175,7 +175,8 @@ class HPCR(PCR):
         parts = {"pcr": contrast.detach()}
         n_classes_now = self.model.n_classes
         # the replayed rows' labels and the batch's, on the host: the gate reads no device data
-        old = ~torch.isin(mem.y_host, self.host_labels)
+        held = mem.y_host if mem.y_host is not None else mem.y.cpu()  # device slots: a read
+        old = ~torch.isin(held, self.host_labels)
         if bool(old.any()):
             mem_logits = self.model.head(mem_feats)
             stored_logits = mem.extras["logits"][:, :n_classes_now].repeat(2, 1)

@@ -337,7 +337,7 @@ class SCCLIP(Strategy):
     # -- novelty: a new social scenario? ----------------------------------------------------
     def track_scenario(self, teacher: Tensor) -> Tensor:
         """Feed a batch of teacher embeddings (host tensors) to the novelty detector; return
-        the current scenario id (0-d long tensor on the device).
+        the current scenario id (a 0-d long tensor on the host).
 
         ``recent`` is an exponential mean of the batch means (window ``novelty_window``); its
         cosine distance to the current scenario's prototype (the mean of its batches) is

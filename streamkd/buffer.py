@@ -170,7 +170,9 @@ class ReplayBuffer:
         if self.x is None:
             self._allocate(x, extras)
         if host_labels is None:
-            host_labels = y if y.device.type == "cpu" else y.cpu()
+            host_labels = y
+        if host_labels.device.type != "cpu":  # labels only on the GPU: this read waits for it
+            host_labels = host_labels.cpu()
         host_labels = host_labels.long()
         policy = self.policy == "reservoir"
         slots = self._reservoir_slots(n) if policy else self._balanced_slots(host_labels)

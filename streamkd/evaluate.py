@@ -17,8 +17,8 @@ after training through segment i):
     peak allocation on GPU and the process's peak resident set size on CPU.
 
 On a GPU the per-batch path never waits for the device: hits and losses are summed on the
-device and read at curve points, evaluations and checkpoints; step times come from CUDA
-events read at the same points; each batch is copied once, pinned and non-blocking
+device and read at curve points, checkpoints and the end; step times come from CUDA events
+read at the same points; each batch's inputs are copied once, pinned and non-blocking
 (``streamkd.syncs`` counts what remains; the drift monitor reads every batch's errors or
 loss on the host, so it costs one wait per batch when on).
 
@@ -104,31 +104,36 @@ class StepTimer:
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
+        self.device = device
         self.done = 0.0
         self._pending: list[tuple[Any, Any]] = []
         self._start: Any = None
 
     def start(self) -> None:
-        if self.cuda:
+        if self.cuda:  # on the strategy's GPU, which need not be the current one
             self._start = torch.cuda.Event(enable_timing=True)
-            self._start.record()
+            self._start.record(torch.cuda.current_stream(self.device))
         else:
             self._start = time.perf_counter()
 
     def stop(self) -> None:
         if self.cuda:
             end = torch.cuda.Event(enable_timing=True)
-            end.record()
+            end.record(torch.cuda.current_stream(self.device))
             self._pending.append((self._start, end))
         else:
             self.done += time.perf_counter() - self._start
 
-    @property
-    def seconds(self) -> float:
+    def flush(self) -> None:
+        """Add the recorded steps' times (waits for the last one to finish on a GPU)."""
         for start, end in self._pending:
             end.synchronize()
             self.done += start.elapsed_time(end) / 1000.0
         self._pending.clear()
+
+    @property
+    def seconds(self) -> float:
+        self.flush()
         return self.done
 
 
@@ -283,6 +288,8 @@ class Evaluator:
         if not self._loss_n:
             return
         self._read_hits()
+        if self._timer is not None:  # the step times recorded since, read here too
+            self._timer.flush()
         self._next_log = (self.samples // self.log_every + 1) * self.log_every
         self._recent.append([self._win_correct, self._win_n, float(self._loss_sum), self._loss_n])
         correct, predicted, loss_sum, steps = (sum(p[i] for p in self._recent) for i in range(4))

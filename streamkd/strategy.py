@@ -365,7 +365,8 @@ class Strategy:
     def _on_device(self, x: Inputs) -> Inputs:
         """``x`` on the device. The inputs of the batch :meth:`validate` has just checked are
         copied once (pinned, non-blocking on CUDA) for both the evaluator's prediction and
-        :meth:`observe`."""
+        :meth:`observe`; like the validation mark, the copy lasts until :meth:`prepare` has
+        taken the batch (a tensor changed in place in between is not copied again)."""
         valid, staged = self._valid, self._staged
         if valid is None or valid[0] is not x:
             return to_device(x, self.device)

@@ -39,6 +39,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from unittest import mock
 
+import numpy as np
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.overrides import TorchFunctionMode
@@ -233,12 +234,11 @@ class EmulatedCuda(TorchFunctionMode):
         gen = kwargs.get("generator")
         if gen is not None:
             is_device_gen = id(gen) in self._device_generators
-            if to_cuda and not is_device_gen:
+            tensors = [a for a in args if isinstance(a, torch.Tensor)]
+            if not is_device_gen and (to_cuda or any(self.on_device(a) for a in tensors)):
                 self._error(f"torch.{name}: a host generator drawing on cuda")
             elif (
-                not to_cuda
-                and is_device_gen
-                and not any(self.on_device(a) for a in args if isinstance(a, torch.Tensor))
+                not to_cuda and is_device_gen and not any(self.on_device(a) for a in tensors)
             ):  # (multinomial, normal... draw where their tensor arguments live)
                 self._error(f"torch.{name}: a cuda generator drawing on the host")
         return to_cuda
@@ -307,9 +307,11 @@ class EmulatedCuda(TorchFunctionMode):
 
     def _check_index(self, name, args, device_in) -> None:
         target, index = args[0], args[1] if len(args) > 1 else None
-        parts = index if isinstance(index, (tuple, list)) else (index,)
-        parts = [p for p in parts if isinstance(p, torch.Tensor)]
+        parts = index if isinstance(index, tuple) else (index,)
         target_on_dev = self.on_device(target)
+        if target_on_dev and any(isinstance(p, (list, np.ndarray)) for p in parts):
+            self._count(f"{name} with a list or array index: blocking copy")
+        parts = [p for p in parts if isinstance(p, torch.Tensor)]
         for p in parts:
             if p.dtype == torch.bool and (target_on_dev or self.on_device(p)):
                 self._count(f"{name} with a boolean mask: data-dependent size")
@@ -366,6 +368,7 @@ def emulate_cuda() -> Iterator[EmulatedCuda]:
         "is_available": lambda: True,
         "device_count": lambda: 1,
         "current_device": lambda: 0,
+        "current_stream": lambda device=None: None,
         "synchronize": synchronize,
         "Event": _FakeEvent,
         "get_rng_state": get_rng_state,
@@ -382,8 +385,9 @@ def emulate_cuda() -> Iterator[EmulatedCuda]:
             stack.enter_context(mock.patch.object(torch.cuda, attr, value))
         stack.enter_context(mock.patch.object(torch, "Generator", Generator))
         stack.enter_context(mock.patch.object(torch, "autocast", _autocast))
-        stack.enter_context(  # torch's accelerator runtime would look for a real GPU
-            mock.patch.object(torch.accelerator, "current_accelerator", lambda **_: None)
-        )
+        if hasattr(torch, "accelerator"):  # its runtime (torch >= 2.6) would look for a GPU
+            stack.enter_context(
+                mock.patch.object(torch.accelerator, "current_accelerator", lambda **_: None)
+            )
         stack.enter_context(mode)
         yield mode
