@@ -46,7 +46,7 @@ import torch
 from streamkd.checks import positive_int
 from streamkd.strategy import Strategy
 from streamkd.syncs import emulate_cuda
-from streamkd.types import Inputs, inputs_len, take
+from streamkd.types import Batch, Inputs, inputs_len, take
 
 if TYPE_CHECKING:
     from streamkd.checkpoint import Checkpointer
@@ -227,7 +227,7 @@ class Evaluator:
 
     # -- per batch --------------------------------------------------------------------------
     def learn(
-        self, strategy: Strategy, batch, logger: RunLogger | None, prequential: bool = True
+        self, strategy: Strategy, batch: Batch, logger: RunLogger | None, prequential: bool = True
     ) -> None:
         """One batch: the prequential prediction (validated once, before it), the timed
         ``observe()`` and the bookkeeping, none of which waits for the device."""
