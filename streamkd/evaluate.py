@@ -84,9 +84,9 @@ def summarize(acc_matrix: list[list[float | None]], row_segments: list[int]) -> 
 
 
 @torch.no_grad()
-def heldout_accuracy(strategy: Strategy, x: Inputs, y: torch.Tensor, chunk: int) -> float:
-    """Accuracy of ``strategy.predict`` on ``(x, y)`` in chunks (hits summed on the device,
-    read once)."""
+def heldout_hits(strategy: Strategy, x: Inputs, y: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Correct predictions of ``strategy.predict`` on ``(x, y)``, in chunks: a count summed
+    on the device (nothing is read)."""
     correct = torch.zeros((), dtype=torch.long, device=strategy.device)
     for start in range(0, inputs_len(x), chunk):
         scores = strategy.predict(take(x, slice(start, start + chunk)))
@@ -94,7 +94,7 @@ def heldout_accuracy(strategy: Strategy, x: Inputs, y: torch.Tensor, chunk: int)
             continue
         labels = y[start : start + chunk].to(scores.device, non_blocking=True)
         correct += (scores.argmax(1) == labels).sum()
-    return int(correct) / len(y)
+    return correct
 
 
 class StepTimer:
@@ -196,11 +196,15 @@ class Evaluator:
 
     # -- held-out ---------------------------------------------------------------------------
     def evaluate_all(self, strategy: Strategy) -> list[float | None]:
-        row: list[float | None] = []
-        for j in range(self.n_segments):
-            test = self.stream.test_set(j)
-            row.append(None if test is None else heldout_accuracy(strategy, *test, self.eval_chunk))
-        return row
+        return self._accuracies(strategy, range(self.n_segments))
+
+    def _accuracies(self, strategy: Strategy, segments) -> list[float | None]:
+        """Held-out accuracy on each of ``segments`` (``None``: no test set); the device's
+        counts are read once for all of them."""
+        tests = [self.stream.test_set(j) for j in segments]
+        hits = [heldout_hits(strategy, *t, self.eval_chunk) for t in tests if t is not None]
+        counts = iter(torch.stack(hits).tolist() if hits else [])
+        return [None if t is None else next(counts) / len(t[1]) for t in tests]
 
     def end_segment(self, strategy: Strategy, segment: int, logger: RunLogger | None) -> None:
         row = self.evaluate_all(strategy)
@@ -217,11 +221,7 @@ class Evaluator:
 
     def anytime_point(self, strategy: Strategy) -> None:
         seg = self.current_segment or 0
-        accs = []
-        for j in range(seg + 1):
-            test = self.stream.test_set(j)
-            if test is not None:
-                accs.append(heldout_accuracy(strategy, *test, self.eval_chunk))
+        accs = [a for a in self._accuracies(strategy, range(seg + 1)) if a is not None]
         if accs:
             self.anytime.append([self.samples, sum(accs) / len(accs)])
 

@@ -44,6 +44,7 @@ import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
+from torch.utils.weak import WeakIdKeyDictionary
 
 DEVICE = torch.device("cuda", 0)
 
@@ -152,6 +153,7 @@ class EmulatedCuda(TorchFunctionMode):
     def __init__(self) -> None:
         super().__init__()
         self._device_storage: dict[int, StorageWeakRef] = {}
+        self._device_empty: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self._device_generators: set[int] = set()
         self._generators: list[torch.Generator] = []  # keeps their ids unique while alive
         self.syncs: Counter[tuple[str, str]] = Counter()
@@ -160,10 +162,12 @@ class EmulatedCuda(TorchFunctionMode):
 
     # -- tags ----------------------------------------------------------------------------
     def on_device(self, t) -> bool:
-        if not _real(t) or t.device.type != "cpu":
+        if not _real(t) or not t.is_cpu:  # (``is_cpu``: ``device`` is what this mode fakes)
             return False
         storage = t.untyped_storage()
         ptr = storage.data_ptr()
+        if not ptr:  # no storage (an empty tensor): tagged by identity
+            return t in self._device_empty
         ref = self._device_storage.get(ptr)
         if ref is None:
             return False
@@ -173,10 +177,12 @@ class EmulatedCuda(TorchFunctionMode):
         return True
 
     def _tag(self, t) -> None:
-        if _real(t) and t.device.type == "cpu":
+        if _real(t) and t.is_cpu:
             storage = t.untyped_storage()
             if storage.data_ptr():
                 self._device_storage[storage.data_ptr()] = StorageWeakRef(storage)
+            else:
+                self._device_empty[t] = True
 
     def place(self, *objects) -> None:
         """Tag tensors (or every parameter and buffer of modules) as device-resident."""
@@ -220,6 +226,8 @@ class EmulatedCuda(TorchFunctionMode):
         elif to_cuda and name in _FACTORIES_FROM_DATA:
             self._count(f"torch.{name}(data, device=cuda): blocking copy")
         out = func(*args, **kwargs)
+        if name == "__set__:data" and device_in:  # ``param.data = device tensor`` (Module.to)
+            self._tag(args[0])
         if device_in or to_cuda:
             for t in tree_flatten(out)[0]:
                 self._tag(t)
@@ -266,7 +274,7 @@ class EmulatedCuda(TorchFunctionMode):
             if on_dev:
                 out = src.to(*rest, **kwargs)
             else:
-                if not kwargs.get("non_blocking", False):
+                if not kwargs.get("non_blocking", False) and src.numel():  # 0 bytes: no wait
                     self._count(f"{name}(cuda) without non_blocking: blocking copy")
                 out = src.to(*rest, **kwargs).clone()
             self._tag(out)
@@ -322,7 +330,7 @@ class EmulatedCuda(TorchFunctionMode):
         if name == "__setitem__" and len(args) > 2:
             value = args[2]
             host_value = isinstance(value, torch.Tensor) and not self.on_device(value)
-            if host_value and value.dim() and target_on_dev:
+            if host_value and value.numel() and value.dim() and target_on_dev:
                 self._count("__setitem__ of a host tensor: blocking copy")
 
 

@@ -70,6 +70,8 @@ def _case(name: str, **strategy_kwargs):
     stream = make_stream(stream_name, seed=0, max_per_segment=30, batch_size=10, **order)
     if name == "onpro":  # 4 rotation copies instead of 16: the same code path, 4x cheaper
         strategy_kwargs.setdefault("rotations", 4)
+    if name == "droc":  # the corrections' text encoder runs on the host: the stand-in will do
+        strategy_kwargs.setdefault("text_encoder_kind", "hashing")
 
     def build():
         model = make_model(stream, seed=0, strategy=name, **model_kwargs)
@@ -212,3 +214,37 @@ def test_a_resumed_cuda_run_draws_what_an_uninterrupted_one_draws():
         second.load_state_dict(state)
         resumed = [second.observe(b).loss_value for b in batches[6:]]
     assert resumed == ahead
+
+
+def test_a_whole_run_on_emulated_cuda_equals_the_cpu_run_and_resumes(tmp_path):
+    """``run()``'s CUDA paths (events, pinned copies, device-side sums, CUDA RNG state in
+    checkpoints) end to end: the emulation computes on the CPU, so the numbers must equal a
+    CPU run's; a run resumed from a mid-run checkpoint equals the uninterrupted one; the
+    whole run's synchronisations are those of its curve points, evaluations and checkpoints
+    only (20 batches; 4 curve points, 5 evaluations, 3 checkpoints)."""
+    from streamkd.checkpoint import Checkpointer
+    from streamkd.evaluate import run
+
+    def fresh(device):
+        stream = make_stream("split-mnist", seed=0, max_per_segment=40, order="fixed")
+        model = make_model(stream, seed=0, strategy="er")
+        return make_strategy("er", model, memory=30, seed=0, device=device), stream
+
+    strategy, stream = fresh("cpu")
+    on_cpu = run(strategy, stream, log_every=50)
+    with emulate_cuda() as emu:
+        strategy, stream = fresh("cuda")
+        emu.syncs.clear()
+        ckpt = Checkpointer(tmp_path / "ckpt", keep=10)
+        on_gpu = run(strategy, stream, log_every=50, checkpointer=ckpt, checkpoint_every=100)
+        first_run = dict(emu.syncs)
+        states = sorted((tmp_path / "ckpt").glob("ckpt-*.pt"))
+        middle = ckpt.load(states[1])
+        assert "cuda_rng" in middle["strategy"] and "device_generator" in middle["strategy"]
+        strategy, stream = fresh("cuda")
+        resumed = run(strategy, stream, log_every=50, resume_state=middle)
+    for key in ("acc_matrix", "prequential_acc", "curve"):
+        assert on_gpu[key] == on_cpu[key] == resumed[key], key
+    assert len(stream) == 20
+    # every site reads once per curve point, evaluation or checkpoint: none once per batch
+    assert first_run and max(first_run.values()) < 20, first_run
