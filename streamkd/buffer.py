@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from streamkd.index import VectorIndex
-from streamkd.types import Inputs, inputs_len, take
+from streamkd.types import Inputs, inputs_len, take, to_device
 
 POLICIES = ("reservoir", "class_balanced")
 
@@ -169,11 +169,8 @@ class ReplayBuffer:
             return [-1] * n
         if self.x is None:
             self._allocate(x, extras)
-        if host_labels is None:
-            host_labels = y
-        if host_labels.device.type != "cpu":  # labels only on the GPU: this read waits for it
-            host_labels = host_labels.cpu()
-        host_labels = host_labels.long()
+        # without a host copy, labels that live on a GPU are read from it here (a wait)
+        host_labels = (y if host_labels is None else host_labels).cpu().long()
         policy = self.policy == "reservoir"
         slots = self._reservoir_slots(n) if policy else self._balanced_slots(host_labels)
         first = self.seen
@@ -286,10 +283,8 @@ class ReplayBuffer:
         if self.size == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")
         if exclude_classes is not None:
-            exclude = exclude_classes.cpu() if exclude_classes.device.type != "cpu" else (
-                exclude_classes
-            )  # fmt: skip
-            pool = (~torch.isin(self.labels[: self.size], exclude)).nonzero().flatten()
+            allowed = ~torch.isin(self.labels[: self.size], exclude_classes.cpu())
+            pool = allowed.nonzero().flatten()
             perm = torch.randperm(len(pool), generator=self.generator)[:k]
             return self.gather(pool[perm])
         idx = torch.randperm(self.size, generator=self.generator)[: min(k, self.size)]
@@ -362,12 +357,9 @@ class ReplayBuffer:
             self.index.add(vectors, torch.arange(n))
 
 
-def _to(index, device: torch.device):
-    """A host tensor on ``device`` by a non-blocking copy (slices and same-device tensors
-    pass through)."""
-    if isinstance(index, Tensor) and index.device != torch.device(device):
-        return index.to(device, non_blocking=True)
-    return index
+def _to(index: slice | Tensor, device: torch.device) -> slice | Tensor:
+    """:func:`~streamkd.types.to_device` for tensors; slices pass through."""
+    return to_device(index, device) if isinstance(index, Tensor) else index
 
 
 def _cpu_rows(x: Inputs, n: int) -> Inputs:

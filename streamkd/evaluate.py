@@ -532,10 +532,6 @@ class SyncCount:
     def worst(self) -> int:
         return max(self.per_step, default=0)
 
-    @property
-    def mean(self) -> float:
-        return sum(self.per_step) / len(self.per_step) if self.per_step else 0.0
-
 
 def count_syncs(
     build: Callable[[], Strategy],

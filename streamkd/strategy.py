@@ -235,8 +235,7 @@ class Strategy:
         self.samples_seen = 0
         self.seen_classes = torch.zeros(self.model.n_classes, dtype=torch.bool, device=self.device)
         self._seen_host = torch.zeros(self.model.n_classes, dtype=torch.bool)  # its host copy
-        self.host_labels: Tensor | None = None  # the current batch's labels, on the host
-        self._labels: tuple[Tensor, Tensor] | None = None  # (device labels, host copy)
+        self._labels: tuple[Tensor, Tensor] | None = None  # the batch's (device, host) labels
         self._staged: tuple[Inputs, Inputs] | None = None  # (host inputs, their device copy)
         self.extra_modules: dict[str, torch.nn.Module] = {}
         self._training: bool | None = None
@@ -350,13 +349,12 @@ class Strategy:
         x = self._on_device(batch.x)
         y = batch.y.to(self.device, torch.long, non_blocking=True)
         self._valid = self._staged = None
-        host = batch.y.long() if batch.y.device.type == "cpu" else batch.y.cpu().long()
+        host = batch.y.cpu().long()  # the stream's labels (a read only if it lives on a GPU)
         if self.input_dtype is None and isinstance(batch.x, Tensor):
             self.input_dtype = batch.x.dtype
         self.ensure_classes(int(host.max()) + 1)
         self.seen_classes.index_fill_(0, y, True)
         self._seen_host[host] = True
-        self.host_labels = host
         self._labels = (y, host)
         self.train_mode(True)
         self.samples_seen += len(y)
@@ -373,6 +371,11 @@ class Strategy:
         if staged is None or staged[0] is not x:
             staged = self._staged = (x, to_device(x, self.device))
         return staged[1]
+
+    @property
+    def host_labels(self) -> Tensor | None:
+        """The current batch's labels, on the host (``None`` before the first batch)."""
+        return None if self._labels is None else self._labels[1]
 
     @property
     def n_seen_classes(self) -> int:
@@ -461,12 +464,9 @@ class Strategy:
                 f"cannot grow the head to {n_classes} classes: max_classes is {self.max_classes}"
             )
         self._grow_head(head, n_classes)
-        grown = torch.zeros(n_classes, dtype=torch.bool, device=self.device)
-        grown[: len(self.seen_classes)] = self.seen_classes
-        self.seen_classes = grown
-        host = torch.zeros(n_classes, dtype=torch.bool)
-        host[: len(self._seen_host)] = self._seen_host
-        self._seen_host = host
+        new = n_classes - len(self.seen_classes)  # the flags grow with it (device and host)
+        self.seen_classes = torch.cat([self.seen_classes, self.seen_classes.new_zeros(new)])
+        self._seen_host = torch.cat([self._seen_host, self._seen_host.new_zeros(new)])
 
     @contextlib.contextmanager
     def seeded(self):

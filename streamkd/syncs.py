@@ -127,7 +127,9 @@ def _caller() -> str:
 class _FakeEvent:
     """``torch.cuda.Event`` for the emulation: times on the host clock."""
 
-    def __init__(self, enable_timing: bool = False, **_kwargs) -> None:
+    def __init__(
+        self, enable_timing: bool = False, blocking: bool = False, interprocess: bool = False
+    ) -> None:  # (torch.cuda.Event's arguments; the host clock needs none of them)
         self.time: float | None = None
 
     def record(self, stream=None) -> None:
@@ -154,8 +156,6 @@ class EmulatedCuda(TorchFunctionMode):
         super().__init__()
         self._device_storage: dict[int, StorageWeakRef] = {}
         self._device_empty: WeakIdKeyDictionary = WeakIdKeyDictionary()
-        self._device_generators: set[int] = set()
-        self._generators: list[torch.Generator] = []  # keeps their ids unique while alive
         self.syncs: Counter[tuple[str, str]] = Counter()
         self.errors: list[str] = []
         self.counting = True
@@ -184,21 +184,6 @@ class EmulatedCuda(TorchFunctionMode):
             else:
                 self._device_empty[t] = True
 
-    def place(self, *objects) -> None:
-        """Tag tensors (or every parameter and buffer of modules) as device-resident."""
-        for obj in objects:
-            if isinstance(obj, torch.nn.Module):
-                for t in [*obj.parameters(), *obj.buffers()]:
-                    self._tag(t)
-            else:
-                for t in tree_flatten(obj)[0]:
-                    self._tag(t)
-
-    def _new_generator(self, g: torch.Generator, device) -> None:
-        if _is_cuda(device):
-            self._device_generators.add(id(g))
-            self._generators.append(g)
-
     def _count(self, what: str) -> None:
         if self.counting:
             self.syncs[(what, _caller())] += 1
@@ -220,9 +205,9 @@ class EmulatedCuda(TorchFunctionMode):
             return args[0] if name == "pin_memory" else False
         to_cuda = self._redirect(name, args, kwargs)
         if name in ("to", "cuda", "cpu"):
-            return self._copy(func, name, args, kwargs, device_in, to_cuda)
+            return self._copy(func, name, args, kwargs, to_cuda)
         if device_in:
-            self._check(name, args, kwargs, tensors, device_in)
+            self._check(name, args, kwargs, tensors)
         elif to_cuda and name in _FACTORIES_FROM_DATA:
             self._count(f"torch.{name}(data, device=cuda): blocking copy")
         out = func(*args, **kwargs)
@@ -241,7 +226,7 @@ class EmulatedCuda(TorchFunctionMode):
             kwargs["device"] = "cpu"
         gen = kwargs.get("generator")
         if gen is not None:
-            is_device_gen = id(gen) in self._device_generators
+            is_device_gen = getattr(gen, "for_cuda", False)
             tensors = [a for a in args if isinstance(a, torch.Tensor)]
             if not is_device_gen and (to_cuda or any(self.on_device(a) for a in tensors)):
                 self._error(f"torch.{name}: a host generator drawing on cuda")
@@ -251,11 +236,12 @@ class EmulatedCuda(TorchFunctionMode):
                 self._error(f"torch.{name}: a cuda generator drawing on the host")
         return to_cuda
 
-    def _copy(self, func, name, args, kwargs, device_in, to_cuda):
+    def _copy(self, func, name, args, kwargs, to_cuda):
         """``to``/``cuda``/``cpu``: a copy between host and (emulated) device, or a cast."""
         src, rest = args[0], []
-        target = DEVICE if (to_cuda or name == "cuda") else kwargs.pop("device", None)
-        kwargs.pop("device", None)
+        target = kwargs.pop("device", None)  # ("cpu" already, when it was cuda)
+        if to_cuda or name == "cuda":
+            target = DEVICE
         for a in args[1:]:
             if isinstance(a, (str, torch.device)) or (
                 isinstance(a, int) and not isinstance(a, bool)
@@ -287,7 +273,7 @@ class EmulatedCuda(TorchFunctionMode):
             self._tag(out)
         return out
 
-    def _check(self, name, args, kwargs, tensors, device_in) -> None:
+    def _check(self, name, args, kwargs, tensors) -> None:
         if name in _READS:
             self._count(f"{name}()")
         elif name in _DATA_DEPENDENT:
@@ -304,7 +290,7 @@ class EmulatedCuda(TorchFunctionMode):
             elif not self.on_device(src) and src.dim() and not kwargs.get("non_blocking"):
                 self._count("copy_() from the host: blocking copy")
         if name in ("__getitem__", "__setitem__", "index_put_", "index_put"):
-            self._check_index(name, args, device_in)
+            self._check_index(name, args)
         elif name.split(":")[0] not in _MIXING_ALLOWED:
             host = [t for t in tensors if not self.on_device(t) and t.dim() > 0 and t.numel()]
             if host:
@@ -313,7 +299,7 @@ class EmulatedCuda(TorchFunctionMode):
                     "device tensors (a GPU refuses this)"
                 )
 
-    def _check_index(self, name, args, device_in) -> None:
+    def _check_index(self, name, args) -> None:
         target, index = args[0], args[1] if len(args) > 1 else None
         parts = index if isinstance(index, tuple) else (index,)
         target_on_dev = self.on_device(target)
@@ -359,7 +345,7 @@ def emulate_cuda() -> Iterator[EmulatedCuda]:
             return super().__new__(cls, "cpu")
 
         def __init__(self, device="cpu") -> None:
-            mode._new_generator(self, device)
+            self.for_cuda = _is_cuda(device)
 
     rng_states: dict[int, torch.Tensor] = {}
 
