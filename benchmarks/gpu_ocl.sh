@@ -21,6 +21,12 @@ STRATEGIES=${STRATEGIES:-er,pcr,hpcr,onpro}
 MEMORY=${MEMORY:-200,1000}
 PCR_TASKS=${PCR_TASKS:-1}
 PARTS=${PARTS:-syncs,ocl,pcr}
+for part in ${PARTS//,/ }; do
+  case "$part" in
+    syncs | ocl | pcr) ;;
+    *) echo "unknown part '$part' in PARTS; expected syncs, ocl or pcr" >&2 && exit 2 ;;
+  esac
+done
 mkdir -p "$OUT"
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device here')"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true

@@ -551,6 +551,8 @@ def count_syncs(
     ``observe()`` and bookkeeping; curve points, evaluations and checkpoints (which read the
     device once per interval, on purpose) are not counted.
     """
+    if real_gpu and not torch.cuda.is_available():
+        raise ValueError("count_syncs(real_gpu=True) needs a CUDA GPU; without one it emulates")
     with emulate_cuda() if not real_gpu else _cuda_sync_warnings() as counter:
         counter.counting = False
         strategy = build()

@@ -248,3 +248,10 @@ def test_a_whole_run_on_emulated_cuda_equals_the_cpu_run_and_resumes(tmp_path):
     assert len(stream) == 20
     # every site reads once per curve point, evaluation or checkpoint: none once per batch
     assert first_run and max(first_run.values()) < 20, first_run
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_counting_on_a_real_gpu_without_one_is_refused():
+    build, stream = _case("er")
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        count_syncs(build, stream, steps=1, real_gpu=True)
