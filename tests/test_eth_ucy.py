@@ -10,8 +10,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from skips import require_data
 
-from streamkd.data import DataNotFoundError
 from streamkd.social import RuleDescriber
 from streamkd.streams.eth_ucy import (
     FRAME_STEP,
@@ -26,10 +26,7 @@ from streamkd.streams.eth_ucy import (
 )
 from streamkd.trajectory import ade, constant_velocity, fde
 
-try:
-    ZARA1 = load_tracks(scene_files("zara1")[0])
-except DataNotFoundError as err:
-    pytest.skip(f"ETH/UCY not available: {err}", allow_module_level=True)
+ZARA1 = require_data(lambda: load_tracks(scene_files("zara1")[0]), module=True)
 
 
 def test_a_two_walker_table_by_hand():

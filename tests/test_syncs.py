@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from skips import needs_gpu, needs_no_gpu, require_data
 
-from streamkd.data import DataNotFoundError
 from streamkd.evaluate import count_syncs
 from streamkd.experiment import make_model, make_strategy, make_stream
 from streamkd.strategies import STRATEGIES
@@ -56,10 +56,9 @@ def _case(name: str, **strategy_kwargs):
         from streamkd.strategies.sc_clip import SCCLIP, SocialNavNet
         from streamkd.streams.eth_ucy import eth_ucy_stream
 
-        try:
-            stream = eth_ucy_stream(("zara1", "hotel"), batch_size=16, max_per_segment=160)
-        except DataNotFoundError as err:
-            pytest.skip(f"ETH/UCY not available: {err}")
+        stream = require_data(
+            lambda: eth_ucy_stream(("zara1", "hotel"), batch_size=16, max_per_segment=160)
+        )
 
         def build():
             return SCCLIP(SocialNavNet(), seed=0, device="cuda", text_encoder_kind="hashing")
@@ -99,7 +98,7 @@ def test_a_step_stays_within_its_sync_budget(name, capsys):
     assert counted.worst <= BUDGETS[name], f"{name} exceeds its budget:\n{sites}"
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@needs_gpu
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_on_a_real_gpu_cuda_reports_syncs_within_the_budget(name, capsys):
     """On a GPU (``benchmarks/gpu_ocl.sh`` runs this): CUDA's own sync debug mode counts the
@@ -250,7 +249,7 @@ def test_a_whole_run_on_emulated_cuda_equals_the_cpu_run_and_resumes(tmp_path):
     assert first_run and max(first_run.values()) < 20, first_run
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+@needs_no_gpu
 def test_counting_on_a_real_gpu_without_one_is_refused():
     build, stream = _case("er")
     with pytest.raises(ValueError, match="needs a CUDA GPU"):
