@@ -105,7 +105,7 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = pytest.ExitCode.USAGE_ERROR
         return
     expected = skips.expected_skips(tier)
-    if _SKIPPED != expected:
+    if expected != _SKIPPED:
         _VERDICT.append(f"FAILED: the README's table expects {expected} in `{tier}`")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     else:
