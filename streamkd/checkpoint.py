@@ -132,17 +132,24 @@ class Checkpointer:
         Returns ``None`` when the folder holds no checkpoint at all; raises
         :class:`CheckpointError` when there are checkpoints but none is valid.
         """
+        found = self.latest()
+        return None if found is None else found[1]
+
+    def latest(self, quiet: bool = False) -> tuple[Path, dict[str, Any]] | None:
+        """:meth:`load_latest` with the file it read (a reader tracks what it loaded);
+        ``quiet`` reports skipped files at debug level (a poller that retries)."""
+        report = log.debug if quiet else log.warning
         errors = []
         for path in self.paths():
             try:
                 state = self.load(path, self.required)
             except CheckpointError as err:
-                log.warning("%s; falling back to the previous checkpoint", err)
+                report("%s; falling back to the previous checkpoint", err)
                 errors.append(str(err))
                 continue
             if errors:
-                log.warning("resuming from %s", path)
-            return state
+                report("resuming from %s", path)
+            return path, state
         if errors:
             raise CheckpointError(f"no valid checkpoint in {self.directory}: " + "; ".join(errors))
         return None

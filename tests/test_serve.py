@@ -131,17 +131,22 @@ def start_server(args: list[str], env=None, wait=True) -> tuple[subprocess.Popen
         stderr=subprocess.PIPE,
         text=True,
     )
-    if wait:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError(f"serve exited {proc.returncode}: {proc.stderr.read()}")
-            try:
-                if request(port, "GET", "/health")[0] == 200:
-                    break
-            except OSError:
-                time.sleep(0.1)
-    return proc, port
+    if not wait:
+        return proc, port
+    deadline, last = time.time() + 120, "no answer"
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited {proc.returncode}: {proc.stderr.read()}")
+        try:
+            status, body = request(port, "GET", "/health")
+            if status == 200:
+                return proc, port
+            last = f"/health {status}: {body}"
+        except OSError as err:
+            last = repr(err)
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"serve never became healthy in 120 s ({last}): {proc.stderr.read()}")
 
 
 def inspect(ck: Path) -> dict:
@@ -199,6 +204,31 @@ def test_serve_a_file_to_its_end_deterministically(tmp_path):
 
 
 TOKEN = "s3cret"
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_bytes().splitlines()) if path.exists() else 0
+
+
+def _eventually_holds(path: Path, *words: str, timeout: float = 10) -> str:
+    """The text of ``path`` once it holds every word (dead letters are written off the
+    event loop), or as it is after ``timeout``."""
+    deadline = time.time() + timeout
+    while True:
+        text = path.read_text() if path.exists() else ""
+        if all(w in text for w in words) or time.time() > deadline:
+            return text
+        time.sleep(0.02)
+
+
+def _wal_ids(ck: Path) -> list[str]:
+    """The event ids in the WAL's segments, in order."""
+    paths = sorted((ck / "wal").glob("wal-*.jsonl"))
+    return [json.loads(line)["id"] for p in paths for line in p.read_text().splitlines()]
+
+
+def _wal_lines(ck: Path) -> int:
+    return sum(_lines(p) for p in (ck / "wal").glob("wal-*.jsonl"))
 
 
 @pytest.fixture
@@ -279,8 +309,8 @@ BAD_REQUESTS = [
         "/predict",
         json.dumps({"x": np.full(SHAPE, np.nan).tolist()}).encode(),
         None,
-        422,
-        "NaN",
+        400,
+        "NaN and Infinity are not JSON",
     ),
     ("huge number", "POST", "/predict", b'{"x": ' + b"9" * 5000 + b"}", None, 400, "JSON"),
     ("deep nesting", "POST", "/predict", b"[" * 100_000 + b"]" * 100_000, None, 400, "JSON"),
@@ -300,8 +330,8 @@ BAD_REQUESTS = [
         "/learn",
         json.dumps({"id": "b3", "x": np.full(SHAPE, np.nan).tolist(), "y": 1}).encode(),
         TOKEN,
-        422,
-        "NaN",
+        400,
+        "NaN and Infinity are not JSON",
     ),
     (
         "label out of range",
@@ -316,7 +346,16 @@ BAD_REQUESTS = [
     ("missing token", "POST", "/learn", {"id": "b5"}, None, 401, "token"),
     ("wrong token", "POST", "/checkpoint", None, "nope", 401, "token"),
     ("invalid JSON", "POST", "/learn", b"{not json", TOKEN, 400, "invalid JSON"),
-    ("duplicate id", "POST", "/learn", {"id": "d0", "x": None, "y": 1}, TOKEN, 409, "duplicate"),
+    ("one id twice", "POST", "/learn", None, TOKEN, 422, "appears twice in this request"),
+    (
+        "unknown predict key",
+        "POST",
+        "/predict",
+        {"x": np.zeros(SHAPE, int).tolist(), "label": 3},
+        None,
+        422,
+        "unknown keys ['label']",
+    ),
     ("unknown route", "GET", "/nowhere", None, None, 404, "/nowhere"),
     ("correct", "POST", "/correct", {}, TOKEN, 409, "does not take corrections"),
 ]
@@ -329,10 +368,11 @@ def test_bad_requests_get_their_4xx_are_counted_dead_lettered_and_change_nothing
     _wait_learned(port, 20)
     assert request(port, "POST", "/checkpoint", token=TOKEN)[0] == 200
     before = inspect(ck)
+    wal_lines = _wal_lines(ck)
     failures = []
     for name, method, path, body, token, status, words in BAD_REQUESTS:
-        if name == "duplicate id":
-            body = {**good[0]}
+        if name == "one id twice":
+            body = {"events": [{**good[0], "id": "twice"}, {**good[1], "id": "twice"}]}
         raw = body if isinstance(body, bytes) else None
         got, answer = request(port, method, path, None if raw else body, token, raw=raw)
         if got != status or words not in json.dumps(answer):
@@ -341,9 +381,14 @@ def test_bad_requests_get_their_4xx_are_counted_dead_lettered_and_change_nothing
     assert request(port, "POST", "/checkpoint", token=TOKEN)[0] == 200
     after = inspect(ck)
     assert after["model_sha256"] == before["model_sha256"]
-    assert after["events_learned"] == 20
+    assert after["events_learned"] == 20 and _wal_lines(ck) == wal_lines == 20
+    # the refusals with a body are dead-lettered (off the event loop); 401/404 only counted
+    written = [row[0] for row in BAD_REQUESTS if row[5] not in (401, 404)]
+    deadline = time.time() + 10
+    while time.time() < deadline and _lines(ck / "dead-letters.jsonl") < len(written):
+        time.sleep(0.05)
     dead = (ck / "dead-letters.jsonl").read_text().splitlines()
-    assert len(dead) == len(BAD_REQUESTS)
+    assert len(dead) == len(written)
     metrics = request(port, "GET", "/metrics")[1]
     rejected = sum(
         float(line.split()[-1])
@@ -378,7 +423,7 @@ def test_a_correction_posted_to_droc_applies_to_the_next_prediction(tmp_path):
         assert status == 422 and "cannot read the correction" in body["error"]
         status, body = request(port, "POST", "/correct", {"text": "that is a 3"})
         assert status == 422 and "needs x" in body["error"]
-        dead = (ck / "dead-letters.jsonl").read_text()
+        dead = _eventually_holds(ck / "dead-letters.jsonl", "make it nicer", "needs x")
         assert "make it nicer" in dead and "needs x" in dead
         # the correction is in the checkpoint: a restarted daemon still applies it
         proc.send_signal(signal.SIGTERM)
@@ -466,10 +511,10 @@ def test_http_source_kill_9_mid_posting_then_reposting_learns_each_event_once(tm
         for e in events:
             if e["id"] not in acknowledged:
                 status, answer = request(port, "POST", "/learn", e)
-                assert status in (200, 409), answer
+                assert status == 200 and answer["new"] + answer["held"] == [e["id"]], answer
         health = _wait_learned(port, 2000, timeout=120)
         assert health["events_learned"] == 2000
-        wal = [json.loads(line)["id"] for line in (ck / "wal.jsonl").read_text().splitlines()]
+        wal = _wal_ids(ck)
         assert len(wal) == len(set(wal)) == 2000
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -494,12 +539,13 @@ def test_sigterm_checkpoints_and_exits_0_and_a_corrupt_newest_falls_back(tmp_pat
     newest.write_bytes(newest.read_bytes()[:-100])  # truncated
     proc, port = start_server(args)
     try:
-        health = request(port, "GET", "/health")[1]
-        assert health["events_learned"] >= previous
+        assert _wait_learned(port, 1347)["events_learned"] == 1347  # the rest read again
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert "falling back to the previous checkpoint" in err
+    assert f"resumed from {ck}: {previous} events learned" in err  # the step it resumed from
+    assert previous < 1347
 
 
 # -- Redis Stream source (slow: a real redis-server) ---------------------------------------------
@@ -584,9 +630,9 @@ def test_a_replica_follows_the_learners_checkpoints(tmp_path):
         assert request(lport, "POST", "/learn", {"events": events[100:]})[0] == 200
         _wait_learned(lport, 200)
         assert request(lport, "POST", "/checkpoint")[1]["step"] == 200
-        written = time.time()
+        deadline = time.time() + 120  # only "never": how fast is a benchmark's question
         while request(rport, "GET", "/health")[1]["model_version"] < 200:
-            assert time.time() - written < 2.0, "the replica did not swap within 2 s"
+            assert time.time() < deadline, "the replica never swapped to the new checkpoint"
             time.sleep(0.02)
         batch = {"batch": [{"x": e["x"]} for e in events[:20]]}
         ours = request(rport, "POST", "/predict", batch)[1]
@@ -661,8 +707,8 @@ def test_a_torn_wal_tail_is_cut_at_start_and_nothing_acknowledged_is_lost(tmp_pa
     args = ["--like", "split-digits", "--source", "http", "--checkpoint-dir", str(ck)]
     proc, port = start_server([*args, "--no-track"])
     try:
-        _wait_learned(port, 10)
-        assert (ck / "wal.jsonl").read_text() == whole
+        _wait_learned(port, 10)  # the WAL of earlier releases becomes the first segment
+        assert (ck / "wal" / "wal-00000000000000000000.jsonl").read_text() == whole
         assert request(port, "POST", "/learn", events[10])[0] == 200  # its id was never logged
         assert _wait_learned(port, 11)["events_learned"] == 11
         assert request(port, "GET", "/health")[1]["lines_rejected"] == 0

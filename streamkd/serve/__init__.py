@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
 
 from streamkd.serve.config import ServeConfig, load_config
 
@@ -15,12 +18,27 @@ def _server_class():
     import uvicorn
 
     class DaemonServer(uvicorn.Server):
-        """SIGTERM/SIGINT end the daemon normally: a final checkpoint, then exit 0 (uvicorn
-        re-raises the signal after its graceful shutdown, which would exit -15)."""
+        """SIGTERM/SIGINT end the daemon normally: a final checkpoint, then exit 0. uvicorn's
+        own handlers re-raise the signal after the graceful shutdown (exit -15); these only
+        ask the server to stop (a second SIGINT forces it), and restore the previous ones."""
 
-        def handle_exit(self, sig, frame) -> None:
-            super().handle_exit(sig, frame)
-            self._captured_signals.clear()
+        @contextlib.contextmanager
+        def capture_signals(self):
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+
+            def stop(sig, frame) -> None:
+                if self.should_exit and sig == signal.SIGINT:
+                    self.force_exit = True
+                self.should_exit = True
+
+            previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for s, handler in previous.items():
+                    signal.signal(s, handler)
 
     return DaemonServer
 
@@ -36,7 +54,13 @@ def serve(config: ServeConfig) -> int:
     app = create_app(service)
     server_class = _server_class()
     server = server_class(
-        uvicorn.Config(app, host=config.host, port=config.port, log_level="warning")
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level="warning",
+            limit_concurrency=config.max_connections,  # beyond: 503 at once, not a queue
+        )
     )
     app.state.server = server
     log.info(

@@ -8,6 +8,8 @@ import dataclasses
 import ipaddress
 import os
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 from streamkd.checks import check_seed, positive_int
 
 MAX_BODY = 8 * 2**20  # bytes per request body
+SOURCES = ("http", "jsonl:PATH", "redis://[:PASSWORD@]HOST:PORT[/DB]/STREAM?group=G&consumer=C")
 
 
 @dataclass
@@ -35,6 +38,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     token: str | None = None
+    token_predict: str | None = None  # also required by /predict (a private model)
     stop_at_eof: bool = False
     batch_size: int = 10
     tracking_uri: str | None = None
@@ -46,14 +50,26 @@ class ServeConfig:
     max_body: int = MAX_BODY
     replica_of: str | None = None
     learner_threads: int | None = None  # None: half the CPUs (see threads())
+    publish_seconds: float = 0.5  # a new predictor for /predict at most this often
+    wal_segment_bytes: int = 64 * 2**20  # the http source's WAL rotates at this size
+    dead_letter_bytes: int = 16 * 2**20  # dead-letters.jsonl rotates at this size (2 kept)
+    max_connections: int = 256  # open connections and tasks (uvicorn's limit_concurrency)
+    max_queued_rows: int = 4096  # /predict rows waiting for a forward pass; beyond: 503
+    remember_bytes: int = 64 * 2**20  # features of /predict ids kept for a later /learn
 
     def check(self) -> ServeConfig:
         """Refuse what the daemon could not honour, before it starts (one line each)."""
+        check_types(self)
         check_seed(self.seed)
-        for name in ("checkpoint_every", "batch_size", "keep", "max_body"):
+        for name in (
+            "checkpoint_every", "batch_size", "keep", "max_body", "wal_segment_bytes",
+            "dead_letter_bytes", "max_connections", "max_queued_rows", "remember_bytes",
+        ):  # fmt: skip
             positive_int(name, getattr(self, name))
-        if self.checkpoint_seconds is not None and not self.checkpoint_seconds > 0:
-            raise ValueError(f"checkpoint_seconds must be positive, got {self.checkpoint_seconds}")
+        for name in ("checkpoint_seconds", "publish_seconds"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive, got {value}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         if self.input_shape is not None:
@@ -80,17 +96,18 @@ class ServeConfig:
         if not (
             self.source == "http"
             or self.source.startswith("jsonl:")
-            or self.source.startswith("redis://")
+            or self.source.startswith(("redis://", "rediss://"))
         ):
             raise ValueError(
-                f"unknown source {self.source!r}; expected jsonl:PATH, "
-                "redis://HOST:PORT/STREAM?group=G&consumer=C or http"
+                f"unknown source {self.source!r}; expected one of: {', '.join(SOURCES)} "
+                "(rediss:// for TLS)"
             )
         if self.replica_of is not None and self.stop_at_eof:
             raise ValueError("a replica (--replica-of) serves predictions: no --stop-at-eof")
         if self.stop_at_eof and self.source == "http":
             raise ValueError("--stop-at-eof needs a finite source (jsonl:PATH), not http")
         self.token = self.token or os.environ.get("STREAMKD_TOKEN") or None
+        self.token_predict = self.token_predict or os.environ.get("STREAMKD_TOKEN_PREDICT") or None
         if not _loopback(self.host) and not self.token:
             raise ValueError(
                 f"--host {self.host} listens beyond this machine: set --token (or "
@@ -109,6 +126,36 @@ class ServeConfig:
             return 0, cpus
         learner = self.learner_threads or max(1, cpus // 2)
         return learner, max(1, cpus - learner)
+
+
+def check_types(config: ServeConfig) -> None:
+    """Refuse a setting of the wrong type (e.g. ``port = "8000"`` or ``stop_at_eof = "no"``
+    in the TOML file) with its key, the expected type and what was given."""
+    hints = typing.get_type_hints(ServeConfig)
+    for f in dataclasses.fields(config):
+        value, expected = getattr(config, f.name), hints[f.name]
+        allowed = typing.get_args(expected) if isinstance(expected, types.UnionType) else ()
+        allowed = allowed or (typing.get_origin(expected) or expected,)
+        allowed = tuple(typing.get_origin(a) or a for a in allowed)
+        if value is None and type(None) in allowed:
+            continue
+        ok = any(
+            isinstance(value, a)
+            and not (isinstance(value, bool) and a in (int, float))  # true is not 1
+            or (a is float and isinstance(value, int) and not isinstance(value, bool))
+            for a in allowed
+            if a is not type(None)
+        )
+        if not ok:
+            names = " or ".join(
+                "null"
+                if a is type(None)
+                else {"str": "string", "dict": "table"}.get(a.__name__, a.__name__)
+                for a in allowed
+            )
+            raise ValueError(
+                f"setting {f.name!r} must be {names}, got {type(value).__name__} {value!r}"
+            )
 
 
 def _loopback(host: str) -> bool:

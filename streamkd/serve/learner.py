@@ -36,7 +36,7 @@ from streamkd.types import InvalidBatchError
 
 log = logging.getLogger(__name__)
 CHECKPOINT_KEYS = ("strategy", "source_position", "events_learned", "counters", "config")
-PUBLISH_SECONDS = 0.05  # a new predictor at most this often (and after every checkpoint)
+PUBLISH_SECONDS = 0.5  # a new predictor at most this often (and after every checkpoint)
 
 
 def model_digest(state: dict[str, torch.Tensor]) -> str:
@@ -144,23 +144,120 @@ def build_strategy(config) -> Built:
 
 
 class DeadLetters:
-    """Refused input, one JSON line each (why, what, where from), appended and flushed."""
+    """Refused input, one JSON line each (why, what, where from), written by a thread of its
+    own so a refusal never waits for the disk.
 
-    def __init__(self, path: str | Path) -> None:
+    Bounded: at most ``queue`` records wait (more are counted in ``dropped``, not written);
+    the input kept per record is cut at ``INPUT_MAX`` characters; the file is rotated to
+    ``<name>.1`` once it passes ``max_bytes`` (one rotation kept, so at most twice
+    ``max_bytes`` on disk). The server and learner processes append to the same file, one
+    ``O_APPEND`` write per record; a lock file serialises their rotations.
+    """
+
+    INPUT_MAX = 10_000
+
+    def __init__(self, path: str | Path, max_bytes: int = 16 * 2**20, queue: int = 1000) -> None:
         self.path = Path(path)
-        self.count = 0
+        self.max_bytes = max_bytes
+        self.count = self.dropped = 0
+        self._pending: deque[bytes] = deque()
+        self._limit = queue
         self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
+        self._closed = False
+        self._thread = threading.Thread(target=self._drain, name="dead-letters", daemon=True)
+        self._thread.start()
 
-    def write(self, reason: str, payload: str, source: str) -> None:
-        record = {"time": time.time(), "source": source, "reason": reason, "input": payload[:10000]}
+    def write(self, reason: str, payload: str | bytes, source: str) -> None:
+        if isinstance(payload, bytes):
+            payload = payload[: self.INPUT_MAX * 4].decode("utf-8", errors="replace")
+        record = {
+            "time": time.time(),
+            "source": source,
+            "reason": reason,
+            "input": payload[: self.INPUT_MAX],
+        }
         data = (json.dumps(record) + "\n").encode()
-        with self._lock:  # one O_APPEND write per record: whole lines from both processes
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
+        with self._lock:
+            if len(self._pending) >= self._limit or self._closed:
+                self.dropped += 1
+                return
+            self._pending.append(data)
             self.count += 1
+            self._ready.notify()
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until every record written so far is on disk."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while (self._pending or self._busy) and time.monotonic() < deadline:
+                self._ready.wait(0.01)
+
+    _busy = False
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                while not self._pending and not self._closed:
+                    self._ready.wait()
+                if not self._pending and self._closed:
+                    return
+                batch = list(self._pending)
+                self._pending.clear()
+                self._busy = True
+            try:
+                self._append(batch)
+            except OSError as err:  # a full disk: the dead letters are lost, said once
+                log.warning("cannot write %d dead letter(s) to %s: %s", len(batch), self.path, err)
+            finally:
+                with self._lock:
+                    self._busy = False
+                    self._ready.notify_all()
+
+    def _append(self, records: list[bytes]) -> None:
+        """Append ``records``, rotating before one would take the file past ``max_bytes``."""
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        chunk: list[bytes] = []
+        for record in records:
+            if chunk and size + len(record) > self.max_bytes:
+                self._write(b"".join(chunk))
+                chunk = []
+            if size and size + len(record) > self.max_bytes:
+                size = self._rotate()
+            chunk.append(record)
+            size += len(record)
+        if chunk:
+            self._write(b"".join(chunk))
+
+    def _write(self, data: bytes) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+
+    def _rotate(self) -> int:
+        """Move the file to ``<name>.1`` (unless the other process just did); its new size."""
+        import fcntl
+
+        with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # the other process may be rotating too
+            try:
+                if self.path.stat().st_size > self.max_bytes // 2:
+                    os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+                    return 0
+                return self.path.stat().st_size
+            except FileNotFoundError:
+                return 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._ready.notify_all()
+        self._thread.join(timeout=10)
 
 
 @dataclass
@@ -205,9 +302,11 @@ class Learner:
         logger=None,
         drift: DriftMonitor | None = None,
         log_every: int = 100,
+        publish_seconds: float = PUBLISH_SECONDS,
     ) -> None:
         self.strategy, self.source, self.checkpointer = strategy, source, checkpointer
         self.drift, self.log_every = drift, log_every
+        self.publish_seconds = publish_seconds
         self._next_log = log_every
         self.batch_size = batch_size
         self.checkpoint_every, self.checkpoint_seconds = checkpoint_every, checkpoint_seconds
@@ -250,7 +349,7 @@ class Learner:
             self._next_checkpoint = (n // self.checkpoint_every + 1) * self.checkpoint_every
         self.predictor = self._publish()
         log.info(
-            "resumed from %s: %d events learned, source position %d",
+            "resumed from %s: %d events learned, source position %s",
             self.checkpointer.directory,
             self.counters.events_learned,
             self.source.position(),
@@ -382,7 +481,7 @@ class Learner:
                 {"loss": float(step.loss), "prequential_acc": self.counters.prequential_acc},
                 step=n,
             )
-        if time.time() - self.predictor.taken_at >= PUBLISH_SECONDS:
+        if time.time() - self.predictor.taken_at >= self.publish_seconds:
             self.predictor = self._publish()
 
     def _maybe_checkpoint(self) -> None:
@@ -433,7 +532,13 @@ class Replica:
     """A read replica: serves predictions from the newest checkpoint a learner wrote in
     ``checkpointer``'s folder, hot-swapping to each new one (polled every ``poll`` seconds):
     the new predictor is built aside and swapped in one reference assignment, so a request
-    never sees half a model. It never learns and never writes into the folder."""
+    never sees half a model. It never learns and never writes into the folder.
+
+    It tracks the file it actually loaded (after a corrupt newest one, the fallback) apart
+    from the newest file it has looked at, so it re-reads only when the folder changes. A
+    checkpoint of another config is not loaded: the replica reports an error (``/health``
+    503, logged once) and keeps serving what it had until a matching one appears.
+    """
 
     def __init__(
         self,
@@ -449,7 +554,9 @@ class Replica:
         self.counters = Counters()
         self.last_checkpoint_step: int | None = None
         self.last_checkpoint_time = time.time()
-        self._loaded: tuple | None = None  # (path, mtime, size): a rewritten step is new too
+        self.loaded_path: Path | None = None
+        self._looked: tuple | None = None  # (newest path, mtime, size) last read
+        self._loaded: tuple | None = None  # the same of the file loaded
         self.step_seconds: deque[float] = deque()
         self.finished = threading.Event()
         self.error: BaseException | None = None
@@ -457,34 +564,44 @@ class Replica:
         self.predictor = Predictor(strategy.predictor(), 0)
         self.refresh()
 
+    @staticmethod
+    def _signature(path: Path) -> tuple | None:
+        try:
+            stat = path.stat()
+        except OSError:  # rotated away meanwhile: the next poll
+            return None
+        return (path, stat.st_mtime_ns, stat.st_size)
+
     def refresh(self) -> bool:
-        """Load the newest good checkpoint if it is not the one loaded; True if swapped."""
+        """Load the newest good checkpoint if the folder changed and it is not the one
+        loaded; True if swapped."""
         paths = self.checkpointer.paths()
-        if not paths:
+        newest = self._signature(paths[0]) if paths else None
+        if newest is None or newest == self._looked:  # e.g. a correction rewrites a step
+            return False
+        found = self.checkpointer.latest(quiet=self._looked is not None)
+        self._looked = newest
+        if found is None:
+            return False
+        path, state = found
+        signature = self._signature(path)
+        if signature is None or signature == self._loaded:
             return False
         try:
-            stat = paths[0].stat()
-        except OSError:  # rotated away meanwhile: the next poll
+            check_resumable(state, self.config, self.checkpointer.directory, only_given=True)
+        except ValueError as err:
+            if self.error is None or str(self.error) != str(err):
+                log.error("replica cannot serve %s: %s", path.name, err)
+            self.error = err
             return False
-        signature = (paths[0], stat.st_mtime_ns, stat.st_size)
-        if signature == self._loaded:  # e.g. a correction rewrites ckpt-<same step>
-            return False
-        state = self.checkpointer.load_latest()
-        if state is None:
-            return False
-        check_resumable(state, self.config, self.checkpointer.directory, only_given=True)
         self.strategy.load_state_dict(state["strategy"])
         self.counters = Counters(**state["counters"])
         self.last_checkpoint_step = int(state["step"])
-        self.last_checkpoint_time = time.time()
-        self._loaded = signature
+        self.last_checkpoint_time = signature[1] / 1e9  # the checkpoint's age, not the load's
+        self._loaded, self.loaded_path, self.error = signature, path, None
         self.predictor = Predictor(self.strategy.predictor(), self.counters.events_learned)
-        log.info("replica now serves %s (%d events learned)", paths[0].name, state["step"])
+        log.info("replica now serves %s (%d events learned)", path.name, state["step"])
         return True
-
-    @property
-    def loaded_path(self) -> Path | None:
-        return self._loaded[0] if self._loaded else None
 
     def stop(self) -> None:
         self._stop.set()
@@ -495,17 +612,21 @@ class Replica:
                 try:
                     self.refresh()
                 except Exception as err:  # noqa: BLE001 - a learner mid-rotation: next poll
-                    log.warning("replica could not load a checkpoint yet: %s", err)
+                    log.debug("replica could not load a checkpoint yet: %s", err)
         finally:
             self.finished.set()
 
     def health(self) -> dict[str, Any]:
         return {
-            "status": "replica",
+            "status": "error" if self.error is not None else "replica",
+            "error": None if self.error is None else str(self.error),
             "events_learned": self.counters.events_learned,
             "prequential_acc": self.counters.prequential_acc,
             "model_version": self.predictor.version,
             "replica_of": str(self.checkpointer.directory),
             "checkpoint": self.loaded_path.name if self.loaded_path else None,
             "last_checkpoint_step": self.last_checkpoint_step,
+            "last_checkpoint_age_s": (
+                time.time() - self.last_checkpoint_time if self.loaded_path else None
+            ),
         }

@@ -49,11 +49,12 @@ class Metrics:
         yield _counter("predictions", "Rows predicted by /predict", service.predictions)
         if health.get("drift_events") is not None:
             yield _counter("drift_events", "Drift events detected", health["drift_events"])
-        acc = GaugeMetricFamily(
-            "streamkd_prequential_accuracy", "Accuracy of predictions made before learning"
-        )
-        acc.add_metric([], health.get("prequential_acc") or 0.0)
-        yield acc
+        if health.get("prequential_acc") is not None:  # undefined before the first prediction
+            acc = GaugeMetricFamily(
+                "streamkd_prequential_accuracy", "Accuracy of predictions made before learning"
+            )
+            acc.add_metric([], health["prequential_acc"])
+            yield acc
         age = GaugeMetricFamily(
             "streamkd_checkpoint_age_seconds", "Seconds since the last checkpoint"
         )

@@ -11,11 +11,16 @@ never travels as a pickle: it reaches the learner as JSON lines in the source, o
 validated array with a correction):
 
 * learner -> server: ``("ready", info)`` once started (or ``("failed", message)``); then
-  ``("state", state)`` every :data:`PUBLISH_SECONDS` -- health, learning-step times, and a
-  new frozen predictor when the model changed; ``("answer", (request, ok, result))`` for each
-  call; ``("finished", error)`` last.
+  ``("state", state)`` every :data:`STATE_SECONDS` -- health, learning-step times, and a
+  new frozen predictor when the learner published one (at most every ``publish_seconds``,
+  after each checkpoint and correction, and when the source goes quiet);
+  ``("answer", (request, ok, result))`` for each call; ``("finished", error)`` last.
 * server -> learner: calls ``(kind, request, payload)`` -- ``"checkpoint"`` and ``"correct"``,
   run by the learner thread between steps (it stays the single writer) -- and ``("stop",)``.
+
+The ``http`` source's durable end (:mod:`streamkd.serve.wal`) is a shared 64-bit integer the
+server sets after each fsync and the learner's :class:`~streamkd.serve.wal.WalSource` reads:
+the learner never reads a byte that is not durable.
 
 The learner dies with the server: ``PR_SET_PDEATHSIG`` on Linux (tied to the thread that
 started it: build the service in the main thread), and end-of-file on the command pipe once
@@ -44,15 +49,16 @@ import torch
 from streamkd.serve.config import ServeConfig
 from streamkd.serve.learner import (
     CHECKPOINT_KEYS,
-    PUBLISH_SECONDS,
     DeadLetters,
     Learner,
     Predictor,
     build_strategy,
+    model_digest,
 )
 
 log = logging.getLogger(__name__)
 START_SECONDS = 600.0  # the learner's start: load the data, build the model, resume
+STATE_SECONDS = 0.05  # health and step times to the server this often
 
 
 class LearnerProcess:
@@ -60,13 +66,13 @@ class LearnerProcess:
     and the commands it takes. Starting it returns once the learner has resumed (or raises
     :class:`ValueError` with the learner's reason, e.g. a checkpoint of another config)."""
 
-    def __init__(self, config: ServeConfig) -> None:
+    def __init__(self, config: ServeConfig, durable=None) -> None:
         ctx = mp.get_context("spawn")  # a fresh interpreter: nothing forked mid-thread
         command_end, self._commands = ctx.Pipe(duplex=False)
         self._states, state_end = ctx.Pipe(duplex=False)
         self.process = ctx.Process(
             target=_learner_main,
-            args=(dataclasses.asdict(config), command_end, state_end, os.getpid()),
+            args=(dataclasses.asdict(config), command_end, state_end, os.getpid(), durable),
             name="streamkd-learner",
             daemon=True,
         )
@@ -114,12 +120,6 @@ class LearnerProcess:
         return health
 
     # -- commands ----------------------------------------------------------------------------
-    def checkpoint(self, timeout: float = 30.0) -> int | None:
-        """A checkpoint written after this call, waited for: its step, or None if none came
-        in time."""
-        ok, step = self.call("checkpoint", None, timeout)
-        return step if ok else None
-
     def call(self, kind: str, payload: Any, timeout: float) -> tuple[bool, Any]:
         """Run ``kind`` in the learner thread between steps and wait for its answer:
         ``(True, result)``, or ``(False, reason)`` if it failed, timed out or the learner
@@ -236,7 +236,7 @@ class LearnerProcess:
 # -- the learner process ------------------------------------------------------------------------
 
 
-def _learner_main(fields: dict[str, Any], commands, states, parent: int) -> None:
+def _learner_main(fields: dict[str, Any], commands, states, parent: int, durable=None) -> None:
     """Entry point of the learner process (spawned by :class:`LearnerProcess`)."""
     _die_with(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches both: the server stops us
@@ -255,7 +255,7 @@ def _learner_main(fields: dict[str, Any], commands, states, parent: int) -> None
     config = ServeConfig(**fields)
     torch.set_num_threads(config.threads()[0])
     try:
-        learner, built, resumed = open_learner(config)
+        learner, built, resumed = open_learner(config, durable)
     except (ValueError, DataNotFoundError, CheckpointError, InvalidBatchError) as err:
         send(("failed", str(err)))
         return
@@ -288,6 +288,7 @@ def _learner_main(fields: dict[str, Any], commands, states, parent: int) -> None
         error = error or publisher.error
         for cleanup in (
             learner.source.close,
+            learner.dead_letters.close,
             lambda: learner.logger and learner.logger.end("FAILED" if error else "FINISHED"),
             lambda: send(("state", publisher.state())),
         ):
@@ -298,18 +299,30 @@ def _learner_main(fields: dict[str, Any], commands, states, parent: int) -> None
         send(("finished", error))
 
 
-def open_learner(config: ServeConfig) -> tuple[Learner, Any, bool]:
-    """The learner a config describes, resumed from its folder's newest good checkpoint."""
+def open_learner(config: ServeConfig, durable=None) -> tuple[Learner, Any, bool]:
+    """The learner a config describes, resumed from its folder's newest good checkpoint.
+    ``durable``: the shared durable end of the ``http`` source's WAL (none: read what is
+    written, e.g. a WAL no server appends to)."""
     from streamkd.checkpoint import Checkpointer
     from streamkd.drift import DriftMonitor
+    from streamkd.serve.wal import WalSource, wal_dir
     from streamkd.streams.jsonl import JsonlSource
     from streamkd.streams.redis import RedisSource
 
     built = build_strategy(config)
     ck_dir = Path(config.checkpoint_dir).expanduser()
     checkpointer = Checkpointer(ck_dir, keep=config.keep, required=CHECKPOINT_KEYS)
-    if config.source.startswith("redis://"):
+    if config.source.startswith(("redis://", "rediss://")):
         source = RedisSource(config.source, built.shape, built.dtype, max_classes=built.max_classes)
+    elif config.source == "http":
+        source = WalSource(
+            wal_dir(ck_dir),
+            built.shape,
+            built.dtype,
+            max_classes=built.max_classes,
+            durable=None if durable is None else (lambda: durable.value),
+            keep=config.keep,
+        )
     else:
         path = source_path(config)
         if config.stop_at_eof and not path.exists():
@@ -330,10 +343,11 @@ def open_learner(config: ServeConfig) -> tuple[Learner, Any, bool]:
         checkpoint_every=config.checkpoint_every,
         checkpoint_seconds=config.checkpoint_seconds,
         stop_at_eof=config.stop_at_eof,
-        dead_letters=DeadLetters(ck_dir / "dead-letters.jsonl"),
+        dead_letters=DeadLetters(ck_dir / "dead-letters.jsonl", max_bytes=config.dead_letter_bytes),
         config=built.config,
         logger=_mlflow_run(config, state),
         drift=DriftMonitor(config.drift) if config.drift is not None else None,
+        publish_seconds=config.publish_seconds,
     )
     try:
         resumed = learner.resume(state)
@@ -346,9 +360,7 @@ def open_learner(config: ServeConfig) -> tuple[Learner, Any, bool]:
 
 
 def source_path(config: ServeConfig) -> Path:
-    """The JSON-lines file a ``jsonl:PATH`` or ``http`` source reads (http: the WAL)."""
-    if config.source == "http":
-        return Path(config.checkpoint_dir).expanduser() / "wal.jsonl"
+    """The JSON-lines file a ``jsonl:PATH`` source reads."""
     return Path(config.source.split(":", 1)[1]).expanduser()
 
 
@@ -368,7 +380,7 @@ def _mlflow_run(config: ServeConfig, state: dict[str, Any] | None):
 
 
 class _Publisher:
-    """Sends the learner's state to the server every :data:`PUBLISH_SECONDS` from its own
+    """Sends the learner's state to the server every :data:`STATE_SECONDS` from its own
     thread; pickles a predictor only when the learner published a new one. A failure to
     send stops the learner, with the reason."""
 
@@ -406,7 +418,7 @@ class _Publisher:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(PUBLISH_SECONDS):
+        while not self._stop.wait(STATE_SECONDS):
             try:
                 self.send(("state", self.state()))
             except OSError:  # the server has gone; the command thread ends this process
@@ -450,9 +462,10 @@ def _answer(send, request: int, future) -> None:
         send(("answer", answer))
 
 
-def _checkpoint(learner: Learner, _payload: Any) -> int:
+def _checkpoint(learner: Learner, _payload: Any) -> dict[str, Any]:
     learner.checkpoint()
-    return learner.last_checkpoint_step
+    digest = model_digest(learner.strategy.model.state_dict())
+    return {"step": learner.last_checkpoint_step, "model_sha256": digest}
 
 
 def _correct(learner: Learner, payload: tuple[Any, str]) -> dict[str, Any]:
