@@ -16,20 +16,20 @@
 # %% [markdown]
 # # Online continual learning on Split CIFAR-10: ER, SCR, PCR, HPCR, OnPro
 #
-# A small slice so it runs on a laptop CPU in a couple of minutes: 40 training images per segment (the full protocol has 10,000), 200 test images per segment, memory 100, reduced ResNet18 (nf=20), OnPro with 4 rotation copies. The numbers are therefore far below the papers'; `benchmarks/cifar10_ocl.py` runs the full protocol. Set `STREAMKD_DATA` to the folder holding `cifar10/`.
+# A small slice so it runs on a laptop CPU in about five minutes: 200 training images per segment (the full protocol has 10,000), 200 test images per segment, memory 100, reduced ResNet18 (nf=20), OnPro with 4 rotation copies. The numbers are therefore far below the papers'; `benchmarks/cifar10_ocl.py` runs the full protocol. Set `STREAMKD_DATA` to the folder holding `cifar10/`.
 
 # %%
 from streamkd.evaluate import run
 from streamkd.experiment import make_model, make_strategy, make_stream
 
-SLICE = dict(order='fixed', max_per_segment=40, max_test_per_segment=200)
+SLICE = dict(order='fixed', max_per_segment=200, max_test_per_segment=200)
 EXTRA = {'onpro': dict(rotations=4, max_replay=16)}
 results = {}
 for name in ['er', 'scr', 'pcr', 'hpcr', 'onpro']:
     stream = make_stream('split-cifar10', seed=0, **SLICE)
     model = make_model(stream, seed=0, strategy=name, nf=20)
     strategy = make_strategy(name, model, memory=100, seed=0, **EXTRA.get(name, {}))
-    results[name] = run(strategy, stream, log_every=50)
+    results[name] = run(strategy, stream, log_every=100)
     r = results[name]
     print(f"{name:>6}: final avg acc {r['final_avg_acc']:.3f}  forgetting "
           f"{r['avg_forgetting']:.3f}  {r['samples_per_s']:.1f} samples/s")
@@ -65,14 +65,14 @@ for r in results.values():
     assert all(0 <= v <= 1 for row in r['acc_matrix'] for v in row)
 
 # %%
-# The ordering the plots show: plain ER ends lowest (near chance, 0.10) and forgets the most,
-# its accuracy matrix little more than the diagonal. Seed 0 on this slice: final avg acc ER
-# 0.106 against SCR 0.231, PCR 0.185, HPCR 0.154, OnPro 0.179; forgetting ER 0.466 against
-# 0.271 at most (HPCR; OnPro's 0.023 partly because it learns little of the later segments
-# here). The margins are under half the smallest gaps (0.048 in accuracy, 0.195 in
-# forgetting, both HPCR's), as 1,000 test images make 0.01 only ten images.
+# What this slice shows, and what it does not. Every replay method here forgets less than
+# plain ER: seed 0, forgetting ER 0.467 against 0.239 at most (HPCR); seed 1 (not used to
+# write this cell), ER 0.351 against 0.267 at most. The final accuracies do *not* order
+# reliably on 1,000 training images: seed 0 ranks ER last (0.161 against 0.180-0.272), seed 1
+# ranks it third (ER 0.247, HPCR 0.189, OnPro 0.199), so this cell asserts only the forgetting
+# gap, with half seed 1's smallest margin. The README's Split CIFAR-10 table (the full
+# protocol, several seeds) is where the methods' accuracies are compared.
 er = results['er']
 for name in ['scr', 'pcr', 'hpcr', 'onpro']:
-    acc, forgetting = results[name]['final_avg_acc'], results[name]['avg_forgetting']
-    assert acc > er['final_avg_acc'] + 0.02, (name, acc, er['final_avg_acc'])
-    assert forgetting < er['avg_forgetting'] - 0.1, (name, forgetting, er['avg_forgetting'])
+    forgetting = results[name]['avg_forgetting']
+    assert forgetting < er['avg_forgetting'] - 0.04, (name, forgetting, er['avg_forgetting'])
