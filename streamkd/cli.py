@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _serve_parsers(sub) -> None:
+    from streamkd.serve.config import ServeConfig
+
+    DEFAULTS = ServeConfig()  # noqa: N806 - the defaults the help text names, from one place
     p = sub.add_parser(
         "serve",
         help="a long-running learner beside a live source, with an HTTP API",
@@ -167,7 +170,12 @@ def _serve_parsers(sub) -> None:
         choices=tuple(DETECTORS),
         help="watch the prequential error with this river detector",
     )
-    p.add_argument("--source", default=None, help="jsonl:PATH or http (POST /learn)")
+    p.add_argument(
+        "--source",
+        default=None,
+        help="http (POST /learn, default), jsonl:PATH, or "
+        "redis[s]://[:PASSWORD@]HOST:PORT[/DB]/STREAM?group=G&consumer=C",
+    )
     p.add_argument("--checkpoint-dir", default=None, help="checkpoints, WAL, dead letters")
     p.add_argument("--checkpoint-every", type=int, default=None, help="every N events")
     p.add_argument("--checkpoint-seconds", type=float, default=None, help="every S seconds")
@@ -176,6 +184,11 @@ def _serve_parsers(sub) -> None:
     p.add_argument("--port", type=int, default=None, help="port (default 8000)")
     p.add_argument("--token", default=None, help="bearer token (or STREAMKD_TOKEN)")
     p.add_argument(
+        "--token-predict",
+        default=None,
+        help="a bearer token /predict requires too (or STREAMKD_TOKEN_PREDICT)",
+    )
+    p.add_argument(
         "--stop-at-eof",
         action="store_true",
         default=None,
@@ -183,6 +196,18 @@ def _serve_parsers(sub) -> None:
     )
     p.add_argument("--batch-size", type=int, default=None, help="events per learning step")
     p.add_argument("--max-body", type=int, default=None, help="request body limit, bytes")
+    limits = {  # the default each names comes from ServeConfig (one place)
+        "max_connections": "open connections and tasks at once; beyond: 503",
+        "max_queued_rows": "/predict rows waiting for a forward pass; beyond: 503",
+        "remember_bytes": "bytes of /predict features kept by id for a later /learn",
+        "publish_seconds": "a new predictor for /predict at most this often",
+        "wal_segment_bytes": "the http source's WAL starts a new segment past this size",
+        "dead_letter_bytes": "dead-letters.jsonl is rotated past this size (one old kept)",
+    }
+    for name, text in limits.items():
+        default = getattr(DEFAULTS, name)
+        flag = "--" + name.replace("_", "-")
+        p.add_argument(flag, type=type(default), default=None, help=f"{text} ({default})")
     p.add_argument(
         "--replica-of",
         default=None,

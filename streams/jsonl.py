@@ -303,8 +303,9 @@ class JsonlSource:
             )
         self._offset = offset
 
-    def commit(self) -> None:
-        """Called once a checkpoint covers the position: nothing to acknowledge in a file."""
+    def commit(self, step: int | None = None) -> None:
+        """Called once the checkpoint of ``step`` covers the position: nothing to
+        acknowledge in a file."""
 
     def describe(self) -> str:
         return f"jsonl:{self.path}"

@@ -349,8 +349,9 @@ class RedisSource:
             self._note_outage(err)
             self._ack_covered = True
 
-    def commit(self) -> None:
-        """Acknowledge every entry handed out up to the position (a checkpoint covers them).
+    def commit(self, step: int | None = None) -> None:
+        """Acknowledge every entry handed out up to the position (the checkpoint of
+        ``step`` covers them).
         While Redis is unreachable, nothing is lost: the next commit acknowledges them."""
         import redis
 

@@ -131,10 +131,18 @@ def test_serve_load_benchmark_smoke(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.read_text())
-    assert data["failed_requests"] == 0 and data["requests"] > 0
-    for key in ("predictions_per_s", "learned_per_s_under_load", "learned_per_s_idle"):
-        assert data[key] > 0, key
-    assert data["latency_p99_ms"] >= data["latency_p50_ms"] > 0
+    for phase in ("load", "load_learn"):
+        load = data[phase]
+        assert load["failed_requests"] == 0 and load["requests"] > 0, phase
+        assert load["predictions_per_s"] > 0 and load["learned_per_s"] > 0, phase
+        assert load["latency_p99_ms"] >= load["latency_p50_ms"] > 0, phase
+    assert data["load_learn"]["failed_learn_posts"] == 0
+    assert data["load_learn"]["learn_posted_per_s"] > 0
+    for phase in ("idle_jsonl", "idle_http"):
+        assert data[phase]["learned_per_s"] > 0, phase
+    assert data["run"]["samples_per_s"] > 0
+    assert data["large_body"]["statuses"] and set(data["large_body"]["statuses"]) == {200}
+    assert data["publish"]
 
 
 def test_droc_benchmark_smoke(tmp_path, data_dir):

@@ -324,6 +324,16 @@ BAD_REQUESTS = [
         "id must be",
     ),
     ("string pixels", "POST", "/predict", {"x": [[["1"] * 8] * 8]}, None, 422, "numbers"),
+    ("true pixels", "POST", "/predict", {"x": [[[True] * 8] * 8]}, None, 422, "numbers"),
+    (
+        "a false pixel",
+        "POST",
+        "/learn",
+        {"id": "b6", "x": [[[0] * 7 + [False]] + [[0] * 8] * 7], "y": 1},
+        TOKEN,
+        422,
+        "not true or false",
+    ),
     (
         "NaN values",
         "POST",

@@ -6,6 +6,7 @@ real process), so a test can inject a disk failure into the WAL's fsync."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import json
@@ -144,12 +145,29 @@ def test_an_injected_fsync_failure_answers_503_and_nothing_unacknowledged_is_lea
 
 
 def test_queues_are_bounded_and_answer_503_with_retry_after(tmp_path):
+    """A batch larger than the queue could ever hold is a 413 (retrying cannot help); rows
+    beyond the bound while others wait are a 503 to retry."""
     with daemon(tmp_path, max_queued_rows=4) as (port, _):
         x = _digits_events(1)[0]["x"]
         status, body = request(port, "POST", "/predict", {"batch": [{"x": x}] * 5})
-        assert status == 503 and "waiting" in body["error"]
+        assert status == 413 and "at most 4 (--max-queued-rows)" in body["error"]
         assert request(port, "POST", "/predict", {"batch": [{"x": x}] * 4})[0] == 200
-        assert metric(port, 'streamkd_events_rejected_total{where="predict_503"}') == 1
+        answers: list = []
+
+        def post() -> None:
+            for _ in range(5):
+                answers.append(request(port, "POST", "/predict", {"batch": [{"x": x}] * 3}))
+
+        threads = [threading.Thread(target=post) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        statuses = collections.Counter(status for status, _ in answers)
+        assert set(statuses) == {200, 503} and statuses[503] > 0, statuses
+        assert all("waiting" in body["error"] for status, body in answers if status == 503)
+        rejected = metric(port, 'streamkd_events_rejected_total{where="predict_503"}')
+        assert rejected == statuses[503]
 
 
 def test_a_large_body_is_parsed_off_the_event_loop(tmp_path):

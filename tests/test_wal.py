@@ -117,6 +117,55 @@ def test_the_reader_stops_at_the_durable_end(tmp_path):
     assert log.durable_end == end and read_ids(reader) == ["a", "b"] and reader.at_end()
 
 
+def test_the_reader_never_hands_out_bytes_a_failed_append_cut(tmp_path, monkeypatch):
+    """The learner reads while an append's bytes sit in the file unsynced (it may read
+    ahead of the durable end into them); the fsync fails, they are cut, another append
+    takes their place: the learner gets that one, never the cut bytes."""
+    log = WriteAheadLog(tmp_path)
+    log.append(records(["a"]))
+    reader = source(tmp_path, log)
+
+    def failing(fd):
+        assert read_ids(reader) == ["a"]  # reading a while b and c lie unsynced after it
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(walmod, "_fsync", failing)
+    with pytest.raises(WalError, match="fsync failed"):
+        log.append(records(["b", "c"]))
+    monkeypatch.setattr(walmod, "_fsync", walmod.os.fsync)
+    log.append(records(["d"]))
+    assert read_ids(reader) == ["d"]
+
+
+def test_a_full_segment_rotates_however_busy_the_log_is(tmp_path, monkeypatch):
+    """Concurrent appenders keep an fsync always in flight; a full segment still closes
+    (it takes no more writes once full, and its pending fsync comes)."""
+    real = walmod.os.fsync
+
+    def slow_fsync(fd):
+        threading.Event().wait(0.003)
+        real(fd)
+
+    monkeypatch.setattr(walmod, "_fsync", slow_fsync)
+    batch = len(b"".join(line for _, line in records(["x0", "x1"])))
+    log = WriteAheadLog(tmp_path, segment_bytes=4 * batch)
+
+    def client(k):
+        for j in range(15):
+            log.append(records([f"c{k}-{j}", f"c{k}-{j}b"]))
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    sizes = [(tmp_path / walmod._name(s)).stat().st_size for s in segments(tmp_path)]
+    assert len(sizes) >= 120 * batch // (6 * batch), sizes
+    assert max(sizes[:-1]) <= 5 * batch + 8, sizes  # full plus at most the append that filled it
+    got = read_ids(source(tmp_path, log))
+    assert len(got) == len(set(got)) == 240
+
+
 def test_concurrent_appends_share_fsyncs_and_each_event_is_read_once(tmp_path, monkeypatch):
     real = walmod.os.fsync
 
@@ -151,14 +200,14 @@ def test_segments_rotate_and_are_deleted_once_every_kept_checkpoint_is_beyond(tm
     reader = source(tmp_path, log, keep=2)
     assert read_ids(reader)[:4] == ["e0-0", "e0-1", "e0-2", "e1-0"]  # across segments
     first = reader.position()
-    reader.commit()  # one kept checkpoint: the one before it (unknown) may need anything
+    reader.commit(36)  # one kept checkpoint: the one before it (unknown) may need anything
     assert segments(tmp_path) == starts
-    reader.commit()  # the same checkpoint again (same position): still one
+    reader.commit(36)  # the same step again (its file rewritten): still one
     assert segments(tmp_path) == starts
     log.append(records(["late"]))
     assert read_ids(reader) == ["late"]
     now = segments(tmp_path)
-    reader.commit()  # two kept checkpoints: the oldest is at `first`
+    reader.commit(37)  # two kept checkpoints: the oldest is at `first`
     beyond = [s for s, nxt in zip(now, [*now[1:], None], strict=True) if nxt is None or nxt > first]
     assert segments(tmp_path) == beyond and len(beyond) < len(now)
     assert reader.deleted == len(now) - len(beyond)

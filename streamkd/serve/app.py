@@ -51,7 +51,7 @@ import orjson
 import torch
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import TypeAdapter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -83,8 +83,10 @@ class Refused(Exception):
         self.status, self.reason, self.headers = status, reason, headers
 
 
-class JSON(Response):
-    """A strict JSON answer written by orjson (NaN and infinities as null)."""
+class JSON(JSONResponse):
+    """A strict JSON answer written by orjson (NaN and infinities as null); a
+    ``JSONResponse`` so that ``/openapi.json`` documents the routes' answers as JSON (their
+    models), not as ``{"type": "string"}`` beside them, which no answer could match."""
 
     media_type = "application/json"
 
@@ -234,11 +236,19 @@ class Service:
         except EventError as err:
             raise self.refuse(400, str(err), raw, kind) from None
 
-    def _event(self, obj: Any, raw: bytes, kind: str, where: str = "") -> Event:
+    def _event(self, obj: Any, raw: bytes, kind: str, where: str = "", bools: bool = True) -> Event:
+        """One event of a request, checked; ``bools``: whether the body holds a ``true`` or
+        ``false`` at all (looked for once per request by the caller, :func:`_has_bool_literal`)."""
         try:
-            return parse_event(obj, self.shape, self.dtype, self.max_classes)
+            event = parse_event(obj, self.shape, self.dtype, self.max_classes)
         except EventError as err:
             raise self.refuse(422, f"{where}{err}", raw, kind) from None
+        # numpy reads true/false among numbers as 1/0: refused (looked for only when the
+        # body holds such a literal, so the common body costs one byte search per request)
+        if bools and _holds_bool(obj["x"]):
+            reason = f"{where}event {event.id!r}: x must be numbers, not true or false"
+            raise self.refuse(422, reason, raw, kind)
+        return event
 
     # -- predict -----------------------------------------------------------------------------
     def parse_predict(self, raw: bytes) -> tuple[list[str | None], np.ndarray, bool]:
@@ -252,7 +262,11 @@ class Service:
                 raise self.refuse(422, "batch must be a non-empty list", raw, "predict")
         else:
             items, single = [body], True
-        ids, xs = [], []
+        most = self.config.max_queued_rows
+        if len(items) > most:  # could never be queued: not a 503 to retry
+            reason = f"a batch of {len(items)} rows; at most {most} (--max-queued-rows)"
+            raise self.refuse(413, reason, raw, "predict")
+        ids, xs, bools = [], [], _has_bool_literal(raw)
         for i, item in enumerate(items):
             if not isinstance(item, dict) or "x" not in item:
                 raise self.refuse(422, f"item {i}: expected an object with x", raw, "predict")
@@ -261,12 +275,14 @@ class Service:
                 raise self.refuse(
                     422, f"item {i}: unknown keys {unknown}; an item has x and id", raw, "predict"
                 )
-            if "id" in item and not isinstance(item["id"], str):
-                raise self.refuse(422, f"item {i}: id must be a string", raw, "predict")
-            event = self._event(
-                {"id": item.get("id") or f"item-{i}", "x": item["x"]}, raw, "predict"
-            )
-            ids.append(item.get("id"))
+            item_id = item.get("id")  # null or absent: no id
+            if item_id is not None and (not isinstance(item_id, str) or not item_id):
+                raise self.refuse(
+                    422, f"item {i}: id must be a non-empty string or null", raw, "predict"
+                )
+            item = {"id": item_id or f"item-{i}", "x": item["x"]}
+            event = self._event(item, raw, "predict", bools=bools)
+            ids.append(item_id)
             xs.append(event.x)
         return ids, np.stack(xs), single
 
@@ -350,13 +366,13 @@ class Service:
             items = [body]
         if not isinstance(items, list) or not items:
             raise self.refuse(422, "events must be a non-empty list", raw, "learn")
-        events, seen = [], set()
+        events, seen, bools = [], set(), _has_bool_literal(raw)
         for i, item in enumerate(items):
             if isinstance(item, dict) and "x" not in item and set(item) <= EVENT_KEYS:
                 x = self.remembered_x(item.get("id"))
                 if x is not None:
                     item = {**item, "x": x}
-            event = self._event(item, raw, "learn", where=f"event {i}: ")
+            event = self._event(item, raw, "learn", where=f"event {i}: ", bools=bools)
             if event.y is None:
                 raise self.refuse(422, f"event {event.id!r}: /learn needs a label y", raw, "learn")
             if event.id in seen:
@@ -383,7 +399,7 @@ def create_app(service: Service):
     """The FastAPI application over ``service`` (a replica starts following with the app)."""
     metrics = Metrics(service)
     batcher = PredictBatcher(service, metrics)
-    bodies = schema.request_models(service.shape, service.dtype)
+    bodies = schema.request_models(service.shape, service.dtype, service.max_classes)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -461,7 +477,10 @@ def create_app(service: Service):
         raw = await body_of(request, "predict")
         ids, x, single = await service.parse(service.parse_predict, raw, "predict")
         if authorized(request, service.config.token):  # only a client trusted to /learn
-            service.remember(ids, x)  # may name features for it
+            if len(ids) > PREDICT_BATCH:  # may name features for it (copied off the loop)
+                await asyncio.to_thread(service.remember, ids, x)
+            else:
+                service.remember(ids, x)
         scores, applied, version = await batcher.submit(torch.from_numpy(x))
         answer = functools.partial(_render_predictions, ids, scores, applied, version, single)
         if len(ids) <= PREDICT_BATCH:
@@ -560,6 +579,18 @@ def create_app(service: Service):
 
     app.openapi = openapi
     return app
+
+
+def _has_bool_literal(raw: bytes) -> bool:
+    """Whether a JSON body holds ``true`` or ``false`` anywhere (one pass over its bytes)."""
+    return b"true" in raw or b"false" in raw
+
+
+def _holds_bool(value: Any) -> bool:
+    """Whether ``value`` (a decoded ``x``, already of the learner's shape) holds a boolean."""
+    if isinstance(value, bool):
+        return True
+    return isinstance(value, list) and any(_holds_bool(v) for v in value)
 
 
 def _version() -> str:

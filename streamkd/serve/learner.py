@@ -373,7 +373,7 @@ class Learner:
             self.logger.flush()
         step = self.counters.events_learned
         self.checkpointer.save(self.state(), step=step)
-        self.source.commit()  # e.g. XACK the Redis entries the checkpoint now covers
+        self.source.commit(step)  # e.g. XACK the Redis entries the checkpoint now covers
         if self.logger is not None:
             self.logger.set_tags({"checkpoint_step": step})
         self.last_checkpoint_step, self.last_checkpoint_time = step, time.time()

@@ -55,6 +55,17 @@ class Metrics:
             )
             acc.add_metric([], health["prequential_acc"])
             yield acc
+        wal = service.wal
+        if wal is not None:
+            yield _gauge("wal_bytes", "Bytes in the write-ahead log's segments", wal.disk_bytes())
+            yield _gauge("wal_known_ids", "Event ids in the dedup window", wal.known())
+            yield _counter("wal_fsyncs", "fsyncs of the write-ahead log", wal.fsyncs)
+            yield _counter("wal_appends", "Appends to the write-ahead log", wal.appends)
+            yield _counter("wal_failures", "Failed writes or fsyncs of the WAL", wal.failures)
+        yield _gauge(
+            "remembered_bytes", "Bytes of /predict features kept", service.remembered_bytes
+        )
+        yield _counter("dead_letters_dropped", "Dead letters not written", service.dead.dropped)
         age = GaugeMetricFamily(
             "streamkd_checkpoint_age_seconds", "Seconds since the last checkpoint"
         )
@@ -70,5 +81,11 @@ class Metrics:
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     family = CounterMetricFamily(f"streamkd_{name}", doc)
+    family.add_metric([], value)
+    return family
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(f"streamkd_{name}", doc)
     family.add_metric([], value)
     return family

@@ -30,8 +30,8 @@ class Prediction(BaseModel):
     id: str | None = Field(description="the item's id, if it gave one")
     label: int | None = Field(description="the argmax class; null before any class is known")
     scores: list[float | None]
-    applied: list[dict[str, Any]] | None = Field(
-        default=None, description="the corrections each answer used (correction memories)"
+    applied: dict[str, Any] | None = Field(
+        default=None, description="the correction this answer used (correction memories)"
     )
 
 
@@ -76,16 +76,19 @@ def _nested(shape: tuple[int, ...], dtype: torch.dtype) -> Any:
     return leaf
 
 
-def request_models(shape: tuple[int, ...], dtype: torch.dtype) -> dict[str, Any]:
+def request_models(
+    shape: tuple[int, ...], dtype: torch.dtype, max_classes: int | None = None
+) -> dict[str, Any]:
     """The request bodies of the learner's routes, by route."""
     x = _nested(shape, dtype)
     forbid = ConfigDict(extra="forbid")
+    top = None if max_classes is None else max_classes - 1
     event = create_model(
         "Event",
         __config__=forbid,
         id=(EventId, ...),
-        x=(x | None, None),  # absent: the features of an earlier /predict with this id
-        y=(Annotated[int, Field(ge=0)] | None, None),
+        x=(x, None),  # absent (not null): the features of an earlier /predict with this id
+        y=(Annotated[int, Field(ge=0, le=top)], ...),  # /learn refuses an event without a label
         ts=(float | None, None),
     )
     events = create_model(

@@ -45,6 +45,7 @@ from streamkd.streams.jsonl import Line, parse_line
 
 log = logging.getLogger(__name__)
 SEGMENT_BYTES = 64 * 2**20
+READ_BYTES = 2**20  # the learner reads the log in chunks of at most this
 SEGMENT = re.compile(r"wal-(\d{20})\.jsonl")
 LEGACY = "wal.jsonl"  # the single-file WAL of earlier releases, in the checkpoint folder
 _fsync = os.fsync  # the one durability call (tests inject failures here)
@@ -153,6 +154,7 @@ class WriteAheadLog:
         self._seq = self._durable_seq = 0
         self._failed: list[tuple[int, int, str]] = []  # (first, last) seqs that failed, why
         self._syncing = False
+        self._broken: str | None = None  # why every append fails from now on
         self._lock = threading.Lock()  # the file and the ids; taken before _cond, never after
         self._cond = threading.Condition(threading.Lock())
         self.appends = self.fsyncs = self.failures = 0
@@ -180,7 +182,14 @@ class WriteAheadLog:
         return len(self._ids)
 
     def disk_bytes(self) -> int:
-        return sum((self.folder / _name(s)).stat().st_size for s in segments(self.folder))
+        """Bytes in the segments (one the learner deletes meanwhile counts nothing)."""
+        total = 0
+        for start in segments(self.folder):
+            try:
+                total += (self.folder / _name(start)).stat().st_size
+            except FileNotFoundError:
+                continue
+        return total
 
     # -- appending ---------------------------------------------------------------------------
     def append(self, records: list[tuple[str, bytes]]) -> tuple[list[str], list[str]]:
@@ -188,11 +197,14 @@ class WriteAheadLog:
         :class:`WalError` (nothing of this call stays) if the write or its fsync fails, or if
         an id held here was itself still waiting for an fsync that failed."""
         with self._lock:
+            self._settle_before_rotation()
             self._forget_deleted()
             new = [(i, line) for i, line in records if i not in self._ids]
             held = [i for i, _ in records if i in self._ids]
             wait_for = max((self._ids[i] for i in held), default=0)
             if new:
+                if self._broken is not None or self._fd < 0:
+                    raise WalError(5, self._broken or "the WAL is closed")
                 self._maybe_rotate()
                 data = b"".join(line for _, line in new)
                 try:
@@ -200,8 +212,8 @@ class WriteAheadLog:
                     while view:
                         view = view[_write(self._fd, view) :]
                 except OSError as err:
-                    os.ftruncate(self._fd, self._end - self._start)
                     self.failures += 1
+                    self._cut_back(self._end)
                     raise WalError(err.errno, f"cannot append to the WAL: {err.strerror}") from None
                 self._end += len(data)
                 self._seq += 1
@@ -237,38 +249,76 @@ class WriteAheadLog:
             except OSError as err:
                 error = err
             with self._lock, self._cond:
-                if error is None:
-                    self._durable_seq, self._durable_end = target, end
-                    self.fsyncs += 1
-                else:  # nothing after the durable end stays: cut it, fail its appends
-                    os.ftruncate(self._fd, self._durable_end - self._start)
-                    first, last = self._durable_seq + 1, self._seq
-                    why = f"the WAL's fsync failed ({error.strerror}): not stored, retry"
-                    self._failed = [*self._failed[-99:], (first, last, why)]
-                    for event_id in [i for i, s in self._ids.items() if s >= first]:
-                        del self._ids[event_id]
-                    ids = self._segment_ids.get(self._start, [])
-                    self._segment_ids[self._start] = [i for i in ids if i in self._ids]
-                    self._end = self._durable_end
-                    self._durable_seq = self._seq  # the failed ones are settled, as failed
-                    self.failures += 1
-                self._syncing = False
-                self._cond.notify_all()
-            self._publish()
+                try:
+                    if error is None:
+                        self._durable_seq, self._durable_end = target, end
+                        self.fsyncs += 1
+                    else:  # nothing after the durable end stays: cut it, fail its appends
+                        self._cut_back(self._durable_end)
+                        first, last = self._durable_seq + 1, self._seq
+                        why = f"the WAL's fsync failed ({error.strerror}): not stored, retry"
+                        self._failed = [*self._failed[-99:], (first, last, why)]
+                        for event_id in [i for i, s in self._ids.items() if s >= first]:
+                            del self._ids[event_id]
+                        ids = self._segment_ids.get(self._start, [])
+                        self._segment_ids[self._start] = [i for i in ids if i in self._ids]
+                        self._end = self._durable_end
+                        self._durable_seq = self._seq  # the failed ones are settled, as failed
+                        self.failures += 1
+                    self._publish()  # under the lock: a later end is never overwritten
+                finally:
+                    self._syncing = False
+                    self._cond.notify_all()
 
     def _publish(self) -> None:
         if self.on_durable is not None:
             self.on_durable(self._durable_end)
 
+    def _settle_before_rotation(self) -> None:
+        """Called holding ``_lock``: once the active segment is full, wait (lock released)
+        until everything written to it is durable, so that :meth:`_maybe_rotate` can close
+        it. Every appender waits here before writing, so a full segment takes no more writes
+        and its pending fsync comes however busy the log is."""
+        while self._full() and self._durable_seq != self._seq:
+            pending = self._seq
+            self._lock.release()
+            try:
+                self._sync(pending)
+            except WalError:
+                pass  # those appends failed (their callers were told); settled all the same
+            finally:
+                self._lock.acquire()
+
+    def _full(self) -> bool:
+        return self._end - self._start >= self.segment_bytes
+
     def _maybe_rotate(self) -> None:
         """Close the active segment at ``segment_bytes`` (only when all of it is durable)."""
-        if self._end - self._start < self.segment_bytes or self._durable_seq != self._seq:
+        if not self._full() or self._durable_seq != self._seq:
             return
-        start = self._end
-        fd = os.open(self.folder / _name(start), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        _fsync_dir(self.folder)
+        start, path = self._end, self.folder / _name(self._end)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as err:
+            self.failures += 1
+            raise WalError(err.errno, f"cannot start a WAL segment: {err.strerror}") from None
+        try:
+            _fsync_dir(self.folder)
+        except OSError as err:  # the new segment may not survive a crash: not used
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            self.failures += 1
+            raise WalError(err.errno, f"cannot start a WAL segment: {err.strerror}") from None
         os.close(self._fd)
         self._fd, self._start = fd, start
+
+    def _cut_back(self, end: int) -> None:
+        """Cut the active segment back to ``end``; if even that fails, the log is broken
+        (every later append fails) rather than holding bytes nobody acknowledged."""
+        try:
+            os.ftruncate(self._fd, end - self._start)
+        except OSError as err:
+            self._broken = f"the WAL could not be cut back after a failure ({err.strerror})"
 
     def _forget_deleted(self) -> None:
         """Drop the ids of segments the learner deleted (the dedup window moves on)."""
@@ -313,9 +363,14 @@ class WalSource:
         self.durable = durable or self._file_end
         self.max_wait, self.poll = max_wait, poll
         self._position = 0
-        self._file = None
+        # the open segment, read with pread into a buffer of our own that never holds a
+        # byte past the durable end (a buffered file would read ahead into bytes a failed
+        # append then cuts, and hand them out after the cut)
+        self._fd = -1
         self._file_start = -1
-        self._covered: collections.deque[int] = collections.deque(maxlen=keep)
+        self._buf, self._off = b"", 0  # bytes from the position on: self._buf[self._off:]
+        # (checkpoint step, WAL position) of the kept checkpoints of this run
+        self._covered: collections.deque[tuple[int | None, int]] = collections.deque(maxlen=keep)
         self.deleted = 0  # segments deleted by this reader
 
     def describe(self) -> str:
@@ -354,15 +409,17 @@ class WalSource:
         self._covered.clear()  # kept checkpoints older than this one: positions unknown
         self._close_file()
 
-    def commit(self) -> None:
-        """After a checkpoint at the current position: delete the segments every kept
-        checkpoint lies beyond (until ``keep`` checkpoints of this run, none)."""
-        if self._covered and self._covered[-1] == self._position:
-            return  # the same checkpoint again (a correction rewrites its step)
-        self._covered.append(self._position)
+    def commit(self, step: int | None = None) -> None:
+        """After the checkpoint of ``step`` at the current position: delete the segments
+        every kept checkpoint lies beyond (until ``keep`` checkpoints of this run, none). A
+        checkpoint of a step already kept replaces that file, so it replaces its entry."""
+        if step is not None and self._covered and self._covered[-1][0] == step:
+            self._covered[-1] = (step, self._position)
+        else:
+            self._covered.append((step, self._position))
         if len(self._covered) < (self._covered.maxlen or 1):
             return
-        upto = min(self._covered)
+        upto = min(position for _, position in self._covered)
         starts = segments(self.folder)
         for start, following in zip(starts, starts[1:], strict=False):
             if following <= upto and start != self._file_start:
@@ -391,15 +448,14 @@ class WalSource:
     def _read_available(self, n: int) -> list[Line]:
         end = self.durable()
         out: list[Line] = []
-        while len(out) < n and self._position < end:
-            f = self._segment_file()
-            raw = f.readline(end - self._position) if f is not None else b""
-            if not raw:  # this segment is done: the next one starts where it ended
-                if f is None or not self._next_segment():
+        while len(out) < n:
+            cut = self._buf.find(b"\n", self._off)
+            if cut < 0:
+                if not self._fill(end):
                     break
                 continue
-            if not raw.endswith(b"\n"):  # below the durable end every line is whole
-                raise RuntimeError(f"{self.folder}: the line at {self._position} is not whole")
+            raw = self._buf[self._off : cut + 1]
+            self._off = cut + 1
             self._position += len(raw)
             text = raw.strip()
             if text:
@@ -410,16 +466,37 @@ class WalSource:
                 out.append(line)
         return out
 
-    def _segment_file(self):
-        """The open segment holding the position, at the position."""
-        if self._file is None:
-            start = max((s for s in segments(self.folder) if s <= self._position), default=None)
-            if start is None:
-                return None
-            self._file = open(self.folder / _name(start), "rb")  # noqa: SIM115 - kept open
-            self._file_start = start
-            self._file.seek(self._position - start)
-        return self._file
+    def _fill(self, end: int) -> bool:
+        """Read more of the log, never past ``end`` (durable); False when there is none."""
+        read_at = self._position + len(self._buf) - self._off
+        if read_at >= end or not self._open_segment():
+            return False
+        chunk = os.pread(self._fd, min(end - read_at, READ_BYTES), read_at - self._file_start)
+        if chunk:
+            self._buf, self._off = self._buf[self._off :] + chunk, 0
+            return True
+        if self._off < len(self._buf):  # below the durable end every line is whole
+            raise RuntimeError(f"{self.folder}: the line at {self._position} is not whole")
+        return self._next_segment()  # this segment is done: the next starts where it ended
+
+    def _open_segment(self) -> bool:
+        """Open the segment holding the position (if not open); False if there is none."""
+        if self._fd >= 0:
+            return True
+        starts = segments(self.folder)
+        start = max((s for s in starts if s <= self._position), default=None)
+        if start is None and starts:  # a fresh start after its first segments were deleted
+            log.warning(
+                "the WAL in %s starts at %d (earlier segments were deleted): learning from there",
+                self.folder,
+                starts[0],
+            )
+            start = self._position = starts[0]
+        if start is None:
+            return False
+        self._fd = os.open(self.folder / _name(start), os.O_RDONLY)
+        self._file_start = start
+        return True
 
     def _next_segment(self) -> bool:
         """Move to the segment that starts at the position; False if there is none yet."""
@@ -429,9 +506,10 @@ class WalSource:
         return True
 
     def _close_file(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        self._file, self._file_start = None, -1
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd, self._file_start = -1, -1
+        self._buf, self._off = b"", 0
 
     def close(self) -> None:
         self._close_file()
