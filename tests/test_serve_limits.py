@@ -144,6 +144,7 @@ def test_an_injected_fsync_failure_answers_503_and_nothing_unacknowledged_is_lea
     assert inspect(tmp_path / "ck")["events_learned"] == 30
 
 
+@pytest.mark.slow  # a live daemon each: the slow tier keeps make test under 4 minutes
 def test_queues_are_bounded_and_answer_503_with_retry_after(tmp_path):
     """A batch larger than the queue could ever hold is a 413 (retrying cannot help); rows
     beyond the bound while others wait are a 503 to retry."""
@@ -170,6 +171,7 @@ def test_queues_are_bounded_and_answer_503_with_retry_after(tmp_path):
         assert rejected == statuses[503]
 
 
+@pytest.mark.slow  # a live daemon each: the slow tier keeps make test under 4 minutes
 def test_a_large_body_is_parsed_off_the_event_loop(tmp_path):
     """While a ~10 MB /predict body is parsed (and its 45,000 answers built), /health is
     still served: the body is parsed and the answer built off the event loop."""
@@ -201,6 +203,7 @@ def test_a_large_body_is_parsed_off_the_event_loop(tmp_path):
         print(f"slowest /health while parsing: {slowest * 1000:.0f} ms")
 
 
+@pytest.mark.slow  # a live daemon each: the slow tier keeps make test under 4 minutes
 def test_a_predict_token_guards_predictions(tmp_path):
     with daemon(tmp_path, token=TOKEN, token_predict="reader") as (port, _):
         x = _digits_events(1)[0]["x"]
@@ -214,6 +217,7 @@ def test_a_predict_token_guards_predictions(tmp_path):
     assert not dead.exists() or dead.read_text() == ""  # 401s are counted, never written
 
 
+@pytest.mark.slow  # a live daemon each: the slow tier keeps make test under 4 minutes
 def test_an_undefined_accuracy_is_left_unset_not_zero(tmp_path):
     def samples(port):
         text = request(port, "GET", "/metrics")[1]
@@ -281,6 +285,7 @@ def test_the_folder_lock_is_released_by_a_stop_from_another_thread(tmp_path):
     again.stop()
 
 
+@pytest.mark.slow  # a live daemon each: the slow tier keeps make test under 4 minutes
 def test_openapi_documents_a_request_and_response_model_for_every_route(tmp_path):
     with daemon(tmp_path) as (port, _):
         spec = request(port, "GET", "/openapi.json")[1]
@@ -296,6 +301,7 @@ def test_openapi_documents_a_request_and_response_model_for_every_route(tmp_path
     assert x["items"]["items"]["items"]["maximum"] == 255
 
 
+@pytest.mark.slow  # a live daemon each: the slow tier keeps make test under 4 minutes
 def test_a_replica_behind_a_corrupt_newest_checkpoint_serves_the_fallback_then_moves_on(
     tmp_path, caplog
 ):
