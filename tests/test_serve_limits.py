@@ -271,6 +271,7 @@ def test_toml_values_of_the_wrong_type_are_refused_with_exit_2(tmp_path, capsys,
     assert load_config(None, {"checkpoint_seconds": 5}).checkpoint_seconds == 5  # int is a float
 
 
+@pytest.mark.slow  # a live daemon each: the slow tier keeps make test under 4 minutes
 def test_the_folder_lock_is_released_by_a_stop_from_another_thread(tmp_path):
     from streamkd.serve.app import Service
 

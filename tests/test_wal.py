@@ -64,7 +64,7 @@ def test_a_torn_batch_reposted_is_learned_exactly_once_at_every_cut_point(tmp_pa
         whole = data[:cut].count(b"\n")  # the lines that reached the disk whole
         new, held = log.append(batch)
         assert held == [i for i, _ in batch][:whole] and len(new) == 4 - whole, cut
-        assert read_ids(source(folder, log)) == ids, cut
+        assert read_ids(source(folder, log, max_wait=0)) == ids, cut
         log.close()
 
 
