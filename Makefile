@@ -5,10 +5,10 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --disable-pip-version-check --no-compile -q
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-slow lint bench notebooks install install-full data redis clean
+.PHONY: demo test test-slow lint docs bench notebooks install install-full data redis clean
 
-# .core: what the demo needs; .full: + test, lint, Avalanche, text-encoder and CTR-baseline tools
-# (one resolver run each)
+# .core: what the demo needs; .full: + test, lint, docs, Avalanche, text-encoder and CTR-baseline
+# tools (one resolver run each)
 # --no-compile keeps pip fast; compileall then writes the bytecode once (in parallel), so
 # each CLI process and test subprocess does not recompile torch's sources when the
 # environment sets PYTHONDONTWRITEBYTECODE (this machine does: ~7 s saved per process)
@@ -19,7 +19,7 @@ $(VENV)/.core: pyproject.toml setup.py
 	touch $@
 
 $(VENV)/.full: $(VENV)/.core
-	$(PIP) -e ".[dev,avalanche,text,ctr]" $(TORCH)
+	$(PIP) -e ".[dev,avalanche,text,ctr,docs]" $(TORCH)
 	$(PY) -m compileall -q -j 0 $(VENV)/lib >/dev/null 2>&1 || true
 	touch $@
 
@@ -51,8 +51,12 @@ redis:
 	      "the Redis tests skip (install the redis-server package to run them)"; \
 	  fi; }
 
+# The fast tier also runs the docstring examples of these modules (doctests)
+DOCTESTS := streamkd/atomic.py streamkd/buffer.py streamkd/distill.py streamkd/drift.py \
+	streamkd/index.py streamkd/losses.py streamkd/trajectory.py
+
 test: $(VENV)/.full data redis
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m "not slow" -q tests --doctest-modules $(DOCTESTS)
 
 # The heavy checks (notebooks, kill-and-resume, benchmark smoke runs): CI runs them after `test`
 test-slow: $(VENV)/.full data redis
@@ -60,6 +64,11 @@ test-slow: $(VENV)/.full data redis
 
 lint: $(VENV)/.full
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+# The documentation site (mkdocs.yml, docs/): strict, so a broken link or an API page that
+# does not resolve fails; the site goes to results/site (git-ignored)
+docs: $(VENV)/.full
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir results/site
 
 bench: $(VENV)/.full
 	$(PY) benchmarks/overhead.py --json results/overhead.json

@@ -12,7 +12,7 @@ here) for the dense weights and at 0.1 for the id tables (chosen among 1e-3 .. 0
 first 20,000 events, seed 0; it lifts every model, DIN too). Lambda 0.1 was chosen the same
 way among 0.1, 0.25 (T 2), 0.3 and 1.
 
-Models (:mod:`streamkd.strategies.lightsuan`):
+Models (:mod:`streamkd.nets.suan`; the distillation: :mod:`streamkd.strategies.lightsuan`):
 
 * ``suan-1`` .. ``suan-3`` -- SUAN at grades 1-3, alone;
 * ``lightsuan`` -- LightSUAN at grade 1 (window 4, dilation 3), alone;
@@ -61,7 +61,8 @@ from streamkd.ctr import (
     windowed_auc,
 )
 from streamkd.experiment import write_json
-from streamkd.strategies.lightsuan import GRADES, SUAN, LightSUAN, LightSUANKD
+from streamkd.nets.suan import GRADES, SUAN, LightSUAN
+from streamkd.strategies.lightsuan import LightSUANKD
 from streamkd.strategies.naive import Naive
 from streamkd.streams.movielens import movielens_ctr
 from streamkd.types import Batch

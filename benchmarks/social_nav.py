@@ -5,7 +5,7 @@
 **Domain-incremental stream.** The five scenes one after another (eth, hotel, univ, zara1,
 zara2), each in time order, batches of 16, the first ``--max-per-scene`` windows of each
 scene (univ alone has 20,000), the last 20% of each recording's time held out. Methods, all
-the same :class:`~streamkd.strategies.sc_clip.SocialNavNet` and losses, Adam lr 1e-3:
+the same :class:`~streamkd.nets.sc_clip.SocialNavNet` and losses, Adam lr 1e-3:
 
 * ``sc_clip`` -- lifelong: novelty detection, replay (1,000 windows, balanced over the
   detected scenarios) and distillation from the previous student;
@@ -52,7 +52,8 @@ import numpy as np
 import torch
 
 from streamkd.experiment import write_json
-from streamkd.strategies.sc_clip import SCCLIP, SocialNavNet, select
+from streamkd.nets.sc_clip import SocialNavNet
+from streamkd.strategies.sc_clip import SCCLIP, select
 from streamkd.streams.eth_ucy import SCENES, SceneSamples, eth_ucy_stream, leave_one_scene_out
 from streamkd.trajectory import (
     ade,

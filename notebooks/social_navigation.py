@@ -35,8 +35,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import streamkd
-from streamkd.streams.eth_ucy import RASTER_CELL, RASTER_CELLS, RASTER_CHANNELS
-from streamkd.trajectory import constant_velocity
+from streamkd.trajectory import RASTER_CELL, RASTER_CELLS, RASTER_CHANNELS, constant_velocity
 
 warnings.filterwarnings("ignore", message="IProgress not found")
 sys.path.insert(0, str(Path(streamkd.__file__).resolve().parents[1] / "benchmarks"))

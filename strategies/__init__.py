@@ -1,62 +1,29 @@
-"""Strategies, one file each. ``STRATEGIES`` maps the CLI name to the class."""
+"""Strategies, one file each.
+
+Every module in this folder is imported here, and each :class:`~streamkd.strategy.Strategy`
+subclass that declares a ``name`` registers itself (:data:`streamkd.registry.STRATEGIES`):
+adding a strategy is adding a file (``docs/extending.md``). Classes are reachable by their
+class name too (``from streamkd.strategies import ER``).
+"""
 
 from __future__ import annotations
 
-from streamkd.strategies.droc import DROC
-from streamkd.strategies.er import ER
-from streamkd.strategies.er_ace import ERACE
-from streamkd.strategies.lightsuan import LightSUANKD
-from streamkd.strategies.mir import MIR
-from streamkd.strategies.naive import Naive
-from streamkd.strategies.online_kd import OnlineKD
-from streamkd.strategies.onpro import OnPro
-from streamkd.strategies.pcr import HPCR, PCR
-from streamkd.strategies.sc_clip import SCCLIP
-from streamkd.strategies.scr import SCR
-from streamkd.strategy import Strategy
+import importlib
+import pkgutil
 
-STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls
-    for cls in (
-        Naive,
-        ER,
-        ERACE,
-        MIR,
-        SCR,
-        PCR,
-        HPCR,
-        OnPro,
-        DROC,
-        OnlineKD,
-        LightSUANKD,
-        SCCLIP,
-    )
-}
+from streamkd.registry import STRATEGIES
+from streamkd.strategy import Strategy, get_strategy
 
-__all__ = [
-    "DROC",
-    "ER",
-    "ERACE",
-    "HPCR",
-    "LightSUANKD",
-    "MIR",
-    "OnPro",
-    "OnlineKD",
-    "PCR",
-    "SCCLIP",
-    "SCR",
-    "STRATEGIES",
-    "Naive",
-    "Strategy",
-    "get_strategy",
-]
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 
-def get_strategy(name: str) -> type[Strategy]:
-    """The strategy class registered as ``name``; a clear error lists the valid names."""
-    try:
-        return STRATEGIES[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown strategy {name!r}; available: {', '.join(sorted(STRATEGIES))}"
-        ) from None
+def __getattr__(name: str) -> type[Strategy]:
+    """A registered strategy by its class name (``ER``, ``OnPro``...)."""
+    for cls in STRATEGIES.values():
+        if cls.__name__ == name:
+            return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["STRATEGIES", "Strategy", "get_strategy"]

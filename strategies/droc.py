@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from streamkd.corrections import Correction, CorrectionError, RuleClassifier
 from streamkd.encoders import text_encoder
 from streamkd.memory import CorrectionMemory
-from streamkd.strategy import Strategy
+from streamkd.strategy import Strategy, get_strategy, make_strategy
 from streamkd.types import Batch, InvalidBatchError, StepResult, to_device, validate_batch
 
 LABEL = "label"  # the memory category of label corrections
@@ -47,7 +47,15 @@ APPLY = ("override", "blend")
 
 class DROC(Strategy):
     name = "droc"
+    sync_budget = 3  # retrieval reads the embeddings back (Strategy.sync_budget)
+    # knobs of the corrections, which observe() and predict() without one never reach
+    passive_arguments = ("match_similarity", "apply", "blend", "capacity")
     help = "DROC correction memory (FAISS, image cascade) around a base strategy (er)"
+
+    @classmethod
+    def check_setting(cls) -> dict:
+        """The contract suite's setting with the hashing text encoder (no MiniLM weights)."""
+        return {**super().check_setting(), "args": {"text_encoder_kind": "hashing"}}
 
     def __init__(
         self,
@@ -73,9 +81,6 @@ class DROC(Strategy):
         text_encoder_kind: auto, minilm or hashing (embeds the corrections' texts)
         class_names: names a correction may use ("that is a cat"); digits always work
         """
-        from streamkd.experiment import make_strategy
-        from streamkd.strategies import get_strategy
-
         if base == self.name:
             raise ValueError("droc cannot wrap droc")
         if apply not in APPLY:

@@ -45,6 +45,8 @@ Distiller = Callable[..., Tensor]  # (student_logits, teacher_logits, temperatur
 class OnlineDistillation(Strategy):
     """The co-training step; subclasses say what the teacher is (:meth:`make_teacher`)."""
 
+    abstract = True  # the family's shared base: OnlineKD and LightSUANKD are registered
+
     name = "online_distillation"
     distillers: ClassVar[dict[str, Distiller]] = {
         "forward_kl": forward_kl,

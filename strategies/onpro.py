@@ -67,9 +67,17 @@ def rotation_pseudo_labels(identities: torch.Tensor, rotations: int, span: int) 
 
 class OnPro(Strategy):
     name = "onpro"
+    sync_budget = 3  # augmentations and contrast (Strategy.sync_budget)
+    passive_arguments = ("amp",)  # mixed precision acts on CUDA only: a CPU run is the same
     needs_images = True
     help = "online prototype equilibrium + adaptive prototypical feedback (rotations, mixup)"
     default_nf = 64
+
+    @classmethod
+    def check_setting(cls) -> dict:
+        """The contract suite's setting without rotation copies: 16x cheaper (the rotation
+        views themselves are tested in tests/test_ocl_strategies.py)."""
+        return {**super().check_setting(), "args": {"rotations": 1}}
 
     def __init__(
         self,

@@ -25,6 +25,7 @@ from streamkd.types import Batch, StepResult, to_device
 
 class SCR(Strategy):
     name = "scr"
+    sync_budget = 3  # augmentations and contrast (Strategy.sync_budget)
     needs_images = True
     help = "supervised contrastive replay with a nearest-class-mean classifier"
 

@@ -47,7 +47,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def atomic_write(path: str | Path, data: bytes | str) -> Path:
-    """Write ``data`` (text is UTF-8 encoded) to ``path`` atomically; returns the path."""
+    """Write ``data`` (text is UTF-8 encoded) to ``path`` atomically; returns the path.
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = atomic_write(Path(folder) / "out" / "result.json", json_text({"n": 3}))
+        ...     print(path.read_text(), [p.name for p in path.parent.iterdir()])
+        {
+         "n": 3
+        } ['result.json']
+    """
     payload = data.encode() if isinstance(data, str) else data
     with atomic_path(path) as tmp:
         tmp.write_bytes(payload)
@@ -55,7 +65,12 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
 
 
 def strict_json(value: Any) -> Any:
-    """``value`` with NaN and infinities replaced by ``None`` (JSON has no such numbers)."""
+    """``value`` with NaN and infinities replaced by ``None`` (JSON has no such numbers).
+
+    Examples:
+        >>> strict_json({"loss": float("inf"), "acc": [0.5, float("nan")]})
+        {'loss': None, 'acc': [0.5, None]}
+    """
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
@@ -66,7 +81,15 @@ def strict_json(value: Any) -> Any:
 
 
 def json_text(payload: Any) -> str:
-    """Indented, strict JSON: NaN and infinities become ``null``, other objects ``str()``."""
+    """Indented, strict JSON: NaN and infinities become ``null``, other objects ``str()``.
+
+    Examples:
+        >>> print(json_text({"acc": float("nan"), "path": Path("a/b")}))
+        {
+         "acc": null,
+         "path": "a/b"
+        }
+    """
     return json.dumps(strict_json(payload), indent=1, default=str, allow_nan=False)
 
 

@@ -50,6 +50,24 @@ class ReplayBuffer:
     copies; the labels are mirrored on the host (``labels``), so the class bookkeeping
     (CBRS, :meth:`classes`, the host labels of a sample) never reads the device. Pass the
     labels' host copy to :meth:`add` when they already are on the device.
+
+    Examples:
+        >>> import torch
+        >>> buffer = ReplayBuffer(4, generator=torch.Generator().manual_seed(0))
+        >>> buffer.add(torch.arange(6.0).view(6, 1), torch.tensor([0, 1, 0, 1, 0, 1]))
+        [0, 1, 2, 3, -1, -1]
+        >>> len(buffer), buffer.seen  # full after 4; the last two lost the reservoir draw
+        (4, 6)
+        >>> replay = buffer.sample(3)
+        >>> len(replay), tuple(replay.x.shape), buffer.classes().tolist()
+        (3, (3, 1), [0, 1])
+
+        Class-balanced (CBRS) insertion keeps a minority class that arrives late:
+
+        >>> cbrs = ReplayBuffer(4, policy="class_balanced", generator=torch.Generator())
+        >>> _ = cbrs.add(torch.zeros(8, 2), torch.tensor([0, 0, 0, 0, 0, 0, 1, 1]))
+        >>> torch.bincount(cbrs.labels).tolist()  # samples per class
+        [2, 2]
     """
 
     def __init__(

@@ -173,8 +173,9 @@ def _serve_parsers(sub) -> None:
     p.add_argument(
         "--source",
         default=None,
-        help="http (POST /learn, default), jsonl:PATH, or "
-        "redis[s]://[:PASSWORD@]HOST:PORT[/DB]/STREAM?group=G&consumer=C",
+        help="where events come from (default http): "
+        "http, jsonl:PATH, redis[s]://[:PASSWORD@]HOST:PORT[/DB]/STREAM?group=G&consumer=C "
+        "or a plug-in's scheme (streamkd.streams.source)",
     )
     p.add_argument("--checkpoint-dir", default=None, help="checkpoints, WAL, dead letters")
     p.add_argument("--checkpoint-every", type=int, default=None, help="every N events")
@@ -391,7 +392,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 def cmd_strategies(args: argparse.Namespace) -> None:
     from streamkd.experiment import RESERVED_ARGS
-    from streamkd.strategies import STRATEGIES
+    from streamkd.registry import STRATEGIES
     from streamkd.strategy import Strategy
 
     def show(arguments: dict) -> None:
@@ -417,10 +418,10 @@ def cmd_strategies(args: argparse.Namespace) -> None:
 
 
 def cmd_streams(_: argparse.Namespace) -> None:
-    from streamkd.streams import STREAMS
+    from streamkd.registry import STREAMS
 
-    for name, (_fn, help_text) in STREAMS.items():
-        print(f"{name:<16} {help_text}")
+    for entry in STREAMS.entries():
+        print(f"{entry.name:<16} {entry.help}")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

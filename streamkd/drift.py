@@ -60,6 +60,19 @@ class DriftMonitor:
     its constructor) or a river ``DriftDetector`` instance (used as given; ``reset`` clones
     it). ``signal`` says what is fed: ``"error"`` or ``"loss"`` (see the module docstring).
     Non-finite values (a diverged loss) are not fed, so they cannot poison the detector.
+
+    Examples:
+        An error rate that jumps from 0 to 1 at sample 1,000:
+
+        >>> monitor = DriftMonitor("adwin", signal="error")
+        >>> [i for i in range(2000) if monitor.update(float(i >= 1000), index=i)]
+        [1023]
+        >>> monitor.events
+        [{'index': 1023, 'detector': 'adwin', 'signal': 'error'}]
+        >>> monitor.update_many(torch.zeros(5), start_index=2000)  # no new event
+        []
+        >>> monitor.update(float("nan"), index=2005), monitor.n_updates  # not fed
+        (False, 2005)
     """
 
     def __init__(

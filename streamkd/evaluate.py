@@ -3,9 +3,9 @@ learns, and held-out evaluation after each segment, giving the accuracy matrix.
 
 Definitions (T' = segments trained so far, ``A[i][j]`` = held-out accuracy on segment j
 after training through segment i):
-  * final average accuracy = mean_j<T' A[T'-1][j]
-  * average forgetting     = mean_j<T'-1 (max_{j<=i<T'-1} A[i][j] - A[T'-1][j])
-  * backward transfer      = mean_j<T'-1 (A[T'-1][j] - A[j][j])
+  * final average accuracy = ``mean_j<T' A[T'-1][j]``
+  * average forgetting     = ``mean_j<T'-1 (max_{j<=i<T'-1} A[i][j] - A[T'-1][j])``
+  * backward transfer      = ``mean_j<T'-1 (A[T'-1][j] - A[j][j])``
   * anytime accuracy       = mean over evaluation points of the mean accuracy on the segments
     seen so far (A_AUC of Koh et al., ICLR 2022); points are segment ends plus every
     ``eval_every`` samples when set
@@ -43,9 +43,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from streamkd.checks import positive_int
+from streamkd.arguments import positive_int
 from streamkd.strategy import Strategy
-from streamkd.syncs import emulate_cuda
 from streamkd.types import Batch, Inputs, inputs_len, take
 
 if TYPE_CHECKING:
@@ -553,6 +552,8 @@ def count_syncs(
     """
     if real_gpu and not torch.cuda.is_available():
         raise ValueError("count_syncs(real_gpu=True) needs a CUDA GPU; without one it emulates")
+    from streamkd.syncs import emulate_cuda  # the emulator loads only when counting
+
     with emulate_cuda() if not real_gpu else _cuda_sync_warnings() as counter:
         counter.counting = False
         strategy = build()

@@ -11,12 +11,13 @@ from typing import Any
 
 import torch
 
+from streamkd.arguments import check_seed, finite_numbers, positive_int
 from streamkd.atomic import atomic_write, json_text
 from streamkd.checkpoint import Checkpointer
-from streamkd.checks import check_seed, finite_numbers, positive_int
 from streamkd.evaluate import run
 from streamkd.models import Classifier, build_model
-from streamkd.strategy import Strategy, resolve_device
+from streamkd.registry import STRATEGIES
+from streamkd.strategy import Strategy, get_strategy, make_strategy, resolve_device
 
 MLP_HIDDEN = {"split-digits": (100, 100)}
 log = logging.getLogger(__name__)
@@ -57,8 +58,6 @@ def make_model(
     chosen = {"arch": arch, "nf": nf}
     own = None
     if strategy is not None:
-        from streamkd.strategies import get_strategy
-
         cls = get_strategy(strategy)
         head, head_scale = cls.head, cls.head_scale
         nf = nf if nf is not None else cls.default_nf
@@ -138,8 +137,6 @@ def strategy_kwargs(name: str, strategy_args: dict[str, Any] | None) -> dict[str
     """The arguments for strategy ``name`` from parsed ``--strategy-args``: the shared keys,
     then those under its own name. Every key must be an argument of its constructor (the
     error lists the valid ones); a key under a strategy's name must name a strategy."""
-    from streamkd.strategies import STRATEGIES, get_strategy
-
     cls = get_strategy(name)
     strategy_args = strategy_args or {}
     for key, value in strategy_args.items():
@@ -170,22 +167,6 @@ def _check_keys(name: str, cls: type[Strategy], kwargs: dict[str, Any]) -> None:
                 f"unknown argument {key!r} for strategy {name!r}; valid: "
                 + ", ".join(k for k in valid if k not in RESERVED_ARGS)
             )
-
-
-def make_strategy(name: str, model: Classifier, **kwargs) -> Strategy:
-    """Build strategy ``name`` around ``model``; ``None`` values take the defaults, and an
-    argument the strategy does not take is refused with the list of valid ones."""
-    from streamkd.strategies import get_strategy
-
-    cls = get_strategy(name)
-    valid = cls.arguments()
-    unknown = [k for k in kwargs if k not in valid]
-    if unknown:
-        raise ValueError(
-            f"unknown argument(s) {', '.join(map(repr, unknown))} for strategy {name!r}; "
-            f"valid: {', '.join(valid)}"
-        )
-    return cls(model, **{k: v for k, v in kwargs.items() if v is not None})
 
 
 def check_run_arguments(seed: int = 0, **counts: int | None) -> None:
@@ -235,7 +216,6 @@ def run_one(
     (``error`` or ``loss``); each run gets a fresh one.
     """
     from streamkd.drift import DriftMonitor
-    from streamkd.strategies import get_strategy
 
     get_strategy(strategy_name)  # fail fast with the list of names, before loading data
     check_run_arguments(

@@ -31,6 +31,18 @@ class VectorIndex:
     is already present replaces its vector. With ``normalize=True`` vectors are L2-normalised
     on the way in, so ``ip`` becomes cosine similarity. Scores are returned as given by FAISS:
     similarities for ``ip`` (higher is nearer), squared distances for ``l2`` (lower is nearer).
+
+    Examples:
+        >>> import torch
+        >>> index = VectorIndex(2, metric="l2")
+        >>> index.add(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 3.0]]), ids=[10, 11, 12])
+        >>> scores, ids = index.search(torch.tensor([[0.9, 0.1]]), k=2)
+        >>> ids.tolist(), [round(s, 2) for s in scores[0].tolist()]  # squared distances
+        ([[11, 10]], [0.02, 0.82])
+        >>> index.remove([11]), len(index), 11 in index
+        (1, 2, False)
+        >>> index.search(torch.tensor([[0.9, 0.1]]), k=3)[1].tolist()  # -1: fewer than k stored
+        [[10, 12, -1]]
     """
 
     def __init__(self, dim: int, metric: str = "ip", normalize: bool = False) -> None:

@@ -41,6 +41,16 @@ def proxy_contrastive_loss(
     the samples in the batch, one proxy per sample as in the official code -- so a class
     enters the denominator as often as it appears in the batch:
     ``-s(i, y_i) + log sum_j exp(s(i, y_j))`` with ``s = cos / temperature``.
+
+    Examples:
+        Features aligned with their own class's proxy score a lower loss than swapped ones:
+
+        >>> import torch
+        >>> proxies, labels = torch.eye(2), torch.tensor([0, 1])
+        >>> aligned = proxy_contrastive_loss(torch.eye(2), proxies, labels)
+        >>> swapped = proxy_contrastive_loss(torch.eye(2).flip(0), proxies, labels)
+        >>> round(aligned.item(), 4), round(swapped.item(), 4)
+        (0.0, 11.1111)
     """
     f = F.normalize(features, dim=1)
     w = F.normalize(proxies[labels], dim=1)
@@ -51,7 +61,12 @@ def proxy_contrastive_loss(
 
 
 def cosine_cycle(step: int, low: float, high: float, period: int) -> float:
-    """HPCR's temperature-scale schedule: ``low`` at step 0, ``high`` at ``period / 2``."""
+    """HPCR's temperature-scale schedule: ``low`` at step 0, ``high`` at ``period / 2``.
+
+    Examples:
+        >>> [round(cosine_cycle(step, 0.1, 1.0, period=100), 3) for step in (0, 25, 50, 100)]
+        [0.1, 0.55, 1.0, 0.1]
+    """
     return (high - low) * 0.5 * (1 - math.cos(2 * math.pi * step / period)) + low
 
 
@@ -121,7 +136,14 @@ def nt_xent_pseudo(
 
 
 def class_prototypes(z: Tensor, labels: Tensor, classes: Tensor) -> Tensor:
-    """Mean of the (normalised) embeddings of each class in ``classes``: (K, D)."""
+    """Mean of the (normalised) embeddings of each class in ``classes``: (K, D).
+
+    Examples:
+        >>> import torch
+        >>> z = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0]])
+        >>> class_prototypes(z, torch.tensor([0, 0, 1]), classes=torch.tensor([0, 1])).tolist()
+        [[2.0, 0.0], [0.0, 2.0]]
+    """
     onehot = (labels[None, :] == classes[:, None]).to(z.dtype)
     return onehot @ z / onehot.sum(1, keepdim=True)
 
@@ -157,7 +179,15 @@ def prototype_infonce(
 
 
 def mixup_cross_entropy(logits: Tensor, y_a: Tensor, y_b: Tensor, lam: Tensor) -> Tensor:
-    """``(1 - lam) CE(y_a) + lam CE(y_b)`` per sample, averaged."""
+    """``(1 - lam) CE(y_a) + lam CE(y_b)`` per sample, averaged.
+
+    Examples:
+        >>> import torch
+        >>> logits, y_a, y_b = torch.tensor([[2.0, 0.0]]), torch.tensor([0]), torch.tensor([1])
+        >>> [round(mixup_cross_entropy(logits, y_a, y_b, torch.tensor(lam)).item(), 4)
+        ...  for lam in (0.0, 0.5, 1.0)]
+        [0.1269, 1.1269, 2.1269]
+    """
     ce_a = F.cross_entropy(logits, y_a, reduction="none")
     ce_b = F.cross_entropy(logits, y_b, reduction="none")
     return ((1 - lam) * ce_a + lam * ce_b).mean()
@@ -166,7 +196,14 @@ def mixup_cross_entropy(logits: Tensor, y_a: Tensor, y_b: Tensor, lam: Tensor) -
 def pair_probabilities(prototypes: Tensor) -> tuple[Tensor, Tensor]:
     """APF's class-pair sampling probabilities: softmax over all pairs (i < j) of
     ``1 / ||p_i - p_j||``, so confusable (close) classes are mixed more. Returns
-    ``(pairs (P, 2) as row indices into prototypes, probabilities (P,))``."""
+    ``(pairs (P, 2) as row indices into prototypes, probabilities (P,))``.
+
+    Examples:
+        >>> import torch
+        >>> pairs, probs = pair_probabilities(torch.tensor([[0.0, 0.0], [1.0, 0.0], [5.0, 0.0]]))
+        >>> pairs.tolist(), [round(p, 4) for p in probs.tolist()]  # the close pair (0, 1) first
+        ([[0, 1], [0, 2], [1, 2]], [0.5204, 0.2338, 0.2458])
+    """
     k = prototypes.shape[0]
     pairs = torch.combinations(torch.arange(k), r=2).to(prototypes.device, non_blocking=True)
     dist = torch.pdist(prototypes)

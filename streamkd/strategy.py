@@ -31,9 +31,10 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from streamkd.arguments import check_seed, finite_numbers, positive_int
 from streamkd.buffer import ReplayBuffer
-from streamkd.checks import check_seed, finite_numbers, positive_int
 from streamkd.models import Classifier
+from streamkd.registry import STRATEGIES
 from streamkd.types import (
     Batch,
     Inputs,
@@ -128,6 +129,16 @@ class Strategy:
 
     name: ClassVar[str] = "base"
     help: ClassVar[str] = ""
+    # a class with ``abstract = True`` in its body (a family's shared base) is not registered
+    abstract: ClassVar[bool] = False
+    # host-device synchronisations one step may make on a GPU (prediction, observe(),
+    # bookkeeping), held by ``streamkd.checks.check_strategy``: 1 for a plain replay step
+    # (a label read), 3 where augmentations, contrast or retrieval read the device
+    sync_budget: ClassVar[int] = 1
+    # arguments whose effect a short run of observe()/predict() cannot reach (DROC's
+    # correction knobs, SC-CLIP's scenario changes): the contract suite does not require
+    # them to change one
+    passive_arguments: ClassVar[tuple[str, ...]] = ()
     uses_memory: ClassVar[bool] = True
     head: ClassVar[str] = "linear"  # the classifier head the strategy expects ("cosine": PCR)
     head_scale: ClassVar[float] = 1.0
@@ -179,6 +190,10 @@ class Strategy:
             raise ValueError(f"lr must be positive, got {lr}")
         if embedding_lr is not None and not embedding_lr > 0:
             raise ValueError(f"embedding_lr must be positive, got {embedding_lr}")
+        if optimizer == "sgd" and tuple(betas) != (0.9, 0.999):
+            raise ValueError(f"betas apply to optimizer='adam'; this optimizer is sgd: {betas}")
+        if optimizer == "adam" and momentum:
+            raise ValueError("momentum applies to optimizer='sgd'; Adam's are its betas")
         if replay_batch < 0 or memory < 0:
             raise ValueError(f"memory and replay_batch must be >= 0, got {memory}, {replay_batch}")
         check_seed(seed)
@@ -200,6 +215,10 @@ class Strategy:
                 f"{self.name} reads the input fields {', '.join(self.needs_fields)}; this model "
                 f"lacks {', '.join(missing)} (it is built for streams like movielens-ctr)"
             )
+        if embedding_lr is not None and not any(
+            isinstance(m, torch.nn.Embedding) for m in model.modules()
+        ):
+            raise ValueError("embedding_lr is set but the model has no embedding tables")
         self.device = resolve_device(device)
         self.model = model.to(self.device)
         if channels_last is None:  # conv models train faster in NHWC; see the class docstring
@@ -243,9 +262,14 @@ class Strategy:
         self.input_dtype: torch.dtype | None = None  # fixed by the first batch learned
 
     def __init_subclass__(cls, **kwargs) -> None:
+        """Record the subclass's constructor arguments, and register it under its ``name``
+        when it declares one of its own (a subclass that only changes behaviour, as a test's
+        broken variant, keeps its parent's name unregistered; ``abstract = True`` opts out)."""
         super().__init_subclass__(**kwargs)
         if "__init__" in cls.__dict__:
             cls.__init__ = _records_arguments(cls.__dict__["__init__"])
+        if "name" in cls.__dict__ and not cls.__dict__.get("abstract", False):
+            STRATEGIES.register(cls.name, cls, help=cls.help)
 
     @classmethod
     def arguments(cls) -> dict[str, tuple[Any, str]]:
@@ -272,6 +296,21 @@ class Strategy:
         """The model this strategy trains on ``stream`` when none is named (``None``: the
         stream's default architecture; :func:`streamkd.experiment.make_model`)."""
         return None
+
+    @classmethod
+    def check_setting(cls) -> dict[str, Any]:
+        """The tiny real setting :func:`streamkd.checks.check_strategy` runs this strategy
+        on, as :class:`streamkd.checks.Setting`'s fields: a registered ``stream`` (or a
+        factory of one), its ``stream_args``, ``model_args`` and cheaper constructor
+        ``args``. By default: MovieLens events for a strategy that reads fields, 30 CIFAR-10
+        images per segment on an 8-wide ResNet for one that augments images, the embedded
+        digits otherwise."""
+        if cls.needs_fields:
+            return {"stream": "movielens-ctr", "stream_args": {"max_per_segment": 60}}
+        split = {"max_per_segment": 30, "order": "fixed"}
+        if cls.needs_images:
+            return {"stream": "split-cifar10", "stream_args": split, "model_args": {"nf": 8}}
+        return {"stream": "split-digits", "stream_args": split}
 
     @classmethod
     def stream_fields(cls, stream, learns: str) -> dict:
@@ -567,6 +606,25 @@ class Strategy:
 
 
 Strategy.__init__ = _records_arguments(Strategy.__init__)  # subclasses: __init_subclass__
+
+
+def get_strategy(name: str) -> type[Strategy]:
+    """The strategy class registered as ``name``; a clear error lists the valid names."""
+    return STRATEGIES.get(name)
+
+
+def make_strategy(name: str, model: Classifier, **kwargs: Any) -> Strategy:
+    """Build strategy ``name`` around ``model``; ``None`` values take the defaults, and an
+    argument the strategy does not take is refused with the list of valid ones."""
+    cls = get_strategy(name)
+    valid = cls.arguments()
+    unknown = [k for k in kwargs if k not in valid]
+    if unknown:
+        raise ValueError(
+            f"unknown argument(s) {', '.join(map(repr, unknown))} for strategy {name!r}; "
+            f"valid: {', '.join(valid)}"
+        )
+    return cls(model, **{k: v for k, v in kwargs.items() if v is not None})
 
 
 class FrozenPredictor:

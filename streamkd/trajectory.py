@@ -11,6 +11,12 @@ sample; average them for a table.
 * :func:`hausdorff` -- the symmetric Hausdorff distance between two paths as point sets;
 * :func:`personal_space_violation` -- seconds the path spends within ``radius`` of another
   pedestrian's actual position at the same step (OLiVia-Nav's personal-space metric; 0.5 m).
+
+The ETH/UCY sample format lives here too, so that networks and streams share it without
+importing each other: a window of :data:`OBSERVED` + :data:`PREDICTED` steps
+:data:`STEP_SECONDS` apart, the egocentric raster's geometry (:data:`RASTER_CELLS`,
+:data:`RASTER_CELL`, :data:`RASTER_CHANNELS`) and the input fields (:data:`INPUTS`,
+declared by :func:`schema`). :mod:`streamkd.streams.eth_ucy` makes them from the recordings.
 """
 
 from __future__ import annotations
@@ -18,7 +24,36 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from streamkd.types import Field, Schema
+
 STEP_SECONDS = 0.4  # ETH/UCY at 2.5 Hz
+OBSERVED, PREDICTED = 8, 12
+
+# -- the egocentric raster: the lightweight model's "image" ------------------------------------
+RASTER_CELLS = 25  # cells per side, odd: the ego sits in the middle of the centre cell
+RASTER_CELL = 0.5  # metres per cell: 12.5 m x 12.5 m around the ego
+RASTER_CHANNELS = ("occupancy", "velocity_x", "velocity_y", "trails", "ego_path")
+
+# -- the input fields of a window --------------------------------------------------------------
+INPUTS = ("past", "neighbours", "neighbours_seen", "raster")
+"""The input fields: the ego's observed path, its neighbours' observed paths and where they
+are known, and the raster (world metres). With ``goal="destination"`` a ``goal`` field joins
+them (see :func:`streamkd.streams.eth_ucy.eth_ucy_stream`)."""
+
+
+def schema(max_neighbours: int = 16, observed: int = OBSERVED, goal: bool = False) -> Schema:
+    """The declaration of :data:`INPUTS` (and ``goal`` if asked) for ``max_neighbours``
+    neighbour slots."""
+    m, cells = max_neighbours, RASTER_CELLS
+    fields = {
+        "past": Field((observed, 2), torch.float32),
+        "neighbours": Field((m, observed, 2), torch.float32),
+        "neighbours_seen": Field((m, observed), torch.bool),
+        "raster": Field((len(RASTER_CHANNELS), cells, cells), torch.float32),
+    }
+    if goal:
+        fields["goal"] = Field((2,), torch.float32)
+    return fields
 
 
 def _check(pred: Tensor, truth: Tensor) -> None:
@@ -32,7 +67,17 @@ def _check(pred: Tensor, truth: Tensor) -> None:
 
 
 def ade(pred: Tensor, truth: Tensor) -> Tensor:
-    """Mean L2 distance over the steps, per sample: (n, steps, 2) -> (n,)."""
+    """Mean L2 distance over the steps, per sample: (n, steps, 2) -> (n,).
+
+    Examples:
+        >>> import torch
+        >>> truth = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]]])
+        >>> pred = torch.tensor([[[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]]])
+        >>> ade(pred, truth).tolist(), fde(pred, truth).tolist(), hausdorff(pred, truth).tolist()
+        ([1.0], [2.0], [2.0])
+        >>> [round(v, 4) for v in mse(pred, truth).tolist()]
+        [1.6667]
+    """
     _check(pred, truth)
     return (pred - truth).norm(dim=-1).mean(-1)
 
@@ -51,7 +96,15 @@ def mse(pred: Tensor, truth: Tensor) -> Tensor:
 
 def min_over_k(candidates: Tensor, truth: Tensor) -> tuple[Tensor, Tensor]:
     """Best-of-K ``(minADE, minFDE)`` per sample: candidates (n, k, steps, 2), truth (n,
-    steps, 2); each minimum over the K candidates is taken on its own."""
+    steps, 2); each minimum over the K candidates is taken on its own.
+
+    Examples:
+        >>> import torch
+        >>> truth = torch.tensor([[[0.0, 0.0], [1.0, 0.0]]])
+        >>> candidates = torch.stack([truth[0] + 1.0, truth[0]])[None]  # (1, 2, 2, 2)
+        >>> [v.tolist() for v in min_over_k(candidates, truth)]  # the second one is exact
+        [[0.0], [0.0]]
+    """
     if candidates.dim() != 4:
         raise ValueError(f"expected (n, k, steps, 2) candidates, got {tuple(candidates.shape)}")
     target = truth[:, None]
@@ -78,6 +131,16 @@ def personal_space_violation(
     positions of up to ``m`` other pedestrians at the same steps; ``present`` (n, m, steps)
     says where they are known (padding and absent steps count as far away). A step counts once
     however many pedestrians are too close.
+
+    Examples:
+        A pedestrian standing 0.3 m beside the path's last step (2.5 Hz: 0.4 s a step):
+
+        >>> import torch
+        >>> path = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]]])
+        >>> others = torch.tensor([[2.0, 0.3]]).expand(3, 2)[None, None]  # (1, 1, 3, 2)
+        >>> seconds = personal_space_violation(path, others, present=torch.ones(1, 1, 3))
+        >>> [round(v, 4) for v in seconds.tolist()]
+        [0.4]
     """
     if others.dim() != 4 or others.shape[0] != path.shape[0] or others.shape[2:] != path.shape[1:]:
         raise ValueError(
@@ -125,7 +188,14 @@ def from_ego(points: Tensor, origin: Tensor, direction: Tensor) -> Tensor:
 def constant_velocity(past: Tensor, steps: int = 12) -> Tensor:
     """The constant-velocity model (Schöller et al. 2020, "What the constant velocity model
     can teach us about pedestrian motion prediction"): the last observed displacement repeated
-    for ``steps`` steps, from the last observed position. ``past`` (..., observed, 2)."""
+    for ``steps`` steps, from the last observed position. ``past`` (..., observed, 2).
+
+    Examples:
+        >>> import torch
+        >>> past = torch.tensor([[[0.0, 0.0], [0.5, 0.25]]])
+        >>> constant_velocity(past, steps=3).tolist()
+        [[[1.0, 0.5], [1.5, 0.75], [2.0, 1.0]]]
+    """
     if past.shape[-1] != 2 or past.dim() < 2 or past.shape[-2] < 2:
         raise ValueError(f"expected (..., observed >= 2, 2) positions, got {tuple(past.shape)}")
     velocity = past[..., -1, :] - past[..., -2, :]
@@ -140,7 +210,16 @@ def forgetting(errors: Tensor, over: str = "end") -> Tensor:
     better; a T x T matrix). ``over="end"``: ``errors[T-1, j] - errors[j, j]`` for ``j < T-1``
     (the increase by the end of the stream; minus GEM's backward transfer). ``over="all"``:
     the mean of ``errors[i, j] - errors[j, j]`` over every later ``i > j`` (also counts an
-    increase that a later scene undid). Positive: forgotten; negative: later scenes helped."""
+    increase that a later scene undid). Positive: forgotten; negative: later scenes helped.
+
+    Examples:
+        >>> import torch
+        >>> errors = torch.tensor([[0.5, 0.9, 0.9], [0.7, 0.4, 0.8], [0.6, 0.5, 0.3]])
+        >>> [round(v, 4) for v in forgetting(errors).tolist()]
+        [0.1, 0.1]
+        >>> [round(v, 4) for v in forgetting(errors, over="all").tolist()]  # 0.2 then 0.1
+        [0.15, 0.1]
+    """
     if errors.dim() != 2 or errors.shape[0] != errors.shape[1]:
         raise ValueError(f"expected a square (scenes x scenes) matrix, got {tuple(errors.shape)}")
     last = len(errors) - 1

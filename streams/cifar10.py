@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from streamkd.data import DataNotFoundError, reading
+from streamkd.registry import STREAMS
 from streamkd.streams.split import Arrays, cached_loader, class_split_stream
 
 
@@ -57,3 +58,4 @@ def _read_cifar10(p: Path) -> Arrays:
 
 load_cifar10 = cached_loader("cifar10", _read_cifar10, markers=("cifar-10-batches-py",))
 split_cifar10 = class_split_stream("split-cifar10", load_cifar10, default_arch="resnet18")
+STREAMS.register("split-cifar10", split_cifar10, help="CIFAR-10, 5 x 2 classes")

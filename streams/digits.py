@@ -14,6 +14,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from streamkd.registry import STREAMS
 from streamkd.streams.split import Arrays, class_split_stream
 
 
@@ -39,4 +40,7 @@ split_digits = class_split_stream(
     default_arch="mlp",
     mean=(0.3053,),
     std=(0.3758,),
+)
+STREAMS.register(
+    "split-digits", split_digits, help="scikit-learn digits, 5 x 2 classes (embedded default)"
 )

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from streamkd.data import find_data, reading, require_file
+from streamkd.registry import STREAMS
 from streamkd.streams.split import (
     SegmentedStream,
     batch_starts,
@@ -73,6 +74,9 @@ def _factory(name: str, inputs: Callable[..., tuple[Inputs, Schema | None]], doc
 elec2 = _factory(
     "elec2", lambda x, y, bounds, batch_size: (x, None), "The Elec2 rows in time order."
 )
+STREAMS.register(
+    "elec2", elec2, help="Elec2 electricity market, binary, concept drift (prequential)"
+)
 
 HISTORY = 8  # labels before the row's batch in the "recent" field
 FIELDS = {
@@ -97,4 +101,9 @@ elec2_fields = _factory(
     the five ``market`` features, and ``recent``: the last eight labels before the row's
     batch (ids 0/1; 2 before the stream starts). Every row of a batch shares them, so no
     row sees a label of its own batch, which test-then-train has not revealed yet.""",
+)
+STREAMS.register(
+    "elec2-fields",
+    elec2_fields,
+    help="Elec2 as multi-field batches: period id, market features, last 8 labels",
 )

@@ -9,10 +9,13 @@ first (by their closest approach to the ego while observed), up to ``max_neighbo
 observed positions are inputs; their future positions are kept apart, for metrics such as
 personal-space violation, and never reach the inputs.
 
-:func:`eth_ucy_stream` turns the windows into multi-field batches (:data:`INPUTS`; targets in
-``batch.targets``, the social-context description in ``batch.meta["context"]``), scene after
-scene, each scene's last ``test_fraction`` of time held out; :func:`leave_one_scene_out` is
-the standard protocol (train on the other scenes, test on every window of the held-out one).
+:func:`eth_ucy_stream` turns the windows into multi-field batches (the input fields
+:data:`~streamkd.trajectory.INPUTS`; targets in ``batch.targets``, the social-context
+description in ``batch.meta["context"]``), scene after scene, each scene's last
+``test_fraction`` of time held out; :func:`leave_one_scene_out` is the standard protocol
+(train on the other scenes, test on every window of the held-out one). The window format
+(steps, raster geometry, input fields and their schema) is defined in
+:mod:`streamkd.trajectory`, where networks read it too.
 """
 
 from __future__ import annotations
@@ -28,8 +31,18 @@ from torch import Tensor
 from streamkd.data import find_data, reading
 from streamkd.social import Describer, RuleDescriber
 from streamkd.streams.split import BatchCursor
-from streamkd.trajectory import STEP_SECONDS, heading, to_ego
-from streamkd.types import Batch, Field, Schema, Segment, take
+from streamkd.trajectory import (
+    OBSERVED,
+    PREDICTED,
+    RASTER_CELL,
+    RASTER_CELLS,
+    RASTER_CHANNELS,
+    STEP_SECONDS,
+    heading,
+    schema,
+    to_ego,
+)
+from streamkd.types import Batch, Schema, Segment, take
 
 SCENES: dict[str, tuple[str, ...]] = {
     "eth": ("biwi_eth",),
@@ -43,7 +56,6 @@ TRAINING_ONLY: dict[str, tuple[str, ...]] = {
     "uni_examples": ("uni_examples",),
 }
 """Recordings that belong to no test scene; :func:`leave_one_scene_out` trains on them."""
-OBSERVED, PREDICTED = 8, 12
 FRAME_STEP = 10  # frame ids between two samples (0.4 s)
 
 
@@ -171,9 +183,7 @@ def _neighbours(grid, ego, start, length, observed, max_neighbours):
 
 
 # -- the egocentric raster: the lightweight model's "image" ------------------------------------
-RASTER_CELLS = 25  # cells per side, odd: the ego sits in the middle of the centre cell
-RASTER_CELL = 0.5  # metres per cell: 12.5 m x 12.5 m around the ego
-RASTER_CHANNELS = ("occupancy", "velocity_x", "velocity_y", "trails", "ego_path")
+# (its geometry, RASTER_CELLS, RASTER_CELL and RASTER_CHANNELS, is in streamkd.trajectory)
 
 
 def rasterize(
@@ -223,28 +233,10 @@ def rasterize(
 
 
 # -- multi-field batches, scene after scene ----------------------------------------------------
-INPUTS = ("past", "neighbours", "neighbours_seen", "raster")
-"""The input fields: the ego's observed path, its neighbours' observed paths and where they
-are known, and the raster (world metres). With ``goal="destination"`` a ``goal`` field joins
-them (see :func:`eth_ucy_stream`)."""
+# (the input fields, INPUTS, and their declaration, schema(), are in streamkd.trajectory)
 GOALS = ("none", "destination")
 TARGETS = ("future", "neighbours_future", "neighbours_future_seen")
 """What is predicted or scored against, in ``batch.targets``; never an input."""
-
-
-def schema(max_neighbours: int = 16, observed: int = OBSERVED, goal: bool = False) -> Schema:
-    """The declaration of :data:`INPUTS` (and ``goal`` if asked) for ``max_neighbours``
-    neighbour slots."""
-    m, cells = max_neighbours, RASTER_CELLS
-    fields = {
-        "past": Field((observed, 2), torch.float32),
-        "neighbours": Field((m, observed, 2), torch.float32),
-        "neighbours_seen": Field((m, observed), torch.bool),
-        "raster": Field((len(RASTER_CHANNELS), cells, cells), torch.float32),
-    }
-    if goal:
-        fields["goal"] = Field((2,), torch.float32)
-    return fields
 
 
 @dataclass
@@ -285,8 +277,8 @@ def scene_samples(
     observed: int = OBSERVED,
     goal: str = "none",
 ) -> SceneSamples:
-    """Tensors of windows ``w`` (see :data:`INPUTS`, :data:`TARGETS`), described; ``goal``
-    as in :func:`eth_ucy_stream`."""
+    """Tensors of windows ``w`` (see :data:`~streamkd.trajectory.INPUTS`, :data:`TARGETS`),
+    described; ``goal`` as in :func:`eth_ucy_stream`."""
     if goal not in GOALS:
         raise ValueError(f"unknown goal {goal!r}; expected one of {GOALS}")
     past = torch.from_numpy(w.past)
@@ -357,9 +349,10 @@ def scene_windows(
 
 class TrajectoryStream(BatchCursor):
     """A single pass over scenes, one segment each, with ``position()`` / ``seek()`` (the
-    :class:`~streamkd.types.Stream` protocol). Batches carry :data:`INPUTS` as fields,
-    :data:`TARGETS` in ``batch.targets`` and the description in ``meta["context"]``;
-    :meth:`held_out` gives a scene's test windows as one batch."""
+    :class:`~streamkd.types.Stream` protocol). Batches carry
+    :data:`~streamkd.trajectory.INPUTS` as fields, :data:`TARGETS` in ``batch.targets`` and
+    the description in ``meta["context"]``; :meth:`held_out` gives a scene's test windows as
+    one batch."""
 
     n_classes = 0  # regression targets, not classes
 

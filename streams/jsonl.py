@@ -36,6 +36,8 @@ import numpy as np
 import orjson
 import torch
 
+from streamkd.registry import SOURCES
+from streamkd.streams.source import SourceContext
 from streamkd.types import Batch
 
 ID_MAX = 256
@@ -445,3 +447,19 @@ def export_events(stream, out: str | Path, max_samples: int | None = None) -> in
                 f.write("\n")
                 n += 1
     return n
+
+
+@SOURCES.register("jsonl", help="jsonl:PATH")
+def open_jsonl(url: str, context: SourceContext) -> JsonlSource:
+    """``jsonl:PATH``: the JSON-lines file at PATH, followed as it grows (or read to its end
+    when ``context.finite``, which needs the file to exist)."""
+    path = Path(url.split(":", 1)[1]).expanduser()
+    if context.finite and not path.exists():
+        raise ValueError(f"--source {url}: {path} does not exist")
+    return JsonlSource(
+        path,
+        context.shape,
+        context.dtype,
+        max_classes=context.max_classes,
+        follow=not context.finite,
+    )

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from streamkd.data import reading, require_file
+from streamkd.registry import STREAMS
 from streamkd.streams.split import (
     Arrays,
     SegmentData,
@@ -46,6 +47,7 @@ def _read_mnist(p: Path) -> Arrays:
 
 load_mnist = cached_loader("mnist", _read_mnist, markers=("MNIST",))
 split_mnist = class_split_stream("split-mnist", load_mnist)
+STREAMS.register("split-mnist", split_mnist, help="MNIST, 5 x 2 classes")
 
 
 def _domain_stream(
@@ -126,3 +128,5 @@ permuted_mnist = _domain_stream(
 rotated_mnist = _domain_stream(
     "rotated-mnist", _rotations, "rotation (segment i: ``i * 180 / n_segments`` degrees)"
 )
+STREAMS.register("permuted-mnist", permuted_mnist, help="MNIST, 10 fixed pixel permutations")
+STREAMS.register("rotated-mnist", rotated_mnist, help="MNIST, 10 rotations from 0 to 162 degrees")

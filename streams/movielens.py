@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from streamkd.data import DataNotFoundError, PackagedData, find_data, packaged, reading
+from streamkd.registry import STREAMS
 from streamkd.streams.split import (
     SegmentedStream,
     batch_starts,
@@ -129,6 +130,10 @@ def fields(history: int, n_items: int = N_ITEMS) -> dict[str, Field]:
     }
 
 
+@STREAMS.register(
+    "movielens-ctr",
+    help="MovieLens-100K ratings as CTR events in time order: history, movie, profile fields",
+)
 def movielens_ctr(
     seed: int = 0,
     batch_size: int = 10,

@@ -68,7 +68,9 @@ from typing import Any
 
 import torch
 
+from streamkd.registry import SOURCES
 from streamkd.streams.jsonl import Line, parse_line
+from streamkd.streams.source import SourceContext
 
 log = logging.getLogger(__name__)
 
@@ -624,3 +626,12 @@ class RedisSource:
                 log.exception("renewing the claim on %s", self.lock_key)
             if self._lost:
                 return
+
+
+@SOURCES.register("rediss", help="rediss://... (TLS)")
+@SOURCES.register("redis", help="redis://[:PASSWORD@]HOST:PORT[/DB]/STREAM?group=G&consumer=C")
+def open_redis(url: str, context: SourceContext) -> RedisSource:
+    """``redis[s]://``: a Redis Stream read through a consumer group (module docstring)."""
+    if context.finite:
+        raise ValueError("--stop-at-eof needs a finite source (jsonl:PATH), not a Redis Stream")
+    return RedisSource(url, context.shape, context.dtype, max_classes=context.max_classes)

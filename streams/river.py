@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from streamkd.registry import STREAMS
 from streamkd.streams.split import SegmentedStream, chronological_stream
 
 
@@ -34,6 +35,7 @@ def _make_dataset(name: str, seed: int):
     raise ValueError(f"unknown river dataset {name!r}; available: {', '.join(available)}")
 
 
+@STREAMS.register("river:<Name>", help="any river dataset or generator, e.g. river:Phishing")
 def river_stream(
     dataset: str | object = "Phishing",
     seed: int = 0,

@@ -15,7 +15,6 @@ from skips import require_data
 from streamkd.social import RuleDescriber
 from streamkd.streams.eth_ucy import (
     FRAME_STEP,
-    RASTER_CHANNELS,
     eth_ucy_stream,
     load_tracks,
     rasterize,
@@ -24,7 +23,7 @@ from streamkd.streams.eth_ucy import (
     scene_windows,
     windows,
 )
-from streamkd.trajectory import ade, constant_velocity, fde
+from streamkd.trajectory import RASTER_CHANNELS, ade, constant_velocity, fde
 
 ZARA1 = require_data(lambda: load_tracks(scene_files("zara1")[0]), module=True)
 

@@ -11,15 +11,15 @@ import pytest
 import torch
 from statecheck import assert_resumes_exactly, changed_paths, snapshot
 
-from streamkd.strategies.lightsuan import (
+from streamkd.nets.suan import (
     GRADES,
     SUAN,
     LightSUAN,
-    LightSUANKD,
     UnifiedAttentionBlock,
     attention_pattern,
     time_buckets,
 )
+from streamkd.strategies.lightsuan import LightSUANKD
 from streamkd.streams.movielens import fields
 from streamkd.types import Batch, InvalidBatchError
 

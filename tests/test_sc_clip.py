@@ -12,14 +12,9 @@ from statecheck import assert_unchanged, snapshot
 
 from streamkd.checkpoint import Checkpointer
 from streamkd.distill import symmetric_info_nce
+from streamkd.nets.sc_clip import _CAPTIONS, Forecast, SocialNavNet
 from streamkd.strategies import get_strategy
-from streamkd.strategies.sc_clip import (
-    _CAPTIONS,
-    SCCLIP,
-    Forecast,
-    SocialNavNet,
-    selection_scores,
-)
+from streamkd.strategies.sc_clip import SCCLIP, selection_scores
 from streamkd.streams.eth_ucy import eth_ucy_stream
 from streamkd.trajectory import constant_velocity, min_over_k
 from streamkd.types import Batch, InvalidBatchError

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from streamkd.cli import main
-from streamkd.streams import STREAMS, get_stream, river_stream
+from streamkd.streams import STREAMS, get_stream
 from streamkd.streams.elec2 import load_elec2
 from streamkd.streams.mnist import rotate_uint8
+from streamkd.streams.river import river_stream
 
 
 def test_split_mnist_segments_classes_and_seeded_order(data_dir):
@@ -143,6 +144,6 @@ def test_prequential_streams_cut_each_period_to_its_first_samples(data_dir):
 
 @pytest.mark.parametrize("name", list(STREAMS))
 def test_no_stream_factory_swallows_options(name):
-    params = inspect.signature(STREAMS[name][0]).parameters.values()
+    params = inspect.signature(STREAMS[name]).parameters.values()
     assert all(p.kind is not p.VAR_KEYWORD for p in params)
     assert {"seed", "batch_size", "data_dir"} <= {p.name for p in params}  # make_stream's

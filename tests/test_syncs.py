@@ -9,93 +9,26 @@ from __future__ import annotations
 
 import pytest
 import torch
-from skips import needs_gpu, needs_no_gpu, require_data
+from skips import needs_gpu, needs_no_gpu
 
+from streamkd.checks import Setting
 from streamkd.evaluate import count_syncs
 from streamkd.experiment import make_model, make_strategy, make_stream
-from streamkd.strategies import STRATEGIES
+from streamkd.registry import STRATEGIES
 from streamkd.syncs import emulate_cuda
 
-# the issue's budgets (synchronisations per batch); the strategies added since get the
-# budget of their family (1: a plain replay step; 3: augmentations, contrast, retrieval)
-BUDGETS = {
-    "naive": 1,
-    "er": 1,
-    "er_ace": 1,
-    "mir": 1,
-    "online_kd": 1,
-    "lightsuan": 1,
-    "scr": 3,
-    "pcr": 3,
-    "hpcr": 3,
-    "onpro": 3,
-    "droc": 3,
-    "sc_clip": 3,
-}
-# the stream and model kwargs each strategy runs on here (tiny, real data)
-SETUPS = {
-    "naive": ("split-mnist", {}),
-    "er": ("split-mnist", {}),
-    "er_ace": ("split-mnist", {}),
-    "mir": ("split-mnist", {}),
-    "scr": ("split-cifar10", {"nf": 8}),
-    "pcr": ("split-cifar10", {"nf": 8}),
-    "hpcr": ("split-cifar10", {"nf": 8}),
-    "onpro": ("split-cifar10", {"nf": 8}),
-    "droc": ("split-cifar10", {"nf": 8}),
-    "online_kd": ("split-cifar10", {"nf": 8}),
-    "lightsuan": ("movielens-ctr", {}),
-}
 STEPS, SKIP = 8, 2  # batches counted, after the first ones (memory filling, first classes)
-TABLE: dict[str, list[int]] = {}
 
 
 def _case(name: str, **strategy_kwargs):
-    """(build, stream) for ``name`` on its tiny real stream, the strategy on ``cuda``."""
-    if name == "sc_clip":
-        from streamkd.strategies.sc_clip import SCCLIP, SocialNavNet
-        from streamkd.streams.eth_ucy import eth_ucy_stream
-
-        stream = require_data(
-            lambda: eth_ucy_stream(("zara1", "hotel"), batch_size=16, max_per_segment=160)
-        )
-
-        def build():
-            return SCCLIP(SocialNavNet(), seed=0, device="cuda", text_encoder_kind="hashing")
-
-        return build, stream
-    stream_name, model_kwargs = SETUPS[name]
-    order = {} if stream_name == "movielens-ctr" else {"order": "fixed"}
-    stream = make_stream(stream_name, seed=0, max_per_segment=30, batch_size=10, **order)
-    if name == "onpro":  # 4 rotation copies instead of 16: the same code path, 4x cheaper
-        strategy_kwargs.setdefault("rotations", 4)
-    if name == "droc":  # the corrections' text encoder runs on the host: the stand-in will do
-        strategy_kwargs.setdefault("text_encoder_kind", "hashing")
-
-    def build():
-        model = make_model(stream, seed=0, strategy=name, **model_kwargs)
-        return make_strategy(name, model, memory=40, seed=0, device="cuda", **strategy_kwargs)
-
-    return build, stream
-
-
-def test_every_strategy_has_a_budget():
-    assert set(BUDGETS) == set(STRATEGIES)
-
-
-@pytest.mark.parametrize("name", sorted(STRATEGIES))
-def test_a_step_stays_within_its_sync_budget(name, capsys):
-    build, stream = _case(name)
-    counted = count_syncs(build, stream, steps=STEPS, skip=SKIP)
-    TABLE[name] = counted.per_step
-    sites = "\n".join(f"  {n} x {what} at {where}" for (what, where), n in counted.sites.items())
-    with capsys.disabled():
-        print(f"\n{name:10s} syncs per batch {counted.per_step} (budget {BUDGETS[name]})")
-        if sites:
-            print(sites)
-    assert len(counted.per_step) == STEPS
-    assert not counted.errors, "would fail on a GPU:\n" + "\n".join(counted.errors[:5])
-    assert counted.worst <= BUDGETS[name], f"{name} exceeds its budget:\n{sites}"
+    """(build, stream) for ``name`` on its contract setting (``Strategy.check_setting``),
+    the strategy on ``cuda``. Each strategy's budget (``Strategy.sync_budget``) is held on
+    the CPU by the contract suite (tests/test_checks.py); here its other paths."""
+    cls = STRATEGIES[name]
+    setting = Setting(**cls.check_setting())
+    stream = setting.make_stream()
+    build = setting.builder(cls, stream, **strategy_kwargs)
+    return (lambda: build(device="cuda")), stream
 
 
 @needs_gpu
@@ -109,7 +42,7 @@ def test_on_a_real_gpu_cuda_reports_syncs_within_the_budget(name, capsys):
         print(f"\n{name:10s} CUDA-reported syncs per batch {real.per_step}")
         for (what, where), n in real.sites.items():
             print(f"  {n} x {what} at {where}")
-    assert real.worst <= BUDGETS[name]
+    assert real.worst <= STRATEGIES[name].sync_budget
 
 
 def test_class_balanced_memory_and_the_prototype_paths_stay_sync_free():

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streamkd.checks import check_seed, positive_int
+from streamkd.arguments import check_seed, positive_int
+from streamkd.streams.source import check_source_url
 
 MAX_BODY = 8 * 2**20  # bytes per request body
-SOURCES = ("http", "jsonl:PATH", "redis://[:PASSWORD@]HOST:PORT[/DB]/STREAM?group=G&consumer=C")
 
 
 @dataclass
@@ -93,15 +93,7 @@ class ServeConfig:
                 raise ValueError(
                     f"unknown --drift {self.drift!r}; expected one of {list(DETECTORS)}"
                 )
-        if not (
-            self.source == "http"
-            or self.source.startswith("jsonl:")
-            or self.source.startswith(("redis://", "rediss://"))
-        ):
-            raise ValueError(
-                f"unknown source {self.source!r}; expected one of: {', '.join(SOURCES)} "
-                "(rediss:// for TLS)"
-            )
+        check_source_url(self.source)
         if self.replica_of is not None and self.stop_at_eof:
             raise ValueError("a replica (--replica-of) serves predictions: no --stop-at-eof")
         if self.stop_at_eof and self.source == "http":

@@ -30,8 +30,8 @@ from streamkd.checkpoint import Checkpointer
 from streamkd.drift import DriftMonitor
 from streamkd.experiment import check_resumable
 from streamkd.strategy import Strategy
-from streamkd.streams.jsonl import Event, JsonlSource, events_batch
-from streamkd.streams.redis import RedisSource
+from streamkd.streams.jsonl import Event, events_batch
+from streamkd.streams.source import Source
 from streamkd.types import InvalidBatchError
 
 log = logging.getLogger(__name__)
@@ -290,7 +290,7 @@ class Learner:
     def __init__(
         self,
         strategy: Strategy,
-        source: JsonlSource | RedisSource,
+        source: Source,
         checkpointer: Checkpointer,
         *,
         batch_size: int = 10,

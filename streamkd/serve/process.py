@@ -305,35 +305,23 @@ def open_learner(config: ServeConfig, durable=None) -> tuple[Learner, Any, bool]
     written, e.g. a WAL no server appends to)."""
     from streamkd.checkpoint import Checkpointer
     from streamkd.drift import DriftMonitor
-    from streamkd.serve.wal import WalSource, wal_dir
-    from streamkd.streams.jsonl import JsonlSource
-    from streamkd.streams.redis import RedisSource
+    from streamkd.streams.source import SourceContext, open_source
 
     built = build_strategy(config)
     ck_dir = Path(config.checkpoint_dir).expanduser()
     checkpointer = Checkpointer(ck_dir, keep=config.keep, required=CHECKPOINT_KEYS)
-    if config.source.startswith(("redis://", "rediss://")):
-        source = RedisSource(config.source, built.shape, built.dtype, max_classes=built.max_classes)
-    elif config.source == "http":
-        source = WalSource(
-            wal_dir(ck_dir),
+    source = open_source(
+        config.source,
+        SourceContext(
             built.shape,
             built.dtype,
             max_classes=built.max_classes,
+            folder=ck_dir,
+            finite=config.stop_at_eof,
             durable=None if durable is None else (lambda: durable.value),
             keep=config.keep,
-        )
-    else:
-        path = source_path(config)
-        if config.stop_at_eof and not path.exists():
-            raise ValueError(f"--source {config.source}: {path} does not exist")
-        source = JsonlSource(
-            path,
-            built.shape,
-            built.dtype,
-            max_classes=built.max_classes,
-            follow=not config.stop_at_eof,
-        )
+        ),
+    )
     state = checkpointer.load_latest()  # read once: for MLflow and for the learner
     learner = Learner(
         built.strategy,
@@ -357,11 +345,6 @@ def open_learner(config: ServeConfig, durable=None) -> tuple[Learner, Any, bool]
             learner.logger.end("FAILED")
         raise
     return learner, built, resumed
-
-
-def source_path(config: ServeConfig) -> Path:
-    """The JSON-lines file a ``jsonl:PATH`` source reads."""
-    return Path(config.source.split(":", 1)[1]).expanduser()
 
 
 def _mlflow_run(config: ServeConfig, state: dict[str, Any] | None):

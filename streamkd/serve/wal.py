@@ -41,7 +41,9 @@ from pathlib import Path
 import orjson
 import torch
 
+from streamkd.registry import SOURCES
 from streamkd.streams.jsonl import Line, parse_line
+from streamkd.streams.source import SourceContext
 
 log = logging.getLogger(__name__)
 SEGMENT_BYTES = 64 * 2**20
@@ -513,3 +515,22 @@ class WalSource:
 
     def close(self) -> None:
         self._close_file()
+
+
+@SOURCES.register("http", help="http (POST /learn, through the write-ahead log)")
+def open_wal(url: str, context: SourceContext) -> WalSource:
+    """``http``: the events ``POST /learn`` wrote to the WAL in the checkpoint folder."""
+    if url != "http":
+        raise ValueError(f"unknown source {url!r}: the HTTP source is spelt http")
+    if context.finite:
+        raise ValueError("--stop-at-eof needs a finite source (jsonl:PATH), not http")
+    if context.folder is None:
+        raise ValueError("the http source keeps its WAL in the checkpoint folder: none given")
+    return WalSource(
+        wal_dir(context.folder),
+        context.shape,
+        context.dtype,
+        max_classes=context.max_classes,
+        durable=context.durable,
+        keep=context.keep,
+    )
