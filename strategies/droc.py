@@ -39,7 +39,14 @@ from streamkd.corrections import Correction, CorrectionError, RuleClassifier
 from streamkd.encoders import text_encoder
 from streamkd.memory import CorrectionMemory
 from streamkd.strategy import Strategy, get_strategy, make_strategy
-from streamkd.types import Batch, InvalidBatchError, StepResult, to_device, validate_batch
+from streamkd.types import (
+    Batch,
+    InvalidBatchError,
+    StepResult,
+    ValidBatch,
+    to_device,
+    validate_batch,
+)
 
 LABEL = "label"  # the memory category of label corrections
 APPLY = ("override", "blend")
@@ -122,15 +129,18 @@ class DROC(Strategy):
     def observe(self, batch: Batch) -> StepResult:
         return self.base.observe(batch)
 
-    def validate(self, batch: Batch) -> None:
-        self.base.validate(batch)
+    def contract(self) -> tuple:
+        return self.base.contract()
+
+    def validate(self, batch: Batch) -> ValidBatch:
+        return self.base.validate(batch)
 
     @torch.no_grad()
     def predict(self, x) -> torch.Tensor:
         scores = self.base.predict(x)
         if LABEL not in self.memory.categories():  # nothing stored: no extra forward pass
             return scores
-        scores, applied = self._apply(scores, self._embed(x))
+        scores, applied = self._apply(scores, self._embed(self.base.inputs_on_device(x)))
         for knowledge in applied:
             if knowledge is not None:
                 self.memory.touch(knowledge["entry"])  # useful: last to be evicted

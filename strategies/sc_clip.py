@@ -207,7 +207,7 @@ class SCCLIP(Strategy):
 
     def prepare(self, batch: Batch) -> tuple[dict[str, Tensor], Tensor]:
         """Validate inputs, targets and descriptions; move them to the device."""
-        self.validate(batch)
+        batch = self.validate(batch)
         n = len(batch)
         future = batch.targets.get("future")
         if not isinstance(future, Tensor) or tuple(future.shape) != (n, self.model.predicted, 2):
@@ -226,8 +226,7 @@ class SCCLIP(Strategy):
             )
         if not all(isinstance(c, str) for c in context):
             raise InvalidBatchError("batch.meta['context'] must hold strings")
-        x = to_device(batch.x, self.device)
-        self._valid = None
+        x = batch.on(self.device)
         self.train_mode(True)
         self.samples_seen += n
         return x, future.to(self.device, torch.float32, non_blocking=True)
@@ -344,9 +343,8 @@ class SCCLIP(Strategy):
         """``(network output, selection scores (n, k), selected trajectories (n, steps, 2))``
         for raw inputs; ``weights`` override the learner's selection weights (e.g.
         ``{"social_weight": 0.0}`` for an ablation)."""
-        self.check_inputs(x)
+        x = self.inputs_on_device(x)
         self.train_mode(False)
-        x = to_device(x, self.device)
         out = self.model(x)
         scores, selected = select(out, x, {**self.hparams, **(weights or {})}, self.model.goal)
         return out, scores, selected

@@ -34,7 +34,6 @@ import contextlib
 import math
 import resource
 import sys
-import time
 import warnings
 from collections import Counter, deque
 from collections.abc import Callable
@@ -44,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from streamkd.arguments import positive_int
+from streamkd.engine import CheckpointSchedule, StepTimer, prequential_step
 from streamkd.strategy import Strategy
 from streamkd.types import Batch, Inputs, inputs_len, take
 
@@ -94,46 +94,6 @@ def heldout_hits(strategy: Strategy, x: Inputs, y: torch.Tensor, chunk: int) -> 
         labels = y[start : start + chunk].to(scores.device, non_blocking=True)
         correct += (scores.argmax(1) == labels).sum()
     return correct
-
-
-class StepTimer:
-    """Seconds spent in ``observe()``: the host clock on CPU; on CUDA, events recorded around
-    each step and read only when :attr:`seconds` is asked (at curve points and at the end), so
-    timing never makes the step loop wait for the GPU."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.device = device
-        self.done = 0.0
-        self._pending: list[tuple[Any, Any]] = []
-        self._start: Any = None
-
-    def start(self) -> None:
-        if self.cuda:  # on the strategy's GPU, which need not be the current one
-            self._start = torch.cuda.Event(enable_timing=True)
-            self._start.record(torch.cuda.current_stream(self.device))
-        else:
-            self._start = time.perf_counter()
-
-    def stop(self) -> None:
-        if self.cuda:
-            end = torch.cuda.Event(enable_timing=True)
-            end.record(torch.cuda.current_stream(self.device))
-            self._pending.append((self._start, end))
-        else:
-            self.done += time.perf_counter() - self._start
-
-    def flush(self) -> None:
-        """Add the recorded steps' times (waits for the last one to finish on a GPU)."""
-        for start, end in self._pending:
-            end.synchronize()
-            self.done += start.elapsed_time(end) / 1000.0
-        self._pending.clear()
-
-    @property
-    def seconds(self) -> float:
-        self.flush()
-        return self.done
 
 
 def expected_calibration_error(scores: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
@@ -228,18 +188,15 @@ class Evaluator:
     def learn(
         self, strategy: Strategy, batch: Batch, logger: RunLogger | None, prequential: bool = True
     ) -> None:
-        """One batch: the prequential prediction (validated once, before it), the timed
-        ``observe()`` and the bookkeeping, none of which waits for the device."""
-        if prequential and batch.y is not None:
-            strategy.validate(batch)
-            self.record_prediction(strategy.predict(batch.x), batch.y)
+        """One batch through the engine (:func:`streamkd.engine.prequential_step`: validated
+        once, predicted, learned, timed), then the bookkeeping; none of it waits for the
+        device."""
         if self._timer is None:
-            self._timer = StepTimer(strategy.device)
-            self._timer.done = self._seconds
-        self._timer.start()
-        step = strategy.observe(batch)
-        self._timer.stop()
-        self.record_step(step.loss, step.n, logger)
+            self._timer = StepTimer(strategy.device, done=self._seconds)
+        out = prequential_step(strategy, batch, predict=prequential, timer=self._timer)
+        if out.hits is not None:
+            self.record_hits(out.hits)
+        self.record_step(out.step.loss, out.step.n, logger)
 
     @property
     def train_seconds(self) -> float:
@@ -258,18 +215,14 @@ class Evaluator:
             self._win_correct += hits
             self._hits = None
 
-    def record_prediction(self, scores: torch.Tensor, y: torch.Tensor) -> None:
-        y = y.to(scores.device, non_blocking=True)
-        if scores.shape[1] == 0:
-            hit = torch.zeros(len(y), dtype=torch.bool, device=scores.device)
-        else:
-            hit = scores.argmax(1) == y
+    def record_hits(self, hit: torch.Tensor) -> None:
+        """Count a prequential prediction's per-sample hits (summed on the device)."""
         if self.drift is not None and self.drift.signal == "error":
             self.drift.update_many((~hit).float().cpu(), start_index=self.samples)
         hits = hit.sum()
         self._hits = hits if self._hits is None else self._hits + hits
-        self.predicted += len(y)
-        self._win_n += len(y)
+        self.predicted += len(hit)
+        self._win_n += len(hit)
 
     def record_step(self, loss: torch.Tensor, n: int, logger: RunLogger | None) -> None:
         self.samples += n
@@ -456,9 +409,7 @@ def run(
         stream.seek(int(resume_state["stream_position"]))
     if strategy.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(strategy.device)
-    next_ckpt = None
-    if checkpoint_every:
-        next_ckpt = (ev.samples // checkpoint_every + 1) * checkpoint_every
+    schedule = CheckpointSchedule(checkpoint_every, samples=ev.samples)
 
     def save_checkpoint() -> None:
         if logger is not None:  # what the checkpoint covers is in MLflow before it exists
@@ -497,8 +448,7 @@ def run(
             ev.anytime_point(strategy)
         if bar is not None:
             bar.update(1)
-        if checkpointer is not None and next_ckpt is not None and ev.samples >= next_ckpt:
-            next_ckpt = (ev.samples // checkpoint_every + 1) * checkpoint_every
+        if checkpointer is not None and schedule.due(ev.samples):
             save_checkpoint()
         if max_samples is not None and ev.samples >= max_samples:
             break

@@ -40,6 +40,7 @@ from streamkd.types import (
     Inputs,
     InvalidBatchError,
     StepResult,
+    ValidBatch,
     cat_inputs,
     to_device,
     validate_batch,
@@ -255,10 +256,8 @@ class Strategy:
         self.seen_classes = torch.zeros(self.model.n_classes, dtype=torch.bool, device=self.device)
         self._seen_host = torch.zeros(self.model.n_classes, dtype=torch.bool)  # its host copy
         self._labels: tuple[Tensor, Tensor] | None = None  # the batch's (device, host) labels
-        self._staged: tuple[Inputs, Inputs] | None = None  # (host inputs, their device copy)
         self.extra_modules: dict[str, torch.nn.Module] = {}
         self._training: bool | None = None
-        self._valid: tuple[Inputs, Tensor | None] | None = None  # the last batch validated
         self.input_dtype: torch.dtype | None = None  # fixed by the first batch learned
 
     def __init_subclass__(cls, **kwargs) -> None:
@@ -359,17 +358,30 @@ class Strategy:
     def observe(self, batch: Batch) -> StepResult:
         raise NotImplementedError
 
-    def validate(self, batch: Batch) -> None:
+    def contract(self) -> tuple:
+        """What a batch is checked against: the model's inputs, the label cap and the dtype
+        of the inputs learned so far."""
+        return (self.input_spec, self.max_classes, self.input_dtype)
+
+    def validate(self, batch: Batch) -> ValidBatch:
         """Check ``batch`` against the model's inputs (:func:`validate_batch`: shape, dtype,
-        values, labels below ``max_classes``, the dtype of the inputs learned so far) once: the
-        evaluator validates before its prequential prediction and ``observe()`` does not
-        check the same batch again. The mark lasts until ``prepare()`` has taken the batch,
-        so a tensor refilled in place is checked again next time."""
-        last = self._valid
-        if last is not None and last[0] is batch.x and last[1] is batch.y:
-            return
+        values, labels below ``max_classes``, the dtype of the inputs learned so far) and
+        return it as a :class:`~streamkd.types.ValidBatch`, which :meth:`predict` and
+        :meth:`observe` take without checking it again (under the same contract) and copy to
+        the device once. A bad batch raises :class:`InvalidBatchError`; nothing changes."""
+        contract = self.contract()
+        if isinstance(batch, ValidBatch) and batch.contract == contract:
+            return batch
         validate_batch(batch, self.input_spec, max_classes=self.max_classes, dtype=self.input_dtype)
-        self._valid = (batch.x, batch.y)
+        return ValidBatch(
+            batch.x,
+            batch.y,
+            batch.segment,
+            batch.task,
+            batch.meta,
+            batch.targets,
+            contract=contract,
+        )
 
     @property
     def input_spec(self):
@@ -382,15 +394,14 @@ class Strategy:
         The labels also stay on the host (``host_labels``): decisions that depend on them
         (new classes, which classes memory holds) are taken there, without reading the
         device. Nothing here waits for the device when the stream lives on the host."""
-        self.validate(batch)
-        if batch.y is None:
+        valid = self.validate(batch)
+        if valid.y is None:
             raise InvalidBatchError("observe() needs labels: batch.y is None (use predict())")
-        x = self._on_device(batch.x)
-        y = batch.y.to(self.device, torch.long, non_blocking=True)
-        self._valid = self._staged = None
-        host = batch.y.cpu().long()  # the stream's labels (a read only if it lives on a GPU)
-        if self.input_dtype is None and isinstance(batch.x, Tensor):
-            self.input_dtype = batch.x.dtype
+        x = valid.on(self.device)
+        y = valid.y.to(self.device, torch.long, non_blocking=True)
+        host = valid.y.cpu().long()  # the stream's labels (a read only if it lives on a GPU)
+        if self.input_dtype is None and isinstance(valid.x, Tensor):
+            self.input_dtype = valid.x.dtype
         self.ensure_classes(int(host.max()) + 1)
         self.seen_classes.index_fill_(0, y, True)
         self._seen_host[host] = True
@@ -399,17 +410,16 @@ class Strategy:
         self.samples_seen += len(y)
         return x, y
 
-    def _on_device(self, x: Inputs) -> Inputs:
-        """``x`` on the device. The inputs of the batch :meth:`validate` has just checked are
-        copied once (pinned, non-blocking on CUDA) for both the evaluator's prediction and
-        :meth:`observe`; like the validation mark, the copy lasts until :meth:`prepare` has
-        taken the batch (a tensor changed in place in between is not copied again)."""
-        valid, staged = self._valid, self._staged
-        if valid is None or valid[0] is not x:
-            return to_device(x, self.device)
-        if staged is None or staged[0] is not x:
-            staged = self._staged = (x, to_device(x, self.device))
-        return staged[1]
+    def inputs_on_device(self, x: Inputs | ValidBatch) -> Inputs:
+        """Unlabelled inputs checked (:meth:`check_inputs`) and on the device; a
+        :class:`~streamkd.types.ValidBatch` this learner validated is neither checked nor
+        copied again."""
+        if isinstance(x, ValidBatch):
+            if x.contract == self.contract():
+                return x.on(self.device)
+            x = x.x
+        self.check_inputs(x)
+        return to_device(x, self.device)
 
     @property
     def host_labels(self) -> Tensor | None:
@@ -450,36 +460,35 @@ class Strategy:
             self._training = training
 
     @torch.no_grad()
-    def predict(self, x: Inputs) -> Tensor:
+    def predict(self, x: Inputs | ValidBatch) -> Tensor:
         """Class scores for a batch of raw inputs, shape ``(n, n_classes)``.
 
         Classes never seen in training score ``-inf``: a class-incremental learner cannot
         know them, and untrained rows (e.g. PCR's unused proxies) must not win. Inputs are
-        checked like a batch's (shape; fields, dtypes and id ranges of multi-field inputs),
-        except a batch's inputs that :meth:`validate` has just checked; tensor inputs must
-        have the dtype of those learned (values are not scanned here, for speed).
+        checked like a batch's (shape; fields, dtypes and id ranges of multi-field inputs);
+        tensor inputs must have the dtype of those learned (values are not scanned here, for
+        speed). A batch :meth:`validate` returned is taken as checked.
         """
-        self.check_inputs(x)
+        inputs = self.inputs_on_device(x)
         self.train_mode(False)
-        scores = self.scores(self._on_device(x))
+        scores = self.scores(inputs)
         return scores.masked_fill(~self.seen_classes, float("-inf"))
 
     def check_inputs(self, x: Inputs) -> None:
         """The checks :meth:`predict` makes of unlabelled inputs (see there)."""
-        if self._valid is None or self._valid[0] is not x:
-            spec = self.input_spec
-            if isinstance(x, Tensor) and isinstance(spec, tuple):  # no data read
-                if tuple(x.shape[1:]) != spec:
-                    raise InvalidBatchError(
-                        f"predict() got per-sample shape {tuple(x.shape[1:])}, expected {spec}"
-                    )
-                if self.input_dtype is not None and x.dtype != self.input_dtype:
-                    raise InvalidBatchError(
-                        f"predict() got inputs of dtype {x.dtype}; this learner learned "
-                        f"{self.input_dtype} inputs"
-                    )
-            else:
-                validate_batch(Batch(x), spec)
+        spec = self.input_spec
+        if isinstance(x, Tensor) and isinstance(spec, tuple):  # no data read
+            if tuple(x.shape[1:]) != spec:
+                raise InvalidBatchError(
+                    f"predict() got per-sample shape {tuple(x.shape[1:])}, expected {spec}"
+                )
+            if self.input_dtype is not None and x.dtype != self.input_dtype:
+                raise InvalidBatchError(
+                    f"predict() got inputs of dtype {x.dtype}; this learner learned "
+                    f"{self.input_dtype} inputs"
+                )
+        else:
+            validate_batch(Batch(x), spec)
 
     def predictor(self) -> Callable[[Inputs], Tensor]:
         """A frozen copy of :meth:`predict` for readers elsewhere (the daemon's ``/predict``,

@@ -40,6 +40,28 @@ class Batch:
 
 
 @dataclass
+class ValidBatch(Batch):
+    """A batch a learner has checked (:meth:`streamkd.strategy.Strategy.validate`), with its
+    inputs' device copy, made once for both the prediction and ``observe()``.
+
+    ``contract`` is what it was checked against (the inputs' shape or fields, the label cap,
+    the dtype learned so far): a learner takes it unchecked only under the same contract, and
+    checks it again otherwise. It is a value handed from the check to its users, not a mark on
+    the tensors: change its tensors in place after the check and the check no longer holds.
+    """
+
+    contract: tuple = ()
+    _copies: dict[str, Inputs] = field(default_factory=dict, repr=False, compare=False)
+
+    def on(self, device: torch.device | str) -> Inputs:
+        """The inputs on ``device``, copied once (pinned and non-blocking to a GPU)."""
+        key = str(device)
+        if key not in self._copies:
+            self._copies[key] = to_device(self.x, torch.device(device))
+        return self._copies[key]
+
+
+@dataclass
 class StepResult:
     """What one ``observe()`` call did: the loss (a 0-d tensor, synced lazily) and its parts."""
 

@@ -58,6 +58,7 @@ from avalanche.training.templates.base_sgd import PeriodicEval
 from torch import Tensor
 
 from streamkd.buffer import ReplayBuffer
+from streamkd.engine import prequential_step
 from streamkd.strategy import Strategy
 from streamkd.types import Batch
 
@@ -528,7 +529,7 @@ class StreamkdTemplate(SupervisedTemplate):
         clock.before_training_epoch(self, **kwargs)
         mb = self.train_mb_size
         for i in range(0, len(y), mb):
-            self.streamkd.observe(Batch(x[i : i + mb], y[i : i + mb]))
+            prequential_step(self.streamkd, Batch(x[i : i + mb], y[i : i + mb]), predict=False)
             clock.after_training_iteration(self, **kwargs)
         clock.after_training_epoch(self, **kwargs)
         clock.after_training_exp(self, **kwargs)
@@ -573,10 +574,10 @@ class StreamkdTemplate(SupervisedTemplate):
             self._unpack_minibatch()
             self._before_training_iteration(**kwargs)
             x, y = self.mb_x, self.mb_y
-            if self.train_outputs:
-                self.mb_output = self._scores(x, y)
-            step = self.streamkd.observe(Batch(x, y))
-            self.loss = step.loss
+            out = prequential_step(self.streamkd, Batch(x, y), predict=self.train_outputs)
+            if out.scores is not None:
+                self.mb_output = self._for_avalanche(out.scores, y)
+            self.loss = out.step.loss
             self._after_training_iteration(**kwargs)
 
     # -- evaluation: Avalanche's loop, streamkd's predict() ---------------------------------
@@ -584,8 +585,12 @@ class StreamkdTemplate(SupervisedTemplate):
         return self._scores(self.mb_x, self.mb_y)
 
     def _scores(self, x: Tensor, y: Tensor) -> Tensor:
-        """``strategy.predict`` with unseen classes at -1000 and room for every label."""
-        scores = self.streamkd.predict(x)
+        return self._for_avalanche(self.streamkd.predict(x), y)
+
+    @staticmethod
+    def _for_avalanche(scores: Tensor, y: Tensor) -> Tensor:
+        """``strategy.predict``'s scores with unseen classes at -1000 and room for every
+        label."""
         scores = scores.masked_fill(torch.isneginf(scores), UNSEEN_SCORE)
         width = max(scores.shape[1], int(y.max()) + 1 if len(y) else 0)
         if width > scores.shape[1]:

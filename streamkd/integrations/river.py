@@ -60,6 +60,7 @@ import numpy as np
 import torch
 from river import base
 
+from streamkd.engine import prequential_step
 from streamkd.models import MLP, Classifier, CosineHead, InputNormalizer, LinearHead
 from streamkd.strategy import MAX_CLASSES, Strategy
 from streamkd.types import Batch
@@ -314,7 +315,7 @@ class RiverClassifier(base.MiniBatchClassifier):
     def _observe(self, x: torch.Tensor, y: list[int]) -> None:
         if self._strategy is None:
             self._build()
-        self._strategy.observe(Batch(x, torch.tensor(y, dtype=torch.long)))
+        prequential_step(self._strategy, Batch(x, torch.tensor(y, dtype=torch.long)), predict=False)
 
     def _flush(self) -> None:
         """Learn the pending samples; they stay pending if the step is refused."""

@@ -28,6 +28,7 @@ import torch
 
 from streamkd.checkpoint import Checkpointer
 from streamkd.drift import DriftMonitor
+from streamkd.engine import CheckpointSchedule, prequential_step
 from streamkd.experiment import check_resumable
 from streamkd.strategy import Strategy
 from streamkd.streams.jsonl import Event, events_batch
@@ -309,14 +310,13 @@ class Learner:
         self.publish_seconds = publish_seconds
         self._next_log = log_every
         self.batch_size = batch_size
-        self.checkpoint_every, self.checkpoint_seconds = checkpoint_every, checkpoint_seconds
         self.stop_at_eof = stop_at_eof
         self.dead_letters = dead_letters
         self.config = config or {}
         self.logger = logger
         self.counters = Counters()
         self.last_checkpoint_step: int | None = None
-        self.last_checkpoint_time = time.time()
+        self.schedule = CheckpointSchedule(checkpoint_every, checkpoint_seconds)
         self.step_seconds: deque[float] = deque(
             maxlen=100_000
         )  # drained by the publisher, for /metrics
@@ -325,7 +325,6 @@ class Learner:
         self._stop = threading.Event()
         self._calls_lock = threading.Lock()
         self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future]] = queue.SimpleQueue()
-        self._next_checkpoint = checkpoint_every
         self.publications = 0
         self.predictor = self._publish()
 
@@ -344,9 +343,7 @@ class Learner:
             self.drift.load_state_dict(state["drift"])
         self._next_log = (self.counters.events_learned // self.log_every + 1) * self.log_every
         self.last_checkpoint_step = int(state["step"])
-        if self.checkpoint_every:
-            n = self.counters.events_learned
-            self._next_checkpoint = (n // self.checkpoint_every + 1) * self.checkpoint_every
+        self.schedule.resume(self.counters.events_learned)
         self.predictor = self._publish()
         log.info(
             "resumed from %s: %d events learned, source position %s",
@@ -376,7 +373,8 @@ class Learner:
         self.source.commit(step)  # e.g. XACK the Redis entries the checkpoint now covers
         if self.logger is not None:
             self.logger.set_tags({"checkpoint_step": step})
-        self.last_checkpoint_step, self.last_checkpoint_time = step, time.time()
+        self.last_checkpoint_step = step
+        self.schedule.written()
         self.predictor = self._publish()
 
     def submit(self, call: Callable[[], Any]) -> Future:
@@ -455,23 +453,19 @@ class Learner:
         batch = events_batch(events, self.source.dtype)
         started = time.perf_counter()
         try:
-            self.strategy.validate(batch)
+            out = prequential_step(self.strategy, batch)
         except InvalidBatchError as err:  # e.g. a label beyond max_classes: dead-lettered
-            self.counters.lines_rejected += len(events)
+            self.counters.lines_rejected += len(events)  # refused before anything changed
             if self.dead_letters is not None:
                 for e in events:
                     self.dead_letters.write(str(err), json.dumps(e.to_json()), "learner")
             return
-        scores = self.strategy.predict(batch.x)
-        if scores.shape[1]:
-            hit = scores.argmax(1).cpu() == batch.y
-        else:
-            hit = torch.zeros(len(events), dtype=torch.bool)
+        hit = out.hits.cpu()
         self.counters.correct += int(hit.sum())
         if self.drift is not None:
             self.drift.update_many((~hit).float(), start_index=self.counters.predicted)
         self.counters.predicted += len(events)
-        step = self.strategy.observe(batch)
+        step = out.step
         self.counters.events_learned += len(events)
         self.step_seconds.append(time.perf_counter() - started)
         if self.logger is not None and self.counters.events_learned >= self._next_log:
@@ -485,18 +479,14 @@ class Learner:
             self.predictor = self._publish()
 
     def _maybe_checkpoint(self) -> None:
-        n = self.counters.events_learned
         self._run_calls()
-        due = False
-        if self._next_checkpoint is not None and n >= self._next_checkpoint:
-            self._next_checkpoint = (n // self.checkpoint_every + 1) * self.checkpoint_every
-            due = True
-        if self.checkpoint_seconds and time.time() - self.last_checkpoint_time >= (
-            self.checkpoint_seconds
-        ):
-            due = True
-        if due:
+        if self.schedule.due(self.counters.events_learned):
             self.checkpoint()
+
+    @property
+    def last_checkpoint_time(self) -> float:
+        """When the last checkpoint was written (the learner's start before the first)."""
+        return self.schedule.last_time
 
     def _publish(self) -> Predictor:
         # eval mode, as predict() uses: what a predictor computes (e.g. SCR's class means,
