@@ -406,7 +406,7 @@ def run(
     if resume_state is not None:
         strategy.load_state_dict(resume_state["strategy"])
         ev.load_state_dict(resume_state["evaluator"])
-        stream.seek(int(resume_state["stream_position"]))
+        stream.seek(int(resume_state["position"]))
     if strategy.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(strategy.device)
     schedule = CheckpointSchedule(checkpoint_every, samples=ev.samples)
@@ -414,13 +414,20 @@ def run(
     def save_checkpoint() -> None:
         if logger is not None:  # what the checkpoint covers is in MLflow before it exists
             logger.flush()
+        evaluator = ev.state_dict()  # reads the device's hit count once
         checkpointer.save(
             {
+                "kind": "run",
                 "strategy": strategy.state_dict(),
-                "evaluator": ev.state_dict(),
-                "stream_position": stream.position(),
-                "mlflow_run_id": logger.run_id if logger is not None else "",
+                "position": stream.position(),
+                "counters": {
+                    "events_learned": ev.samples,
+                    "correct": ev.correct,
+                    "predicted": ev.predicted,
+                },
                 "config": config or {},
+                "mlflow_run_id": logger.run_id if logger is not None else "",
+                "evaluator": evaluator,
             },
             step=ev.samples,
         )

@@ -21,8 +21,6 @@ from streamkd.strategy import Strategy, get_strategy, make_strategy, resolve_dev
 
 MLP_HIDDEN = {"split-digits": (100, 100)}
 log = logging.getLogger(__name__)
-CHECKPOINT_KEYS = ("strategy", "evaluator", "stream_position")
-"""What every run checkpoint holds; one without them is skipped for the previous one."""
 
 
 def write_json(path: str | Path | None, payload: Any) -> None:
@@ -258,11 +256,7 @@ def run_one(
         drift=drift,
         drift_signal=drift_signal,
     )
-    checkpointer = (
-        Checkpointer(checkpoint_dir, required=CHECKPOINT_KEYS)
-        if checkpoint_dir is not None
-        else None
-    )
+    checkpointer = Checkpointer(checkpoint_dir, kind="run") if checkpoint_dir is not None else None
     state = None
     if resume and checkpointer is not None:
         state = checkpointer.load_latest()

@@ -1,3 +1,5 @@
+import hashlib
+import io
 import json
 import os
 import signal
@@ -8,7 +10,7 @@ import time
 import pytest
 import torch
 
-from streamkd.checkpoint import Checkpointer, CheckpointError
+from streamkd.checkpoint import FORMAT_VERSION, MAGIC, Checkpointer, CheckpointError
 from streamkd.evaluate import run
 from streamkd.experiment import make_model, make_strategy, make_stream, run_one
 
@@ -82,6 +84,79 @@ def test_library_resume_equals_uninterrupted_run(tmp_path):
     assert resumed["prequential_acc"] == full["prequential_acc"]
     assert resumed["samples"] == full["samples"]
     assert resumed["curve"] == full["curve"]
+
+
+def _write_raw(path, payload: dict) -> None:
+    """A checkpoint file holding ``payload`` as it is (its format untouched)."""
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    data = buf.getvalue()
+    path.write_bytes(MAGIC + hashlib.sha256(data).hexdigest().encode() + b"\n" + data)
+
+
+def _as_format_1(path) -> None:
+    """Rewrite a checkpoint in the layout streamkd wrote before the shared schema."""
+    state = Checkpointer.load(path)
+    kind = state.pop("kind")
+    if kind == "run":
+        state["stream_position"] = state.pop("position")
+        del state["counters"]
+    else:
+        state["source_position"] = state.pop("position")
+        state["events_learned"] = state["counters"]["events_learned"]
+    _write_raw(path, {**state, "format": 1})
+
+
+def test_a_run_resumes_from_checkpoints_written_in_format_1(tmp_path):
+    def fresh():
+        stream = make_stream("split-digits", seed=0)
+        return make_strategy("er", make_model(stream), memory=100), stream
+
+    full = run(*fresh(), log_every=50)
+    ck = Checkpointer(tmp_path, kind="run")
+    run(*fresh(), max_samples=600, checkpointer=ck, checkpoint_every=250, log_every=50)
+    for path in ck.paths():
+        _as_format_1(path)
+        payload = path.read_bytes()[len(MAGIC) + 65 :]
+        assert torch.load(io.BytesIO(payload), weights_only=True)["format"] == 1
+    state = ck.load_latest()
+    assert state["kind"] == "run" and state["format"] == FORMAT_VERSION
+    assert state["counters"]["events_learned"] == state["step"] >= 600
+    resumed = run(*fresh(), checkpointer=ck, checkpoint_every=250, resume_state=state)
+    assert resumed["acc_matrix"] == full["acc_matrix"] and resumed["curve"] == full["curve"]
+
+
+def test_a_daemon_checkpoint_in_format_1_reads_in_the_shared_schema(tmp_path):
+    from streamkd.serve.learner import inspect_checkpoints
+
+    stream = make_stream("split-digits", seed=0)
+    strategy = make_strategy("er", make_model(stream), memory=20)
+    counters = {"events_learned": 30, "lines_rejected": 1, "correct": 12, "predicted": 30}
+    old = {
+        "format": 1,
+        "step": 30,
+        "strategy": strategy.state_dict(),
+        "source_position": 4096,
+        "events_learned": 30,
+        "counters": counters,
+        "config": {"strategy": "er"},
+        "mlflow_run_id": "",
+        "drift": {},
+    }
+    _write_raw(tmp_path / "ckpt-000000000030.pt", old)
+    state = Checkpointer(tmp_path, kind="daemon").load_latest()
+    assert (state["kind"], state["position"], state["counters"]) == ("daemon", 4096, counters)
+    info = inspect_checkpoints(tmp_path)
+    assert info["source_position"] == 4096 and info["prequential_acc"] == 0.4
+    # a run's folder does not take a daemon's checkpoint for its own
+    with pytest.raises(CheckpointError, match="is a daemon's, and this folder is read as a run's"):
+        Checkpointer(tmp_path, kind="run", writable=False).load_latest()
+
+
+def test_a_checkpoint_of_a_newer_format_is_refused_naming_it(tmp_path):
+    _write_raw(tmp_path / "ckpt-000000000010.pt", {"format": FORMAT_VERSION + 1, "step": 10})
+    with pytest.raises(CheckpointError, match=f"has format {FORMAT_VERSION + 1}; this streamkd"):
+        Checkpointer(tmp_path).load_latest()
 
 
 @pytest.mark.slow

@@ -544,8 +544,8 @@ def test_sigterm_checkpoints_and_exits_0_and_a_corrupt_newest_falls_back(tmp_pat
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=10) == 0 and time.time() - sent < 10
     newest = Checkpointer(ck).paths()[0]
-    assert Checkpointer.load(newest)["events_learned"] == 1347
-    previous = Checkpointer.load(Checkpointer(ck).paths()[1])["events_learned"]
+    assert Checkpointer.load(newest)["counters"]["events_learned"] == 1347
+    previous = Checkpointer.load(Checkpointer(ck).paths()[1])["counters"]["events_learned"]
     newest.write_bytes(newest.read_bytes()[:-100])  # truncated
     proc, port = start_server(args)
     try:

@@ -59,7 +59,7 @@ from streamkd.atomic import strict_json
 from streamkd.checkpoint import Checkpointer
 from streamkd.serve import schema
 from streamkd.serve.config import ServeConfig
-from streamkd.serve.learner import CHECKPOINT_KEYS, DeadLetters, Replica, build_strategy
+from streamkd.serve.learner import DeadLetters, Replica, build_strategy
 from streamkd.serve.metrics import Metrics
 from streamkd.serve.process import LearnerProcess
 from streamkd.serve.wal import WalError, WriteAheadLog, wal_dir
@@ -120,9 +120,7 @@ class Service:
             model_config = {
                 k: v for k, v in built.config.items() if k not in ("source", "batch_size")
             }
-            checkpointer = Checkpointer(
-                ck_dir, keep=config.keep, required=CHECKPOINT_KEYS, writable=False
-            )
+            checkpointer = Checkpointer(ck_dir, keep=config.keep, kind="daemon", writable=False)
             self.learner = Replica(built.strategy, checkpointer, config=model_config)
             self.resumed = True
             return
@@ -139,7 +137,7 @@ class Service:
                 f"--checkpoint-dir {ck_dir} is held by another streamkd serve"
             ) from None
         try:
-            Checkpointer(ck_dir, keep=config.keep, required=CHECKPOINT_KEYS)  # writable?
+            Checkpointer(ck_dir, keep=config.keep, kind="daemon")  # writable?
             durable = None
             if config.source == "http":
                 durable = mp.get_context("spawn").RawValue("q", 0)

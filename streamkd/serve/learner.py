@@ -36,7 +36,6 @@ from streamkd.streams.source import Source
 from streamkd.types import InvalidBatchError
 
 log = logging.getLogger(__name__)
-CHECKPOINT_KEYS = ("strategy", "source_position", "events_learned", "counters", "config")
 PUBLISH_SECONDS = 0.5  # a new predictor at most this often (and after every checkpoint)
 
 
@@ -60,15 +59,13 @@ def inspect_checkpoints(directory: str | Path) -> dict[str, Any]:
     state = Checkpointer(directory, writable=False).load_latest()
     if state is None:
         raise CheckpointError(f"no checkpoint in {directory}")
-    counters = state.get("counters")
-    if counters is None:  # a `streamkd run` checkpoint: the evaluator counts
-        counts = state.get("evaluator", {}).get("counts", [0, 0, 0])
-        counters = {"correct": counts[1], "predicted": counts[2]}
+    counters = state["counters"]  # one schema for a run's and a daemon's (streamkd.checkpoint)
     predicted = counters.get("predicted") or 0
     return {
+        "kind": state["kind"],
         "step": int(state["step"]),
-        "events_learned": int(state.get("events_learned", state["step"])),
-        "source_position": state.get("source_position", state.get("stream_position")),
+        "events_learned": int(counters["events_learned"]),
+        "source_position": state["position"],
         "strategy": state["strategy"]["strategy"],
         "prequential_acc": counters.get("correct", 0) / predicted if predicted else None,
         "mlflow_run_id": state.get("mlflow_run_id") or None,
@@ -337,7 +334,7 @@ class Learner:
             return False
         check_resumable(state, self.config, self.checkpointer.directory)
         self.strategy.load_state_dict(state["strategy"])
-        self.source.seek(state["source_position"])
+        self.source.seek(state["position"])
         self.counters = Counters(**state["counters"])
         if self.drift is not None and state.get("drift"):
             self.drift.load_state_dict(state["drift"])
@@ -355,9 +352,9 @@ class Learner:
 
     def state(self) -> dict[str, Any]:
         return {
+            "kind": "daemon",
             "strategy": self.strategy.state_dict(),
-            "source_position": self.source.position(),
-            "events_learned": self.counters.events_learned,
+            "position": self.source.position(),
             "counters": dict(vars(self.counters)),
             "config": self.config,
             "mlflow_run_id": self.logger.run_id if self.logger is not None else "",

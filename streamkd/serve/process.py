@@ -48,7 +48,6 @@ import torch
 
 from streamkd.serve.config import ServeConfig
 from streamkd.serve.learner import (
-    CHECKPOINT_KEYS,
     DeadLetters,
     Learner,
     Predictor,
@@ -309,7 +308,7 @@ def open_learner(config: ServeConfig, durable=None) -> tuple[Learner, Any, bool]
 
     built = build_strategy(config)
     ck_dir = Path(config.checkpoint_dir).expanduser()
-    checkpointer = Checkpointer(ck_dir, keep=config.keep, required=CHECKPOINT_KEYS)
+    checkpointer = Checkpointer(ck_dir, keep=config.keep, kind="daemon")
     source = open_source(
         config.source,
         SourceContext(
