@@ -6,6 +6,7 @@ import json
 import logging
 import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from streamkd.checkpoint import Checkpointer
 from streamkd.evaluate import run
 from streamkd.models import Classifier, build_model
 from streamkd.registry import STRATEGIES
-from streamkd.strategy import Strategy, get_strategy, make_strategy, resolve_device
+from streamkd.strategy import MAX_CLASSES, Strategy, get_strategy, make_strategy, resolve_device
 
 MLP_HIDDEN = {"split-digits": (100, 100)}
 log = logging.getLogger(__name__)
@@ -79,6 +80,96 @@ def make_model(
         head_scale=head_scale,
         hidden=MLP_HIDDEN.get(stream.name, (256, 256)),
     )
+
+
+@dataclass(frozen=True)
+class LearnerSpec:
+    """Everything that builds a learner, in one value: the strategy and its arguments, what
+    it learns from (a registered ``stream``, or raw inputs of ``input_shape``: float32
+    vectors or images, an MLP), the model's options (``arch``, ``nf``), the memory, seed,
+    device and label cap. :func:`build_learner` checks it all once, before any data loads.
+    """
+
+    strategy: str
+    stream: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    strategy_args: dict[str, Any] = field(default_factory=dict)
+    stream_args: dict[str, Any] = field(default_factory=dict)
+    model_args: dict[str, Any] = field(default_factory=dict)
+    memory: int = 500
+    seed: int = 0
+    device: str = "cpu"
+    batch_size: int = 10
+    data_dir: str | None = None
+    max_classes: int | None = None
+
+
+@dataclass
+class Learner:
+    """What :func:`build_learner` made: the strategy, the stream it was built for (``None``
+    for raw inputs) and the label cap it enforces."""
+
+    strategy: Strategy
+    stream: Any
+    spec: LearnerSpec
+    max_classes: int
+
+
+def check_spec(spec: LearnerSpec) -> type[Strategy]:
+    """Every check of a :class:`LearnerSpec` that needs no data: the strategy's name and
+    arguments, the seed and counts, what the inputs are. Returns the strategy's class."""
+    cls = get_strategy(spec.strategy)
+    check_run_arguments(seed=spec.seed, max_classes=spec.max_classes)
+    if (spec.stream is None) == (spec.input_shape is None):
+        raise ValueError("a learner is built for a stream or for an input shape: give one")
+    _check_keys(spec.strategy, cls, spec.strategy_args)  # unknown or reserved: refused
+    if spec.input_shape is not None:
+        shape = tuple(spec.input_shape)
+        if not shape or not all(isinstance(d, int) and d >= 1 for d in shape):
+            raise ValueError(f"input_shape must be positive sizes, e.g. (1, 28, 28); got {shape}")
+        if spec.model_args:
+            raise ValueError(f"raw inputs get an MLP; {', '.join(spec.model_args)} does not apply")
+    return cls
+
+
+def build_learner(spec: LearnerSpec) -> Learner:
+    """The one assembly of a learner (the CLI's ``run`` and ``compare``, the daemon, the
+    notebooks): checks ``spec`` (:func:`check_spec`), loads the stream, builds the model the
+    strategy expects (its head, width or own network; seeded) and the strategy around it.
+    Labels must lie below ``max_classes`` (default: the classes the stream declares; a cap
+    below them is refused)."""
+    cls = check_spec(spec)
+    device = resolve_device(spec.device)
+    if spec.stream is not None:
+        stream = make_stream(
+            spec.stream,
+            seed=spec.seed,
+            batch_size=spec.batch_size,
+            data_dir=spec.data_dir,
+            **spec.stream_args,
+        )
+        declared = getattr(stream, "n_classes", None)
+        if spec.max_classes is not None and declared is not None and spec.max_classes < declared:
+            raise ValueError(
+                f"--max-classes {spec.max_classes} is below the stream's classes: the stream "
+                f"declares {declared} classes"
+            )
+        model = make_model(stream, seed=spec.seed, strategy=spec.strategy, **spec.model_args)
+    else:
+        stream, declared = None, None
+        torch.manual_seed(spec.seed)
+        model = build_model("mlp", spec.input_shape, head=cls.head, head_scale=cls.head_scale)
+    max_classes = spec.max_classes or declared or MAX_CLASSES
+    strategy = make_strategy(
+        spec.strategy,
+        model,
+        memory=spec.memory,
+        seed=spec.seed,
+        device=device,
+        max_classes=max_classes,
+        **spec.strategy_args,
+    )
+    return Learner(strategy, stream, spec, max_classes)
 
 
 # set by their own arguments of run_one / the CLI (--memory, --seed, ...), never twice
@@ -215,37 +306,31 @@ def run_one(
     """
     from streamkd.drift import DriftMonitor
 
-    get_strategy(strategy_name)  # fail fast with the list of names, before loading data
+    spec = LearnerSpec(
+        strategy_name,
+        stream=stream_name,
+        strategy_args=dict(strategy_kwargs or {}),
+        stream_args=dict(stream_kwargs or {}),
+        model_args={k: v for k, v in (model_kwargs or {}).items() if v is not None},
+        memory=memory,
+        seed=seed,
+        device=device,
+        batch_size=batch_size,
+        data_dir=data_dir,
+        max_classes=max_classes,
+    )
+    check_spec(spec)  # fail fast, before loading data
     check_run_arguments(
         seed=seed,
         max_samples=max_samples,
         eval_every=eval_every,
         checkpoint_every=checkpoint_every,
-        max_classes=max_classes,
     )
     if resume and checkpoint_dir is None:
         raise ValueError("--resume needs --checkpoint-dir: the folder to resume from")
     monitor = DriftMonitor(drift, signal=drift_signal) if drift is not None else None
-    stream = make_stream(
-        stream_name, seed=seed, batch_size=batch_size, data_dir=data_dir, **(stream_kwargs or {})
-    )
-    declared = getattr(stream, "n_classes", None)
-    if max_classes is not None and declared is not None and max_classes < declared:
-        raise ValueError(
-            f"--max-classes {max_classes} is below the stream's classes: the stream declares "
-            f"{declared} classes"
-        )
-    dev = resolve_device(device)
-    model = make_model(stream, seed=seed, strategy=strategy_name, **(model_kwargs or {}))
-    strategy = make_strategy(
-        strategy_name,
-        model,
-        memory=memory,
-        seed=seed,
-        device=dev,
-        max_classes=max_classes or declared,
-        **(strategy_kwargs or {}),
-    )
+    learner = build_learner(spec)
+    strategy, stream, dev = learner.strategy, learner.stream, learner.strategy.device
     config = run_config(
         strategy_name,
         strategy,

@@ -275,7 +275,7 @@ def build_model(
             raise ValueError(f"multi-field inputs need arch 'mlp' (embeddings + MLP), got {arch!r}")
         backbone: nn.Module = FieldEncoder(schema, hidden)
         return Classifier(
-            backbone, _head(head, backbone.out_dim, n_classes, head_scale), None, None, schema
+            backbone, make_head(head, backbone.out_dim, n_classes, head_scale), None, None, schema
         )
     input_shape = tuple(int(s) for s in input_shape)
     if arch == "mlp":
@@ -286,7 +286,7 @@ def build_model(
         backbone = ResNet18(nf=nf, in_channels=input_shape[0])
     else:
         raise ValueError(f"unknown model architecture {arch!r}; expected 'mlp' or 'resnet18'")
-    head_mod = _head(head, backbone.out_dim, n_classes, head_scale)
+    head_mod = make_head(head, backbone.out_dim, n_classes, head_scale)
     return Classifier(backbone, head_mod, InputNormalizer(mean, std), input_shape)
 
 
@@ -312,7 +312,7 @@ def widened(model: Classifier, factor: float) -> Classifier:
         )
     head = model.head
     kind = "cosine" if isinstance(head, CosineHead) else "linear"
-    new_head = _head(kind, backbone.out_dim, head.out_features, getattr(head, "scale", 1.0))
+    new_head = make_head(kind, backbone.out_dim, head.out_features, getattr(head, "scale", 1.0))
     return Classifier(
         backbone,
         new_head,
@@ -322,7 +322,10 @@ def widened(model: Classifier, factor: float) -> Classifier:
     )
 
 
-def _head(kind: str, in_features: int, n_classes: int, scale: float) -> IncrementalHead:
+def make_head(
+    kind: str, in_features: int, n_classes: int = 0, scale: float = 1.0
+) -> IncrementalHead:
+    """The classifier head a strategy names (``Strategy.head``): ``linear`` or ``cosine``."""
     if kind == "linear":
         return LinearHead(in_features, n_classes)
     if kind == "cosine":

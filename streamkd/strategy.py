@@ -622,9 +622,9 @@ def get_strategy(name: str) -> type[Strategy]:
     return STRATEGIES.get(name)
 
 
-def make_strategy(name: str, model: Classifier, **kwargs: Any) -> Strategy:
-    """Build strategy ``name`` around ``model``; ``None`` values take the defaults, and an
-    argument the strategy does not take is refused with the list of valid ones."""
+def check_arguments(name: str, kwargs: dict[str, Any]) -> type[Strategy]:
+    """Strategy ``name``'s class, refusing an argument it does not take (listing the valid
+    ones)."""
     cls = get_strategy(name)
     valid = cls.arguments()
     unknown = [k for k in kwargs if k not in valid]
@@ -633,6 +633,13 @@ def make_strategy(name: str, model: Classifier, **kwargs: Any) -> Strategy:
             f"unknown argument(s) {', '.join(map(repr, unknown))} for strategy {name!r}; "
             f"valid: {', '.join(valid)}"
         )
+    return cls
+
+
+def make_strategy(name: str, model: Classifier, **kwargs: Any) -> Strategy:
+    """Build strategy ``name`` around ``model``; ``None`` values take the defaults, and an
+    argument the strategy does not take is refused with the list of valid ones."""
+    cls = check_arguments(name, kwargs)
     return cls(model, **{k: v for k, v in kwargs.items() if v is not None})
 
 

@@ -61,8 +61,8 @@ import torch
 from river import base
 
 from streamkd.engine import prequential_step
-from streamkd.models import MLP, Classifier, CosineHead, InputNormalizer, LinearHead
-from streamkd.strategy import MAX_CLASSES, Strategy
+from streamkd.models import MLP, Classifier, InputNormalizer, make_head
+from streamkd.strategy import MAX_CLASSES, Strategy, check_arguments, get_strategy, make_strategy
 from streamkd.types import Batch
 
 if TYPE_CHECKING:
@@ -138,9 +138,7 @@ class RiverClassifier(base.MiniBatchClassifier):
         batch_size: int = 1,
         seed: int | None = None,
     ) -> None:
-        from streamkd.strategies import get_strategy
-
-        get_strategy(strategy)  # an unknown name fails here, listing the valid ones
+        check_arguments(strategy, strategy_kwargs or {})  # an unknown name or argument
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if strategy_kwargs and "seed" in strategy_kwargs:
@@ -281,8 +279,6 @@ class RiverClassifier(base.MiniBatchClassifier):
 
     # -- the network ----------------------------------------------------------------------------
     def _build(self) -> None:
-        from streamkd.strategies import get_strategy
-
         cls = get_strategy(self.strategy)
         seed = self.seed if self.seed is not None else random.randrange(2**31 - 1)
         n_features = len(self._features)
@@ -298,18 +294,9 @@ class RiverClassifier(base.MiniBatchClassifier):
                 with torch.no_grad():
                     out_dim = backbone.eval()(torch.zeros(1, n_features)).shape[-1]
                 backbone.train(was_training)
-            if cls.head == "cosine":
-                head: LinearHead = CosineHead(int(out_dim), 0, scale=cls.head_scale)
-            else:
-                head = LinearHead(int(out_dim), 0)
+            head = make_head(cls.head, int(out_dim), scale=cls.head_scale)
         model = Classifier(backbone, head, InputNormalizer(), input_shape=(n_features,))
-        kwargs = dict(self.strategy_kwargs or {})
-        try:
-            strategy = cls(model, seed=seed, **kwargs)
-        except TypeError as err:
-            raise ValueError(
-                f"strategy {self.strategy!r} does not accept strategy_kwargs {kwargs}: {err}"
-            ) from err
+        strategy = make_strategy(self.strategy, model, seed=seed, **(self.strategy_kwargs or {}))
         self._strategy = strategy
 
     def _observe(self, x: torch.Tensor, y: list[int]) -> None:

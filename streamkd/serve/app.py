@@ -63,6 +63,7 @@ from streamkd.serve.learner import DeadLetters, Replica, build_strategy
 from streamkd.serve.metrics import Metrics
 from streamkd.serve.process import LearnerProcess
 from streamkd.serve.wal import WalError, WriteAheadLog, wal_dir
+from streamkd.strategy import get_strategy
 from streamkd.streams.jsonl import EVENT_KEYS, Event, EventError, decode_json, parse_event
 
 log = logging.getLogger(__name__)
@@ -305,8 +306,6 @@ class Service:
     # -- correct -----------------------------------------------------------------------------
     def parse_correction(self, raw: bytes) -> tuple[str, np.ndarray]:
         """``{"text": ..., "x": ...}`` or ``{"text": ..., "id": <an earlier /predict id>}``."""
-        from streamkd.strategies import get_strategy
-
         if self.replica:
             raise self.refuse(
                 409, "a replica serves predictions; POST /correct to the learner", raw, "correct"

@@ -89,45 +89,33 @@ def build_strategy(config) -> Built:
     ``--like STREAM``'s inputs (its default model) or for ``--input-shape`` (float32, MLP)."""
     from streamkd.experiment import (
         RESOLVED_PER_DEVICE,
-        make_model,
-        make_strategy,
-        make_stream,
+        LearnerSpec,
+        build_learner,
         strategy_kwargs,
     )
-    from streamkd.strategy import MAX_CLASSES
 
-    kwargs = strategy_kwargs(config.strategy, config.strategy_args)
+    shape = None
     if config.input_shape is not None:
-        from streamkd.models import build_model
-        from streamkd.strategies import get_strategy
-
-        cls = get_strategy(config.strategy)
         shape = tuple(int(d) for d in str(config.input_shape).split(","))
-        dtype, declared = torch.float32, None
-        torch.manual_seed(config.seed)
-        model = build_model("mlp", shape, head=cls.head, head_scale=cls.head_scale)
-    else:
-        like = make_stream(config.like, seed=config.seed, data_dir=config.data_dir)
+    learner = build_learner(
+        LearnerSpec(
+            config.strategy,
+            stream=config.like if shape is None else None,
+            input_shape=shape,
+            strategy_args=strategy_kwargs(config.strategy, config.strategy_args),
+            memory=config.memory,
+            seed=config.seed,
+            device=config.device,
+            data_dir=config.data_dir,
+            max_classes=config.max_classes,
+        )
+    )
+    strategy, max_classes, like = learner.strategy, learner.max_classes, learner.stream
+    dtype = torch.float32
+    if like is not None:
         if like.input_shape is None:
             raise ValueError(f"--like {config.like}: multi-field streams cannot be served yet")
         shape, dtype = tuple(like.input_shape), next(iter(like)).x.dtype
-        declared = like.n_classes
-        model = make_model(like, seed=config.seed, strategy=config.strategy)
-    if config.max_classes is not None and declared and config.max_classes < declared:
-        raise ValueError(
-            f"--max-classes {config.max_classes} is below the {declared} classes "
-            f"--like {config.like} declares"
-        )
-    max_classes = config.max_classes or declared or MAX_CLASSES
-    strategy = make_strategy(
-        config.strategy,
-        model,
-        memory=config.memory,
-        seed=config.seed,
-        device=config.device,
-        max_classes=max_classes,
-        **kwargs,
-    )
     run_config = {
         "strategy": config.strategy,
         **{k: v for k, v in strategy.hparams.items() if k not in RESOLVED_PER_DEVICE},
