@@ -80,8 +80,15 @@ def parse_event(
     shape: tuple[int, ...],
     dtype: torch.dtype = torch.float32,
     max_classes: int | None = None,
+    *,
+    bools: bool = True,
 ) -> Event:
-    """Validate a decoded JSON event against the learner's inputs; raises :class:`EventError`."""
+    """Validate a decoded JSON event against the learner's inputs; raises :class:`EventError`.
+
+    ``bools``: whether the event's text may hold ``true`` or ``false`` at all (numpy reads
+    them among numbers as 1/0, so ``x`` is searched for them and refused); a caller holding
+    the raw bytes passes :func:`may_hold_bools` of them, so the common event costs one byte
+    search instead of a walk over ``x``."""
     if not isinstance(obj, dict):
         raise EventError(f"an event must be a JSON object, got {type(obj).__name__}")
     unknown = sorted(set(obj) - EVENT_KEYS)
@@ -93,6 +100,8 @@ def parse_event(
     if "x" not in obj:
         raise EventError(f"event {event_id!r} has no x")
     x = _features(obj["x"], shape, dtype, event_id)
+    if bools and _holds_bool(obj["x"]):
+        raise EventError(f"event {event_id!r}: x must be numbers, not true or false")
     y = obj.get("y")
     if y is not None:
         if isinstance(y, bool) or not isinstance(y, int):
@@ -106,6 +115,22 @@ def parse_event(
     ):
         raise EventError(f"event {event_id!r}: ts must be a finite number or absent")
     return Event(event_id, x, y, None if ts is None else float(ts))
+
+
+def may_hold_bools(raw: str | bytes) -> bool:
+    """Whether JSON text holds ``true`` or ``false`` anywhere (one pass over its bytes)."""
+    return (
+        ("true" in raw or "false" in raw)
+        if isinstance(raw, str)
+        else (b"true" in raw or b"false" in raw)
+    )
+
+
+def _holds_bool(value: Any) -> bool:
+    """Whether ``value`` (a decoded ``x``, already of the learner's shape) holds a boolean."""
+    if isinstance(value, bool):
+        return True
+    return isinstance(value, list) and any(_holds_bool(v) for v in value)
 
 
 def _finite(value: int | float) -> bool:
@@ -205,7 +230,7 @@ def parse_record(
     ``x`` instead of ``xb`` (the WAL of earlier releases) is parsed as an event."""
     obj = decode_json(text)
     if not isinstance(obj, dict) or "xb" not in obj:
-        return parse_event(obj, shape, dtype, max_classes)
+        return parse_event(obj, shape, dtype, max_classes, bools=may_hold_bools(text))
     event_id, y, ts = obj.get("id"), obj.get("y"), obj.get("ts")
     np_dtype = NUMPY_DTYPES[dtype]
     try:
@@ -242,7 +267,8 @@ def parse_line(
     try:
         if record:
             return Line(end, parse_record(text, shape, dtype, max_classes))
-        return Line(end, parse_event(decode_json(text), shape, dtype, max_classes))
+        obj = decode_json(text)
+        return Line(end, parse_event(obj, shape, dtype, max_classes, bools=may_hold_bools(text)))
     except Exception as err:  # noqa: BLE001 - the last line of defence, reported
         why = str(err) if isinstance(err, EventError) else f"unreadable event: {err!r}"
         if isinstance(text, bytes):

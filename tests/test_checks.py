@@ -33,7 +33,13 @@ from streamkd.types import StepResult
 DIGITS = Setting("split-digits", {"max_per_segment": 30, "order": "fixed"})
 
 
-@pytest.mark.parametrize("name", list(STRATEGIES))
+# the costly ones (5-20 s each: ResNet steps, many arguments) run in the slow tier
+COSTLY = {"onpro", "lightsuan", "hpcr", "scr"}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=[pytest.mark.slow] if n in COSTLY else []) for n in STRATEGIES]
+)
 def test_every_registered_strategy_passes_the_contract(name):
     seen = check_strategy(STRATEGIES[name])
     assert set(seen) == {"learns", "refuses", "resumes", "arguments", "syncs"}

@@ -380,3 +380,23 @@ def test_a_claim_taken_by_someone_else_stops_the_next_read(server, caplog):
     finally:
         src.close()
     assert client.get(src.lock_key) == "intruder"  # close() releases only its own claim
+
+
+def test_the_redis_source_passes_the_source_contract(server):
+    """``streamkd.checks.check_source``: each event once, in order; a reader resumed at a
+    checkpoint's position reads exactly what followed it."""
+    import json
+
+    from streamkd.checks import check_source
+    from streamkd.streams.source import SourceContext, open_source
+
+    client = server.client()
+    url = f"redis://127.0.0.1:{server.port}/events?group=g&consumer=c"
+    context = SourceContext(SHAPE, torch.uint8, max_classes=10)
+
+    def write(events):
+        for e in events:
+            client.xadd("events", {"event": json.dumps(e)})
+
+    events = [json.loads(event(i)) for i in range(11)]
+    check_source(lambda: open_source(url, context), write, events)

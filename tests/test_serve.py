@@ -91,6 +91,18 @@ def test_jsonl_source_reads_whole_lines_only_and_seeks_back(tmp_path):
         source.seek(path.stat().st_size + 1)
 
 
+def test_the_file_source_refuses_true_and_false_pixels_as_learn_does(tmp_path):
+    """numpy reads ``[true, 7]`` as ``[1, 7]``: the sources' shared parser refuses it, for a
+    file (and the WAL and Redis, which parse with it) as for ``POST /learn``."""
+    x = np.full(SHAPE, 7).tolist()
+    x[0][0][0] = True
+    path = tmp_path / "events.jsonl"
+    path.write_text(json.dumps(_event(id="b", x=x)) + "\n" + json.dumps(_event(id="g")) + "\n")
+    bad, good = JsonlSource(path, SHAPE, torch.uint8, max_classes=10, follow=False).read(10)
+    assert bad.event is None and "event 'b': x must be numbers, not true or false" in bad.error
+    assert good.event.id == "g"
+
+
 # -- a real server ------------------------------------------------------------------------------
 
 
@@ -408,6 +420,7 @@ def test_bad_requests_get_their_4xx_are_counted_dead_lettered_and_change_nothing
     assert rejected == len(BAD_REQUESTS)
 
 
+@pytest.mark.slow  # a live daemon, ~20 s
 def test_a_correction_posted_to_droc_applies_to_the_next_prediction(tmp_path):
     ck = tmp_path / "ck"
     args = ["--like", "split-digits", "--source", "http", "--checkpoint-dir", str(ck)]
@@ -663,6 +676,7 @@ def test_a_replica_follows_the_learners_checkpoints(tmp_path):
                 proc.wait(timeout=30)
 
 
+@pytest.mark.slow  # a live daemon, ~15 s
 def test_serve_feature_vectors_by_input_shape_with_drift_detection(tmp_path):
     """No --like: float32 vectors of --input-shape, an MLP, labels capped by --max-classes;
     ADWIN watches the prequential error and its state is checkpointed."""

@@ -86,6 +86,7 @@ def test_a_reposted_batch_appends_only_its_new_events_and_says_which(tmp_path):
     assert _wal_ids(tmp_path / "ck") == [e["id"] for e in events]
 
 
+@pytest.mark.slow  # a live daemon, ~20 s
 def test_a_torn_batch_is_reposted_whole_and_each_event_is_learned_once(tmp_path):
     """A crash while a batch was being written (never acknowledged) leaves k whole lines and
     a partial one. The restart cuts the partial line; the client re-posts the whole batch:

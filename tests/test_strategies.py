@@ -20,7 +20,13 @@ def _run(name, seed=0, stream="split-digits", memory=200, **kw):
 
 # OnPro needs thousands of steps per segment (Adam 5e-4, CE only on replay after the first
 # classes) and costs ~100x ER per step: tests/test_ocl_strategies.py covers it on tiny slices.
-@pytest.mark.parametrize("name", sorted(set(IMAGE_STRATEGIES) - {"onpro"}))
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=[pytest.mark.slow] if n in ("scr", "pcr", "hpcr") else [])
+        for n in sorted(set(IMAGE_STRATEGIES) - {"onpro"})
+    ],
+)
 def test_each_strategy_learns_and_is_deterministic(name, data_dir):
     """Split-MNIST, 500 samples per segment, memory 100 (naive ends near 0.2 here)."""
     first, strategy = _run(name, stream="split-mnist", memory=100)

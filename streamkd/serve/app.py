@@ -64,7 +64,14 @@ from streamkd.serve.metrics import Metrics
 from streamkd.serve.process import LearnerProcess
 from streamkd.serve.wal import WalError, WriteAheadLog, wal_dir
 from streamkd.strategy import get_strategy
-from streamkd.streams.jsonl import EVENT_KEYS, Event, EventError, decode_json, parse_event
+from streamkd.streams.jsonl import (
+    EVENT_KEYS,
+    Event,
+    EventError,
+    decode_json,
+    may_hold_bools,
+    parse_event,
+)
 
 log = logging.getLogger(__name__)
 PREDICT_BATCH = 256
@@ -236,18 +243,12 @@ class Service:
             raise self.refuse(400, str(err), raw, kind) from None
 
     def _event(self, obj: Any, raw: bytes, kind: str, where: str = "", bools: bool = True) -> Event:
-        """One event of a request, checked; ``bools``: whether the body holds a ``true`` or
-        ``false`` at all (looked for once per request by the caller, :func:`_has_bool_literal`)."""
+        """One event of a request, checked by the sources' parser; ``bools``: whether the
+        body holds a ``true`` or ``false`` at all (:func:`may_hold_bools`, once per request)."""
         try:
-            event = parse_event(obj, self.shape, self.dtype, self.max_classes)
+            return parse_event(obj, self.shape, self.dtype, self.max_classes, bools=bools)
         except EventError as err:
             raise self.refuse(422, f"{where}{err}", raw, kind) from None
-        # numpy reads true/false among numbers as 1/0: refused (looked for only when the
-        # body holds such a literal, so the common body costs one byte search per request)
-        if bools and _holds_bool(obj["x"]):
-            reason = f"{where}event {event.id!r}: x must be numbers, not true or false"
-            raise self.refuse(422, reason, raw, kind)
-        return event
 
     # -- predict -----------------------------------------------------------------------------
     def parse_predict(self, raw: bytes) -> tuple[list[str | None], np.ndarray, bool]:
@@ -265,7 +266,7 @@ class Service:
         if len(items) > most:  # could never be queued: not a 503 to retry
             reason = f"a batch of {len(items)} rows; at most {most} (--max-queued-rows)"
             raise self.refuse(413, reason, raw, "predict")
-        ids, xs, bools = [], [], _has_bool_literal(raw)
+        ids, xs, bools = [], [], may_hold_bools(raw)
         for i, item in enumerate(items):
             if not isinstance(item, dict) or "x" not in item:
                 raise self.refuse(422, f"item {i}: expected an object with x", raw, "predict")
@@ -363,7 +364,7 @@ class Service:
             items = [body]
         if not isinstance(items, list) or not items:
             raise self.refuse(422, "events must be a non-empty list", raw, "learn")
-        events, seen, bools = [], set(), _has_bool_literal(raw)
+        events, seen, bools = [], set(), may_hold_bools(raw)
         for i, item in enumerate(items):
             if isinstance(item, dict) and "x" not in item and set(item) <= EVENT_KEYS:
                 x = self.remembered_x(item.get("id"))
@@ -576,18 +577,6 @@ def create_app(service: Service):
 
     app.openapi = openapi
     return app
-
-
-def _has_bool_literal(raw: bytes) -> bool:
-    """Whether a JSON body holds ``true`` or ``false`` anywhere (one pass over its bytes)."""
-    return b"true" in raw or b"false" in raw
-
-
-def _holds_bool(value: Any) -> bool:
-    """Whether ``value`` (a decoded ``x``, already of the learner's shape) holds a boolean."""
-    if isinstance(value, bool):
-        return True
-    return isinstance(value, list) and any(_holds_bool(v) for v in value)
 
 
 def _version() -> str:
