@@ -37,7 +37,7 @@ from torch import Tensor
 from streamkd.distill import bd_kd, forward_kl, reverse_kl
 from streamkd.models import Classifier, widened
 from streamkd.strategy import Strategy
-from streamkd.types import Batch, Inputs, StepResult, to_device
+from streamkd.types import Batch, Inputs, StepResult
 
 Distiller = Callable[..., Tensor]  # (student_logits, teacher_logits, temperature) -> loss
 
@@ -112,9 +112,9 @@ class OnlineDistillation(Strategy):
     @torch.no_grad()
     def predict_teacher(self, x: Inputs) -> Tensor:
         """The teacher's class scores (unseen classes ``-inf``, as :meth:`predict`)."""
-        self.check_inputs(x)
+        inputs = self.inputs_on_device(x)
         self.train_mode(False)
-        scores = self.teacher(to_device(x, self.device))
+        scores = self.teacher(inputs)
         return scores.masked_fill(~self.seen_classes, float("-inf"))
 
     def ensure_classes(self, n_classes: int) -> None:

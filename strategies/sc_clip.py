@@ -358,9 +358,9 @@ class SCCLIP(Strategy):
     def embed(self, x: dict[str, Tensor]) -> Tensor:
         """The SC-CLIP embeddings (L2-normalised) of raw inputs: what the robot uses in place
         of the teacher at run time."""
-        self.check_inputs(x)
+        inputs = self.inputs_on_device(x)
         self.train_mode(False)
-        return F.normalize(self.model.embed(x["raster"].to(self.device)), dim=1)
+        return F.normalize(self.model.embed(inputs["raster"]), dim=1)
 
     def predictor(self):
         """A frozen copy of :meth:`predict` (later training does not change it)."""

@@ -69,8 +69,8 @@ class Checkpointer:
     ) -> None:
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
-        if kind is not None and kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if kind is not None and kind not in (*KINDS, "any"):
+            raise ValueError(f"kind must be one of {KINDS} or 'any', got {kind!r}")
         self.directory = Path(directory).expanduser()
         self.keep = keep
         self.kind = kind
@@ -90,7 +90,7 @@ class Checkpointer:
         self.directory.mkdir(parents=True, exist_ok=True)
         if self.kind is not None:  # the schema's keys (module docstring)
             missing = [key for key in REQUIRED if key not in state]
-            if missing or state["kind"] != self.kind:
+            if missing or self.kind not in ("any", state["kind"]):
                 raise ValueError(
                     f"a {self.kind} checkpoint holds kind={self.kind!r} and "
                     f"{', '.join(REQUIRED)}; this state lacks {missing or 'the kind'}"
@@ -125,7 +125,8 @@ class Checkpointer:
     @staticmethod
     def load(path: str | Path, kind: str | None = None) -> dict[str, Any]:
         """Read and verify one checkpoint, in the current format (format 1 converted); raises
-        :class:`CheckpointError` if it is bad, of a newer format, or not of ``kind``."""
+        :class:`CheckpointError` if it is bad, of a newer format, or not of ``kind`` (``"any"``:
+        the schema's keys, of either kind)."""
         path = Path(path)
         try:
             raw = path.read_bytes()
@@ -158,7 +159,7 @@ class Checkpointer:
                 f"checkpoint {path} lacks {', '.join(map(repr, missing))} (not written by a "
                 "complete run)"
             )
-        if kind is not None and state["kind"] != kind:
+        if kind not in (None, "any") and state["kind"] != kind:
             raise CheckpointError(
                 f"checkpoint {path} is a {state['kind']}'s, and this folder is read as a "
                 f"{kind}'s (use another folder)"

@@ -172,9 +172,11 @@ def _bad_batches(batch: Batch, max_classes: int) -> Iterable[tuple[str, Batch]]:
         yield f"field {name} of another dtype", replace(batch, x={**x, name: x[name].double()})
     else:
         yield "another per-sample shape", replace(batch, x=x[..., :-1])
-        bad = x.double().clone()
-        bad.view(-1)[0] = float("nan")
-        yield "a NaN input (float64)", replace(batch, x=bad)
+        yield "inputs of another dtype", replace(batch, x=x.double())
+        if x.is_floating_point():  # uint8 images cannot hold one
+            bad = x.clone()
+            bad.view(-1)[0] = float("nan")
+            yield "a NaN input", replace(batch, x=bad)
 
 
 def check_refuses_bad_batches(build: Callable[..., Strategy], batches: list[Batch]) -> None:

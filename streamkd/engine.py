@@ -17,6 +17,7 @@ drivers read them at their own points (curve points, checkpoints, ``/health``).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,21 +88,30 @@ def hits_of(scores: Tensor, labels: Tensor) -> Tensor:
 
 
 def prequential_step(
-    strategy: Strategy, batch: Batch, *, predict: bool = True, timer: StepTimer | None = None
+    strategy: Strategy,
+    batch: Batch,
+    *,
+    predict: bool = True,
+    timer: StepTimer | None = None,
+    on_hits: Callable[[Tensor], None] | None = None,
 ) -> Outcome:
     """Test, then train, on one batch.
 
     The batch is validated once (:meth:`Strategy.validate`; a bad batch raises
     :class:`~streamkd.types.InvalidBatchError` before anything changes). A labelled batch is
     then predicted with the model as it stands, when ``predict`` is on, and its hits are
-    counted on the device. Last, ``observe()`` learns it, timed by ``timer``. The prediction
-    and ``observe()`` take the validated batch as it is: no second check, one device copy.
+    counted on the device; ``on_hits(hits)`` runs then, before learning (a driver that reads
+    them on the host, e.g. for a drift detector, waits for the prediction only, not for the
+    step). Last, ``observe()`` learns it, timed by ``timer``. The prediction and
+    ``observe()`` take the validated batch as it is: no second check, one device copy.
     """
     valid = strategy.validate(batch)
     scores = hits = None
     if predict and valid.y is not None:
         scores = strategy.predict(valid)
         hits = hits_of(scores, valid.y)
+        if on_hits is not None:
+            on_hits(hits)
     if timer is not None:
         timer.start()
     step = strategy.observe(valid)

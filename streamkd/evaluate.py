@@ -193,9 +193,9 @@ class Evaluator:
         device."""
         if self._timer is None:
             self._timer = StepTimer(strategy.device, done=self._seconds)
-        out = prequential_step(strategy, batch, predict=prequential, timer=self._timer)
-        if out.hits is not None:
-            self.record_hits(out.hits)
+        out = prequential_step(
+            strategy, batch, predict=prequential, timer=self._timer, on_hits=self.record_hits
+        )
         self.record_step(out.step.loss, out.step.n, logger)
 
     @property

@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -51,6 +52,15 @@ def _origin(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
 
 
+def _definition(obj: Any) -> tuple[str, str]:
+    """Where ``obj`` is defined: its source file and qualified name. The same file imported
+    under two module names (``strategies.er`` and ``streamkd.strategies.er`` in a checkout)
+    defines the same plug-in twice, not two plug-ins."""
+    module = sys.modules.get(getattr(obj, "__module__", ""), None)
+    where = getattr(module, "__file__", None) or getattr(obj, "__module__", "?")
+    return os.path.realpath(where) if where else "?", getattr(obj, "__qualname__", repr(obj))
+
+
 _load_lock = threading.RLock()
 _plugins_loaded = False
 
@@ -62,7 +72,6 @@ def load_plugins() -> None:
     with _load_lock:
         if _plugins_loaded:
             return
-        _plugins_loaded = True
         for module in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))):
             try:
                 importlib.import_module(module)
@@ -72,6 +81,7 @@ def load_plugins() -> None:
                 ) from err
         for point in entry_points(group=ENTRY_POINT_GROUP):
             point.load()
+        _plugins_loaded = True  # only once all loaded: a failure is raised again next time
 
 
 class Registry(Generic[T]):
@@ -86,6 +96,7 @@ class Registry(Generic[T]):
         self.kind, self.packages = kind, packages
         self._entries: dict[str, Entry[T]] = {}
         self._loaded = False
+        self._loading = False  # the loading thread reads a partial registry meanwhile
 
     # -- writing -------------------------------------------------------------------------------
     def register(self, name: str, obj: T | None = None, *, help: str = "") -> Any:
@@ -101,26 +112,39 @@ class Registry(Generic[T]):
         if not isinstance(name, str) or not name or name != name.strip():
             raise ValueError(f"a {self.kind} needs a non-empty name without spaces, got {name!r}")
         held = self._entries.get(name)
-        if held is not None and held.obj is not obj and _origin(held.obj) != _origin(obj):
+        if held is not None and held.obj is not obj and _definition(held.obj) != _definition(obj):
             raise ValueError(
                 f"{self.kind} name {name!r} is taken by {_origin(held.obj)}; "
                 f"{_origin(obj)} needs another name"
             )
+        if held is not None and held.obj is not obj and _origin(held.obj) != _origin(obj):
+            return held.obj  # the same file under another module name: the first one stays
         self._entries[name] = Entry(name, obj, help)
         return obj
 
+    def unregister(self, name: str) -> None:
+        """Forget ``name`` (a test's or a notebook's plug-in); unknown names are ignored."""
+        self._entries.pop(name, None)
+
     # -- reading -------------------------------------------------------------------------------
     def load(self) -> None:
-        """Import the built-in package and the configured plug-ins (once)."""
+        """Import the built-in package and the configured plug-ins (once; a failure is
+        raised again at the next read, never hidden behind a half-filled registry). Other
+        threads wait for the loading one; the loading thread itself (a module that reads the
+        registry while it is imported) sees what is registered so far."""
         if self._loaded:
             return
         with _load_lock:
-            if self._loaded:
+            if self._loaded or self._loading:
                 return
-            self._loaded = True  # before importing: the package's modules read us meanwhile
-            for package in self.packages:
-                importlib.import_module(package)
-            load_plugins()
+            self._loading = True
+            try:
+                for package in self.packages:
+                    importlib.import_module(package)
+                load_plugins()
+                self._loaded = True
+            finally:
+                self._loading = False
 
     def get(self, name: str) -> T:
         """The plug-in registered as ``name``; an unknown name is refused listing the valid

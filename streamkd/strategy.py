@@ -191,9 +191,12 @@ class Strategy:
             raise ValueError(f"lr must be positive, got {lr}")
         if embedding_lr is not None and not embedding_lr > 0:
             raise ValueError(f"embedding_lr must be positive, got {embedding_lr}")
-        if optimizer == "sgd" and tuple(betas) != (0.9, 0.999):
+        # an optimizer's own knob set for the other one would be ignored: refused (against
+        # the class's own defaults: OnPro's Adam betas are (0.9, 0.99))
+        defaults = type(self).arguments()
+        if optimizer == "sgd" and tuple(betas) != tuple(defaults["betas"][0]):
             raise ValueError(f"betas apply to optimizer='adam'; this optimizer is sgd: {betas}")
-        if optimizer == "adam" and momentum:
+        if optimizer == "adam" and momentum != defaults["momentum"][0]:
             raise ValueError("momentum applies to optimizer='sgd'; Adam's are its betas")
         if replay_batch < 0 or memory < 0:
             raise ValueError(f"memory and replay_batch must be >= 0, got {memory}, {replay_batch}")
@@ -373,15 +376,9 @@ class Strategy:
         if isinstance(batch, ValidBatch) and batch.contract == contract:
             return batch
         validate_batch(batch, self.input_spec, max_classes=self.max_classes, dtype=self.input_dtype)
-        return ValidBatch(
-            batch.x,
-            batch.y,
-            batch.segment,
-            batch.task,
-            batch.meta,
-            batch.targets,
-            contract=contract,
-        )
+        valid = ValidBatch(batch.x, batch.y, batch.segment, batch.task, batch.meta, batch.targets)
+        valid.contract = contract
+        return valid
 
     @property
     def input_spec(self):

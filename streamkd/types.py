@@ -48,10 +48,12 @@ class ValidBatch(Batch):
     the dtype learned so far): a learner takes it unchecked only under the same contract, and
     checks it again otherwise. It is a value handed from the check to its users, not a mark on
     the tensors: change its tensors in place after the check and the check no longer holds.
+    Only :meth:`~streamkd.strategy.Strategy.validate` sets the contract: a copy made with
+    ``dataclasses.replace`` (other inputs) has none, and is checked again.
     """
 
-    contract: tuple = ()
-    _copies: dict[str, Inputs] = field(default_factory=dict, repr=False, compare=False)
+    contract: tuple = field(default=(), init=False)
+    _copies: dict[str, Inputs] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def on(self, device: torch.device | str) -> Inputs:
         """The inputs on ``device``, copied once (pinned and non-blocking to a GPU)."""

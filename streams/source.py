@@ -87,9 +87,14 @@ def source_syntax() -> str:
 
 
 def check_source_url(url: str) -> None:
-    """Refuse a URL no registered source reads, listing those that exist."""
-    if not isinstance(url, str) or scheme_of(url) not in SOURCES:
-        raise ValueError(f"unknown source {url!r}; expected one of: {source_syntax()}")
+    """Refuse a URL no registered source reads, listing those that exist: an unknown
+    scheme, a location given to a source that takes none (``http``: a factory with
+    ``takes_location = False``) or none given to one that needs it (``jsonl:`` alone)."""
+    if isinstance(url, str) and scheme_of(url) in SOURCES:
+        _, colon, location = url.partition(":")
+        if getattr(SOURCES[scheme_of(url)], "takes_location", True) == bool(colon and location):
+            return
+    raise ValueError(f"unknown source {url!r}; expected one of: {source_syntax()}")
 
 
 def open_source(url: str, context: SourceContext) -> Source:

@@ -58,3 +58,16 @@ def test_a_learner_for_raw_inputs_is_an_mlp_with_the_default_label_cap():
 def test_a_bad_spec_is_refused_with_what_is_wrong(spec, message):
     with pytest.raises(ValueError, match=message):
         build_learner(spec)
+
+
+def test_onpro_trains_with_sgd_though_its_adam_betas_are_its_own():
+    onpro = LearnerSpec(
+        "onpro",
+        stream="split-cifar10",
+        stream_args={"max_per_segment": 10},
+        model_args={"nf": 8},
+        strategy_args={"optimizer": "sgd", "rotations": 1},
+    )
+    assert build_learner(onpro).strategy.hparams["optimizer"] == "sgd"
+    with pytest.raises(ValueError, match="betas apply to optimizer='adam'"):
+        build_learner(LearnerSpec("er", input_shape=(4,), strategy_args={"betas": (0.5, 0.5)}))

@@ -28,7 +28,7 @@ from streamkd.serve.wal import WriteAheadLog, wal_dir
 from streamkd.strategies.er import ER
 from streamkd.streams.jsonl import Event
 from streamkd.streams.source import SourceContext, open_source
-from streamkd.types import StepResult
+from streamkd.types import InvalidBatchError, StepResult
 
 DIGITS = Setting("split-digits", {"max_per_segment": 30, "order": "fixed"})
 
@@ -172,7 +172,10 @@ def plugin(tmp_path, monkeypatch):
     (tmp_path / f"plugin_{tag}.py").write_text(PLUGIN.replace("{tag}", tag))
     monkeypatch.syspath_prepend(str(tmp_path))
     module = importlib.import_module(f"plugin_{tag}")
-    return tag, module, tmp_path
+    yield tag, module, tmp_path
+    STRATEGIES.unregister(f"smoothed_replay_{tag}")  # later tests see the built-in ones only
+    STREAMS.unregister(f"digits-{tag}")
+    SOURCES.unregister(f"jsonl{tag}")
 
 
 def test_a_strategy_in_one_new_file_passes_the_contract_and_runs_from_the_cli(plugin):
@@ -287,3 +290,36 @@ def test_the_contract_is_documented_where_a_newcomer_looks():
     for name in ("check_strategy", "check_source", "sync_budget", "STREAMS.register"):
         assert name in guide, name
     assert textwrap.dedent(guide).count("\n") > 40
+
+
+# -- what a review found ----------------------------------------------------------------------
+def test_a_registry_whose_loading_failed_says_so_again_instead_of_a_partial_list():
+    registry: Registry = Registry("widget", "no_such_package_for_widgets")
+    for _ in range(2):  # not "unknown widget" the second time
+        with pytest.raises(ModuleNotFoundError, match="no_such_package_for_widgets"):
+            registry.get("a")
+
+
+def test_the_same_strategy_file_imported_under_another_module_name_is_not_a_clash(monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1]))  # `strategies` as a top package
+    twin = importlib.import_module("strategies.er")
+    assert twin.ER is not ER and STRATEGIES["er"] is ER
+
+
+def test_a_validated_batch_changed_with_replace_is_checked_again():
+    from dataclasses import replace
+
+    learner = DIGITS.builder(ER, DIGITS.make_stream())()
+    batch = next(iter(DIGITS.make_stream()))
+    valid = learner.validate(batch)
+    with pytest.raises(InvalidBatchError, match="shape"):
+        learner.observe(replace(valid, x=batch.x[:, :-1]))
+    assert learner.samples_seen == 0
+
+
+def test_source_urls_are_checked_against_what_each_source_takes():
+    for url in ("http://host/feed", "jsonl", "jsonl:", "ftp://x"):
+        with pytest.raises(ValueError, match="unknown source"):
+            open_source(url, SourceContext(SHAPE))

@@ -309,7 +309,7 @@ def test_a_replica_behind_a_corrupt_newest_checkpoint_serves_the_fallback_then_m
 ):
     from streamkd.checkpoint import Checkpointer
     from streamkd.experiment import make_model, make_strategy, make_stream
-    from streamkd.serve.learner import CHECKPOINT_KEYS, Replica
+    from streamkd.serve.learner import Replica
 
     ck = tmp_path / "ck"
     stream = make_stream("split-digits")
@@ -317,15 +317,15 @@ def test_a_replica_behind_a_corrupt_newest_checkpoint_serves_the_fallback_then_m
     def strategy():
         return make_strategy("er", make_model(stream), memory=50, max_classes=10)
 
-    writer = Checkpointer(ck, keep=5, required=CHECKPOINT_KEYS)
+    writer = Checkpointer(ck, keep=5, kind="daemon")
     learning = strategy()
     config = {"strategy": "er"}
 
     def save(step):
         state = {
+            "kind": "daemon",
             "strategy": learning.state_dict(),
-            "source_position": step,
-            "events_learned": step,
+            "position": step,
             "counters": {"events_learned": step, "lines_rejected": 0, "correct": 0, "predicted": 0},
             "config": config,
         }
@@ -337,7 +337,7 @@ def test_a_replica_behind_a_corrupt_newest_checkpoint_serves_the_fallback_then_m
     learning.observe(next(batches))
     newest = save(20)
     newest.write_bytes(newest.read_bytes()[:-50])  # corrupt
-    reader = Checkpointer(ck, keep=5, required=CHECKPOINT_KEYS, writable=False)
+    reader = Checkpointer(ck, keep=5, kind="daemon", writable=False)
     with caplog.at_level(logging.DEBUG, logger="streamkd"):
         replica = Replica(strategy(), reader, config=dict(config))
         assert (

@@ -56,7 +56,7 @@ def inspect_checkpoints(directory: str | Path) -> dict[str, Any]:
     model's digest. Reads only: the folder may belong to a running daemon."""
     from streamkd.checkpoint import CheckpointError
 
-    state = Checkpointer(directory, writable=False).load_latest()
+    state = Checkpointer(directory, kind="any", writable=False).load_latest()
     if state is None:
         raise CheckpointError(f"no checkpoint in {directory}")
     counters = state["counters"]  # one schema for a run's and a daemon's (streamkd.checkpoint)
@@ -438,19 +438,13 @@ class Learner:
         batch = events_batch(events, self.source.dtype)
         started = time.perf_counter()
         try:
-            out = prequential_step(self.strategy, batch)
+            step = prequential_step(self.strategy, batch, on_hits=self._count).step
         except InvalidBatchError as err:  # e.g. a label beyond max_classes: dead-lettered
             self.counters.lines_rejected += len(events)  # refused before anything changed
             if self.dead_letters is not None:
                 for e in events:
                     self.dead_letters.write(str(err), json.dumps(e.to_json()), "learner")
             return
-        hit = out.hits.cpu()
-        self.counters.correct += int(hit.sum())
-        if self.drift is not None:
-            self.drift.update_many((~hit).float(), start_index=self.counters.predicted)
-        self.counters.predicted += len(events)
-        step = out.step
         self.counters.events_learned += len(events)
         self.step_seconds.append(time.perf_counter() - started)
         if self.logger is not None and self.counters.events_learned >= self._next_log:
@@ -462,6 +456,15 @@ class Learner:
             )
         if time.time() - self.predictor.taken_at >= self.publish_seconds:
             self.predictor = self._publish()
+
+    def _count(self, hits: torch.Tensor) -> None:
+        """The prequential hits, counted on the host before the step is learned (the step
+        then runs on the device while the next lines are read)."""
+        hit = hits.cpu()
+        self.counters.correct += int(hit.sum())
+        if self.drift is not None:
+            self.drift.update_many((~hit).float(), start_index=self.counters.predicted)
+        self.counters.predicted += len(hit)
 
     def _maybe_checkpoint(self) -> None:
         self._run_calls()

@@ -520,8 +520,6 @@ class WalSource:
 @SOURCES.register("http", help="http (POST /learn, through the write-ahead log)")
 def open_wal(url: str, context: SourceContext) -> WalSource:
     """``http``: the events ``POST /learn`` wrote to the WAL in the checkpoint folder."""
-    if url != "http":
-        raise ValueError(f"unknown source {url!r}: the HTTP source is spelt http")
     if context.finite:
         raise ValueError("--stop-at-eof needs a finite source (jsonl:PATH), not http")
     if context.folder is None:
@@ -534,3 +532,6 @@ def open_wal(url: str, context: SourceContext) -> WalSource:
         durable=context.durable,
         keep=context.keep,
     )
+
+
+open_wal.takes_location = False  # the URL is the bare word http
