@@ -631,7 +631,7 @@ class RedisSource:
 @SOURCES.register("rediss", help="rediss://... (TLS)")
 @SOURCES.register("redis", help="redis://[:PASSWORD@]HOST:PORT[/DB]/STREAM?group=G&consumer=C")
 def open_redis(url: str, context: SourceContext) -> RedisSource:
-    """``redis[s]://``: a Redis Stream read through a consumer group (module docstring)."""
-    if context.finite:
-        raise ValueError("--stop-at-eof needs a finite source (jsonl:PATH), not a Redis Stream")
+    """``redis[s]://``: a Redis Stream read through a consumer group (module docstring);
+    with ``context.finite`` (``--stop-at-eof``) the learner stops once it has read what the
+    stream held (``at_end``)."""
     return RedisSource(url, context.shape, context.dtype, max_classes=context.max_classes)
