@@ -51,12 +51,9 @@ redis:
 	      "the Redis tests skip (install the redis-server package to run them)"; \
 	  fi; }
 
-# The fast tier also runs the docstring examples of these modules (doctests)
-DOCTESTS := streamkd/atomic.py streamkd/buffer.py streamkd/distill.py streamkd/drift.py \
-	streamkd/index.py streamkd/losses.py streamkd/trajectory.py
-
+# The fast tier also runs every docstring example of the package (doctests)
 test: $(VENV)/.full data redis
-	$(PY) -m pytest -m "not slow" -q tests --doctest-modules $(DOCTESTS)
+	$(PY) -m pytest -m "not slow" -q tests --doctest-modules streamkd
 
 # The heavy checks (notebooks, kill-and-resume, benchmark smoke runs): CI runs them after `test`
 test-slow: $(VENV)/.full data redis
