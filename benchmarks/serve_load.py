@@ -34,7 +34,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from streamkd.serve.client import call, free_port, health
 
 CLI = [sys.executable, "-m", "streamkd.cli"]
 WRK_SCRIPT = r"""
@@ -59,25 +60,6 @@ done = function(summary, latency, requests)
     e.connect + e.read + e.write + e.status + e.timeout))
 end
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def call(port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, dict]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    conn.request(method, path, body, {"Content-Type": "application/json"})
-    resp = conn.getresponse()
-    status, data = resp.status, resp.read()
-    conn.close()
-    return status, json.loads(data)
-
-
-def health(port: int) -> dict:
-    return call(port, "GET", "/health")[1]
 
 
 def start(source: str, ck: Path, strategy: str) -> tuple[subprocess.Popen, int]:

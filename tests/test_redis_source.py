@@ -14,17 +14,12 @@ import pytest
 import torch
 from skips import redis_server
 
+from streamkd.serve.client import free_port
 from streamkd.streams import redis as redis_source
 from streamkd.streams.redis import ConsumerTakenError, RedisSource, parse_url
 
 SHAPE = (1, 8, 8)
 LOGGER = "streamkd.streams.redis"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

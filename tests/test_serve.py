@@ -22,6 +22,7 @@ import torch
 from skips import needs_linux, redis_server
 
 from streamkd.checkpoint import Checkpointer
+from streamkd.serve.client import free_port
 from streamkd.streams.jsonl import EventError, JsonlSource, parse_event
 
 CLI = [sys.executable, "-m", "streamkd.cli"]
@@ -108,12 +109,6 @@ def test_the_file_source_refuses_true_and_false_pixels_as_learn_does(tmp_path):
 
 def _newest_step(ck: Path) -> int:
     return max((int(p.stem.split("-")[1]) for p in ck.glob("ckpt-*.pt")), default=0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def request(port, method, path, body=None, token=None, raw: bytes | None = None):
