@@ -319,7 +319,6 @@ def run_one(
         data_dir=data_dir,
         max_classes=max_classes,
     )
-    check_spec(spec)  # fail fast, before loading data
     check_run_arguments(
         seed=seed,
         max_samples=max_samples,
@@ -329,7 +328,7 @@ def run_one(
     if resume and checkpoint_dir is None:
         raise ValueError("--resume needs --checkpoint-dir: the folder to resume from")
     monitor = DriftMonitor(drift, signal=drift_signal) if drift is not None else None
-    learner = build_learner(spec)
+    learner = build_learner(spec)  # checks the spec (check_spec) before loading any data
     strategy, stream, dev = learner.strategy, learner.stream, learner.strategy.device
     config = run_config(
         strategy_name,
