@@ -206,11 +206,12 @@ class CorrectionMemory:
         self.remove(gone)
         return gone
 
-    def touch(self, id_: int) -> None:
-        """Mark an entry useful now (its knowledge was applied)."""
+    def touch(self, id_: int, uses: int = 1) -> None:
+        """Mark an entry useful now (its knowledge was applied ``uses`` times since the last
+        touch)."""
         entry = self.entries[int(id_)]
         self.clock += 1
-        entry.last_used, entry.uses = self.clock, entry.uses + 1
+        entry.last_used, entry.uses = self.clock, entry.uses + int(uses)
 
     # -- retrieval ---------------------------------------------------------------------------
     def retrieve(
@@ -265,6 +266,15 @@ class CorrectionMemory:
         sims, ids = self._visual[category].search(visual, 1)
         entries = [self.entries.get(int(i)) if i >= 0 else None for i in ids[:, 0].tolist()]
         return sims[:, 0].tolist(), entries
+
+    def vectors(self, category: str) -> tuple[list[int], np.ndarray]:
+        """The ids of ``category``'s entries (ascending) and their stored image embeddings,
+        one row each (for a caller that searches them elsewhere, e.g. on a GPU)."""
+        ids = sorted(e.id for e in self.entries.values() if e.category == category)
+        if not ids:
+            return [], np.zeros((0, self.visual_dim), dtype=np.float32)
+        index = self._visual[category]
+        return ids, np.stack([index.reconstruct(i) for i in ids]).astype(np.float32)
 
     # -- distillation ------------------------------------------------------------------------
     def distill(self) -> int:

@@ -422,20 +422,37 @@ def test_a_correction_posted_to_droc_applies_to_the_next_prediction(tmp_path):
     args += ["--no-track", "--strategy", "droc", "--strategy-args", "text_encoder_kind=hashing"]
     proc, port = start_server(args)
     try:
-        events = _digits_events(40)
+        events = _digits_events(1500)
         assert request(port, "POST", "/learn", {"events": events[:30]})[0] == 200
         _wait_learned(port, 30)
-        x, truth = events[35]["x"], events[35]["y"]
-        status, first = request(port, "POST", "/predict", {"id": "p35", "x": x})
+        x, truth = events[935]["x"], events[935]["y"]
+        status, first = request(port, "POST", "/predict", {"id": "p935", "x": x})
         assert status == 200 and first["applied"] is None
         wrong = (truth + 1) % 10 if first["label"] != (truth + 1) % 10 else (truth + 2) % 10
+        # too early: the image embedding is not calibrated yet (refused, nothing stored)
+        status, body = request(
+            port, "POST", "/correct", {"id": "p935", "text": f"that's a {wrong}"}
+        )
+        assert status == 422 and "observed 30 of the 512 inputs" in body["error"], body
+        for start in range(30, 900, 100):
+            assert (
+                request(port, "POST", "/learn", {"events": events[start : start + 100]})[0] == 200
+            )
+        _wait_learned(port, 900)
         # by the id of the prediction: the features seen then
-        status, body = request(port, "POST", "/correct", {"id": "p35", "text": f"that's a {wrong}"})
+        status, body = request(
+            port, "POST", "/correct", {"id": "p935", "text": f"that's a {wrong}"}
+        )
         assert status == 200, body
         assert body["stored"]["label"] == wrong and body["stored"]["level"] == "plan"
         status, after = request(port, "POST", "/predict", {"x": x})
         assert after["label"] == wrong and after["applied"]["label"] == wrong
-        assert after["applied"]["similarity"] >= 0.9
+        assert after["applied"]["similarity"] >= body["stored"]["floor"] >= 0.9
+        # real images of the other classes are left alone (at most 1% taken over)
+        others = [{"x": e["x"]} for e in events[1000:1500] if e["y"] != truth]
+        status, many = request(port, "POST", "/predict", {"batch": others})
+        taken = sum(p["applied"] is not None for p in many["predictions"])
+        assert status == 200 and taken <= 0.01 * len(others), (taken, len(others))
         # an unreadable correction: 422, dead-lettered, nothing stored
         status, body = request(port, "POST", "/correct", {"x": x, "text": "make it nicer"})
         assert status == 422 and "cannot read the correction" in body["error"]
