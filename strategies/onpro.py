@@ -67,7 +67,6 @@ def rotation_pseudo_labels(identities: torch.Tensor, rotations: int, span: int) 
 
 class OnPro(Strategy):
     name = "onpro"
-    sync_budget = 3  # augmentations and contrast (Strategy.sync_budget)
     passive_arguments = ("amp",)  # mixed precision acts on CUDA only: a CPU run is the same
     needs_images = True
     help = "online prototype equilibrium + adaptive prototypical feedback (rotations, mixup)"

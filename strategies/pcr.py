@@ -65,7 +65,6 @@ def anchor_sample_loss(features: torch.Tensor, labels: torch.Tensor, temperature
 
 class PCR(Strategy):
     name = "pcr"
-    sync_budget = 3  # augmentations and contrast (Strategy.sync_budget)
     needs_images = True
     help = "proxy-based contrastive replay (cosine classifier, anchors vs. batch proxies)"
     head = "cosine"

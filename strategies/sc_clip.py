@@ -58,7 +58,6 @@ MAX_LOGIT_SCALE = 100.0  # CLIP clamps its learned 1/temperature here
 
 class SCCLIP(Strategy):
     name = "sc_clip"
-    sync_budget = 3  # augmentations, the teacher's novelty and retrieval (Strategy.sync_budget)
     # act once a scenario has run novelty_window steps and then changes: beyond a short run
     passive_arguments = ("distill_weight", "novelty_sigma", "novelty_window", "novelty_patience")
     help = "OLiVia-Nav's SC-CLIP: raster student of a frozen text teacher + K trajectories"
@@ -229,7 +228,7 @@ class SCCLIP(Strategy):
         x = batch.on(self.device)
         self.train_mode(True)
         self.samples_seen += n
-        return x, future.to(self.device, torch.float32, non_blocking=True)
+        return x, to_device(future.to(torch.float32), self.device)
 
     # -- novelty: a new social scenario? ----------------------------------------------------
     def track_scenario(self, teacher: Tensor) -> Tensor:

@@ -25,7 +25,6 @@ from streamkd.types import Batch, StepResult, to_device
 
 class SCR(Strategy):
     name = "scr"
-    sync_budget = 3  # augmentations and contrast (Strategy.sync_budget)
     needs_images = True
     help = "supervised contrastive replay with a nearest-class-mean classifier"
 
@@ -94,7 +93,7 @@ class SCR(Strategy):
 
     def _in_memory(self, n: int) -> torch.Tensor:
         """A device mask of the classes memory holds (found from the buffer's host labels)."""
-        classes = self.buffer.classes().to(self.device, non_blocking=True)
+        classes = to_device(self.buffer.classes(), self.device)
         return torch.zeros(n, dtype=torch.bool, device=self.device).index_fill_(0, classes, True)
 
     def predictor(self):

@@ -29,6 +29,9 @@ from streamkd.types import Batch, InvalidBatchError
 # set by the runner for every strategy alike (``streamkd run --memory/--seed/--device``)
 SET_BY_RUNNER = ("memory", "seed", "device", "max_classes")
 LAYOUT_ONLY = ("channels_last",)  # changes how weights are laid out, never a number
+# batches the sync check must see learned with the replay memory full (the replay path's
+# steady state, reservoir replacement included)
+STEADY_STEPS = 3
 
 
 class StrategyCheckError(AssertionError):
@@ -289,18 +292,28 @@ def check_honours_arguments(
 
 
 def check_sync_budget(cls: type[Strategy], build: Callable[..., Strategy], stream) -> list[int]:
-    """The prequential step on (emulated) CUDA waits for the device at most
-    :attr:`Strategy.sync_budget` times, and does nothing a GPU would refuse."""
+    """Every prequential step of a run over ``stream`` on (emulated) CUDA waits for the
+    device at most :attr:`Strategy.sync_budget` times (0 unless a class says otherwise), and
+    does nothing a GPU would refuse. Every batch of the stream is counted, and the run must
+    go on for :data:`STEADY_STEPS` batches after the replay memory is full, so a sync on the
+    replay path (or one that starts once the memory is full) cannot hide after the first
+    batches. Returns the count of each batch."""
     from streamkd.evaluate import count_syncs
 
-    counted = count_syncs(lambda: build(device="cuda"), stream, steps=6, skip=2)
+    counted = count_syncs(lambda: build(device="cuda"), stream)
     if counted.errors:
         raise StrategyCheckError("would fail on a GPU:\n" + "\n".join(counted.errors[:5]))
+    if len(counted.steady) < STEADY_STEPS:
+        raise ValueError(
+            f"the sync check's stream ended {len(counted.steady)} batch(es) after the replay "
+            f"memory filled; it needs {STEADY_STEPS} (a longer stream or a smaller memory)"
+        )
     if counted.worst > cls.sync_budget:
         sites = "; ".join(f"{n} x {what} at {where}" for (what, where), n in counted.sites.items())
         raise StrategyCheckError(
             f"{counted.worst} host-device synchronisations in one step, over "
-            f"{cls.__name__}.sync_budget = {cls.sync_budget}: {sites}"
+            f"{cls.__name__}.sync_budget = {cls.sync_budget} ({sum(counted.per_step)} in "
+            f"{len(counted.per_step)} batches, {sum(counted.steady)} with a full memory): {sites}"
         )
     return counted.per_step
 
@@ -396,6 +409,7 @@ def check_source(
 
 
 __all__ = [
+    "STEADY_STEPS",
     "Setting",
     "SourceCheckError",
     "StrategyCheckError",

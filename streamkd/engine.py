@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from streamkd.strategy import Strategy
-from streamkd.types import Batch, StepResult
+from streamkd.types import Batch, StepResult, to_device
 
 
 class StepTimer:
@@ -56,9 +56,11 @@ class StepTimer:
             self.done += time.perf_counter() - self._start
 
     def flush(self) -> None:
-        """Add the recorded steps' times (waits for the last one to finish on a GPU)."""
+        """Add the recorded steps' times (waits for the last one to finish on a GPU: one
+        wait, as every earlier event on the stream is complete by then)."""
+        if self._pending:
+            self._pending[-1][1].synchronize()
         for start, end in self._pending:
-            end.synchronize()
             self.done += start.elapsed_time(end) / 1000.0
         self._pending.clear()
 
@@ -81,7 +83,7 @@ class Outcome:
 def hits_of(scores: Tensor, labels: Tensor) -> Tensor:
     """Per-sample hits of ``scores`` against ``labels``, on the scores' device (all misses
     while no class has been learned)."""
-    labels = labels.to(scores.device, non_blocking=True)
+    labels = to_device(labels, scores.device)  # pinned: a pageable copy may wait
     if scores.shape[1] == 0:
         return torch.zeros(len(labels), dtype=torch.bool, device=scores.device)
     return scores.argmax(1) == labels
@@ -109,7 +111,7 @@ def prequential_step(
     scores = hits = None
     if predict and valid.y is not None:
         scores = strategy.predict(valid)
-        hits = hits_of(scores, valid.y)
+        hits = hits_of(scores, valid.labels_on(strategy.device))
         if on_hits is not None:
             on_hits(hits)
     if timer is not None:

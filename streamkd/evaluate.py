@@ -45,7 +45,7 @@ import torch
 from streamkd.arguments import positive_int
 from streamkd.engine import CheckpointSchedule, StepTimer, prequential_step
 from streamkd.strategy import Strategy
-from streamkd.types import Batch, Inputs, inputs_len, take
+from streamkd.types import Batch, Inputs, inputs_len, take, to_device
 
 if TYPE_CHECKING:
     from streamkd.checkpoint import Checkpointer
@@ -91,7 +91,7 @@ def heldout_hits(strategy: Strategy, x: Inputs, y: torch.Tensor, chunk: int) -> 
         scores = strategy.predict(take(x, slice(start, start + chunk)))
         if scores.shape[1] == 0:
             continue
-        labels = y[start : start + chunk].to(scores.device, non_blocking=True)
+        labels = to_device(y[start : start + chunk], scores.device)
         correct += (scores.argmax(1) == labels).sum()
     return correct
 
@@ -226,7 +226,9 @@ class Evaluator:
 
     def record_step(self, loss: torch.Tensor, n: int, logger: RunLogger | None) -> None:
         self.samples += n
-        self._loss_sum = self._loss_sum.to(loss.device, non_blocking=True) + loss.detach()
+        if self._loss_sum.device != loss.device:  # a new or resumed run's host sum, once
+            self._loss_sum = to_device(self._loss_sum, loss.device)
+        self._loss_sum = self._loss_sum + loss.detach()
         self._loss_n += 1
         if self.drift is not None:
             if self.drift.signal == "loss":
@@ -254,7 +256,7 @@ class Evaluator:
                 metrics["prequential_acc_window"] = acc
             logger.log_metrics(metrics, step=self.samples)
         self._win_correct = self._win_n = 0
-        self._loss_sum = torch.zeros(())
+        self._loss_sum = torch.zeros_like(self._loss_sum)  # stays on the device
         self._loss_n = 0
 
     def log_drift(self, logger: RunLogger | None) -> None:
@@ -478,22 +480,30 @@ def run(
 
 @dataclass
 class SyncCount:
-    """What :func:`count_syncs` saw: synchronisations per batch, and where they came from."""
+    """What :func:`count_syncs` saw: synchronisations per batch, and where they came from;
+    ``full_from`` is the first counted batch that began with the replay memory full (``None``:
+    it never filled), so that the replay path's steady state is known to be among them."""
 
     per_step: list[int]
     sites: Counter
     errors: list[str]
+    full_from: int | None = None
 
     @property
     def worst(self) -> int:
         return max(self.per_step, default=0)
+
+    @property
+    def steady(self) -> list[int]:
+        """The counts of the batches learned with a full memory."""
+        return [] if self.full_from is None else self.per_step[self.full_from :]
 
 
 def count_syncs(
     build: Callable[[], Strategy],
     stream: SegmentedStream,
     *,
-    steps: int,
+    steps: int | None = None,
     skip: int = 0,
     real_gpu: bool = False,
 ) -> SyncCount:
@@ -503,9 +513,9 @@ def count_syncs(
     under :func:`streamkd.syncs.emulate_cuda`, which counts every operation that would make
     the host wait for a GPU (any machine). ``real_gpu=True`` runs it on the GPU and counts
     what CUDA's sync debug mode reports (``torch.cuda.set_sync_debug_mode``). Each of
-    ``steps`` batches after the first ``skip`` is counted over its prequential prediction,
-    ``observe()`` and bookkeeping; curve points, evaluations and checkpoints (which read the
-    device once per interval, on purpose) are not counted.
+    ``steps`` batches (default: all the stream has) after the first ``skip`` is counted over
+    its prequential prediction, ``observe()`` and bookkeeping; curve points, evaluations and
+    checkpoints (which read the device once per interval, on purpose) are not counted.
     """
     if real_gpu and not torch.cuda.is_available():
         raise ValueError("count_syncs(real_gpu=True) needs a CUDA GPU; without one it emulates")
@@ -516,16 +526,20 @@ def count_syncs(
         strategy = build()
         ev = Evaluator(stream, log_every=10**12)
         per_step: list[int] = []
+        full_from: int | None = None
         for i, batch in enumerate(stream):
-            if i >= skip + steps:
+            if steps is not None and i >= skip + steps:
                 break
+            memory = strategy.buffer
+            if i >= skip and full_from is None and len(memory) >= memory.capacity:
+                full_from = len(per_step)
             before = sum(counter.syncs.values())
             counter.counting = i >= skip
             ev.learn(strategy, batch, None)
             counter.counting = False
             if i >= skip:
                 per_step.append(sum(counter.syncs.values()) - before)
-    return SyncCount(per_step, counter.syncs, list(counter.errors))
+    return SyncCount(per_step, counter.syncs, list(counter.errors), full_from)
 
 
 class _SyncWarnings:

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from streamkd.types import to_device
+
 
 def supcon_loss(views: Tensor, labels: Tensor, temperature: float = 0.1) -> Tensor:
     """Supervised contrastive loss (Khosla et al., 2020), as in SCR's official code.
@@ -205,6 +207,6 @@ def pair_probabilities(prototypes: Tensor) -> tuple[Tensor, Tensor]:
         ([[0, 1], [0, 2], [1, 2]], [0.5204, 0.2338, 0.2458])
     """
     k = prototypes.shape[0]
-    pairs = torch.combinations(torch.arange(k), r=2).to(prototypes.device, non_blocking=True)
+    pairs = to_device(torch.combinations(torch.arange(k), r=2), prototypes.device)
     dist = torch.pdist(prototypes)
     return pairs, torch.softmax(1.0 / dist.clamp(min=1e-8), dim=0)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from streamkd.types import Schema
+from streamkd.types import Schema, to_device
 
 
 class InputNormalizer(nn.Module):
@@ -76,9 +76,9 @@ class LinearHead(IncrementalHead):
         b = None if self.bias is None else torch.empty(extra, dtype=self.bias.dtype)
         self._init_rows(w, b)
         device = self.weight.device
-        self.weight = nn.Parameter(torch.cat([self.weight.data, w.to(device, non_blocking=True)]))
+        self.weight = nn.Parameter(torch.cat([self.weight.data, to_device(w, device)]))
         if self.bias is not None:
-            self.bias = nn.Parameter(torch.cat([self.bias.data, b.to(device, non_blocking=True)]))
+            self.bias = nn.Parameter(torch.cat([self.bias.data, to_device(b, device)]))
         self.out_features = n_classes
         return True
 

@@ -133,9 +133,9 @@ class Strategy:
     # a class with ``abstract = True`` in its body (a family's shared base) is not registered
     abstract: ClassVar[bool] = False
     # host-device synchronisations one step may make on a GPU (prediction, observe(),
-    # bookkeeping), held by ``streamkd.checks.check_strategy``: 1 for a plain replay step
-    # (a label read), 3 where augmentations, contrast or retrieval read the device
-    sync_budget: ClassVar[int] = 1
+    # bookkeeping), held over a whole run by ``streamkd.checks.check_strategy``: none (a read
+    # at a curve point, evaluation or checkpoint is outside the step)
+    sync_budget: ClassVar[int] = 0
     # arguments whose effect a short run of observe()/predict() cannot reach (DROC's
     # correction knobs, SC-CLIP's scenario changes): the contract suite does not require
     # them to change one
@@ -395,7 +395,7 @@ class Strategy:
         if valid.y is None:
             raise InvalidBatchError("observe() needs labels: batch.y is None (use predict())")
         x = valid.on(self.device)
-        y = valid.y.to(self.device, torch.long, non_blocking=True)
+        y = valid.labels_on(self.device).long()  # (the prediction's copy, when it made one)
         host = valid.y.cpu().long()  # the stream's labels (a read only if it lives on a GPU)
         if self.input_dtype is None and isinstance(valid.x, Tensor):
             self.input_dtype = valid.x.dtype

@@ -62,6 +62,16 @@ class ValidBatch(Batch):
             self._copies[key] = to_device(self.x, torch.device(device))
         return self._copies[key]
 
+    def labels_on(self, device: torch.device | str) -> Tensor:
+        """The labels on ``device``, copied once (pinned and non-blocking to a GPU), for both
+        the prediction's hits and ``observe()``; raises if there are none."""
+        if self.y is None:
+            raise InvalidBatchError("this batch has no labels (batch.y is None)")
+        key = f"y:{device}"
+        if key not in self._copies:
+            self._copies[key] = to_device(self.y, torch.device(device))
+        return self._copies[key]
+
 
 @dataclass
 class StepResult:

@@ -43,7 +43,7 @@ COSTLY = {"onpro", "lightsuan", "hpcr", "scr"}
 def test_every_registered_strategy_passes_the_contract(name):
     seen = check_strategy(STRATEGIES[name])
     assert set(seen) == {"learns", "refuses", "resumes", "arguments", "syncs"}
-    assert len(seen["syncs"]) == 6
+    assert len(seen["syncs"]) >= 6  # every batch of the setting's stream
 
 
 # -- broken on purpose: each fails at the promise it breaks -----------------------------------
@@ -88,6 +88,17 @@ class ReadsTheLoss(ER):
         return step
 
 
+class ReadsLateInReplay(ER):
+    """Reads the loss once its memory has been replacing for a while (reservoir sampling past
+    twice its capacity): a sync that the first batches after the memory filled do not show."""
+
+    def observe(self, batch):
+        step = super().observe(batch)
+        if self.samples_seen > 2 * self.buffer.capacity:
+            self.last_loss = float(step.loss)
+        return step
+
+
 def test_a_strategy_that_changes_its_state_on_a_refused_batch_fails():
     with pytest.raises(StrategyCheckError, match=r"changed the state: state\.samples_seen"):
         check_strategy(CountsBeforeChecking, setting=DIGITS, checks=["refuses"])
@@ -106,9 +117,23 @@ def test_a_strategy_that_ignores_an_argument_fails():
 
 def test_a_strategy_over_its_sync_budget_fails():
     with pytest.raises(
-        StrategyCheckError, match=r"1 host-device .*ReadsTheLoss\.sync_budget = 0: 6 x __float__"
+        StrategyCheckError,
+        match=r"1 host-device .*ReadsTheLoss\.sync_budget = 0 \(15 in 15 batches, 11 with a full "
+        r"memory\): 15 x __float__",
     ):
         check_strategy(ReadsTheLoss, setting=DIGITS, checks=["syncs"])
+
+
+def test_a_sync_late_on_the_replay_path_fails_the_budget():
+    """The check counts the whole stream, not a few batches after the memory filled."""
+    with pytest.raises(StrategyCheckError, match=r"ReadsLateInReplay\.sync_budget = 0 \(7 in 15"):
+        check_strategy(ReadsLateInReplay, setting=DIGITS, checks=["syncs"])
+
+
+def test_the_sync_check_refuses_a_stream_that_never_fills_the_memory():
+    big = Setting("split-digits", DIGITS.stream_args, args={"memory": 500})  # 150 samples
+    with pytest.raises(ValueError, match="0 batch.* after the replay memory filled; it needs 3"):
+        check_strategy(ER, setting=big, checks=["syncs"])
 
 
 def test_a_strategy_that_does_not_learn_fails():
