@@ -18,17 +18,35 @@ the same :class:`~streamkd.nets.sc_clip.SocialNavNet` and losses, Adam lr 1e-3:
   for a recorded pedestrian, so this row does not compare with the others; it shows what the
   selection's goal term does. Every other method sees nothing after the last observed step.
 
+**Delayed labels.** A window's future is known only once it has happened, and windows start
+every 0.4 s, so they overlap: plain test-then-train (score a batch, learn it at once) lets
+the next batch be scored by a model that has learned up to 4.8 s past that batch's inputs
+(``contamination``: 0.96 of the scored windows, 0.88 with their own pedestrian's future, on
+the default stream). The stream is replayed on its clock instead
+(:func:`streamkd.delayed.delayed_prequential`, like river's delayed progressive validation):
+each window is scored at its last observed step by the learner as it is then, and the
+stream's batches are learned in order, each once the last target step of all its windows
+has passed. So no scored window's learner has learned any frame after that window's last
+observed step (``prequential_selection["leak"]["share"]`` is 0). The learning itself is
+unchanged: the same batches in the same order.
+
 After each scene every method's selected trajectories are scored on the held-out windows of
-every scene: ADE, FDE, MSE, Hausdorff, personal-space violation (seconds within 0.5 m of
-another pedestrian's actual position) and best-of-K ADE/FDE. ``forgetting`` is the mean ADE
-increase on the earlier scenes between just after learning each and the end of the stream;
-``forgetting_all`` averages that increase over every later evaluation point instead of the
-last only (it also counts forgetting that a later scene undid). ``psv_truth_s`` is the
-personal-space violation of the real future paths, for reference (both count the 16
-nearest neighbours only). ``social_weight_sweep`` re-scores the final model's candidates
-with other selection weights on personal space (the runs use the default, 2), and
-``picked_weight`` is the held-out result at the weight the issue's rule picks on
-prequential data (:class:`PrequentialSelection`: each batch scored before it is learned).
+every scene: ADE, FDE, MSE, Hausdorff, personal-space violation and best-of-K ADE/FDE.
+Personal-space violation is the seconds within a radius of another pedestrian's recorded
+position: ``psv_s`` at 0.5 m, ``psv_12_s`` at 1.2 m (the edge of the personal zone), the
+ego's companions not counted (:func:`~streamkd.trajectory.companions`, from the observed
+steps only: seen at 4 or more of them including the last, within 1.5 m at each, mean
+velocity within 0.5 m/s of the ego's; ``companions`` is the share of windows with one).
+``psv_truth_s`` / ``psv_truth_12_s`` score the recorded future paths the same way, for
+reference (all count the 16 nearest neighbours only). Open loop: the others' recorded
+futures reacted to the real pedestrian, not to the path scored. ``forgetting`` is the mean
+ADE increase on the earlier scenes between just after learning each and the end of the
+stream; ``forgetting_all`` averages that increase over every later evaluation point instead
+of the last only (it also counts forgetting that a later scene undid).
+``social_weight_sweep`` re-scores the final model's candidates with other selection weights
+on personal space (the runs use the default, 2), and ``picked_weight`` is the held-out
+result at the weight the issue's rule picks on prequential data
+(:class:`PrequentialSelection`, under delayed labels).
 ``retrieval`` is SC-CLIP's top-1 caption retrieval on 256 held-out windows (a hit when the
 retrieved caption is the window's own caption text), next to chance (the expected hit rate
 of a uniform pick: duplicate captions count).
@@ -51,12 +69,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from streamkd.delayed import Event, LeakMeter, delayed_prequential, prequential
 from streamkd.experiment import write_json
 from streamkd.nets.sc_clip import SocialNavNet
 from streamkd.strategies.sc_clip import SCCLIP, select
-from streamkd.streams.eth_ucy import SCENES, SceneSamples, eth_ucy_stream, leave_one_scene_out
+from streamkd.streams.eth_ucy import (
+    FRAME_STEP,
+    SCENES,
+    SceneSamples,
+    eth_ucy_stream,
+    leave_one_scene_out,
+)
 from streamkd.trajectory import (
     ade,
+    companions,
     constant_velocity,
     fde,
     forgetting,
@@ -84,7 +110,13 @@ PUBLISHED = {
     },
 }
 SOCIAL_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
+RADII = {"": 0.5, "_12": 1.2}
+"""Personal-space radii (m) by key suffix: ``psv_s`` at 0.5 m (OLiVia-Nav's), ``psv_12_s`` at
+1.2 m (the edge of Hall's personal zone)."""
 METHODS = ("sc_clip", "naive", "joint", "constant_velocity", "sc_clip_goal")
+PROTOCOLS = {"delayed": delayed_prequential, "test_then_train": prequential}
+"""How the stream is replayed (:mod:`streamkd.delayed`); the learning is the same in both, only
+the moments at which windows are scored prequentially differ."""
 
 
 @dataclass
@@ -98,13 +130,28 @@ class Options:
     loo: bool = False
     loo_max_per_scene: int = 3000
     data_dir: str | None = None
+    protocol: str = "delayed"  # or "test_then_train": the old, leaky order, for comparison
 
 
 # -- scoring ----------------------------------------------------------------------------------
+def personal_space(
+    path: torch.Tensor, batch: Batch, radius: float, together: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Seconds per window that ``path`` spends within ``radius`` of another pedestrian's
+    recorded position, the ego's companions (``together``; by default told from the observed
+    steps, :func:`~streamkd.trajectory.companions`) not counted. Open loop: the others'
+    recorded futures reacted to the real pedestrian, not to ``path``."""
+    x = batch.x
+    if together is None:
+        together = companions(x["past"], x["neighbours"], x["neighbours_seen"])
+    others, seen = batch.targets["neighbours_future"], batch.targets["neighbours_future_seen"]
+    return personal_space_violation(path, others, seen, radius, exclude=together)
+
+
 def score(predict, batch: Batch) -> dict:
-    """Metrics of the selected trajectories (and best of K where there are candidates)."""
-    future, others = batch.targets["future"], batch.targets["neighbours_future"]
-    seen = batch.targets["neighbours_future_seen"]
+    """Metrics of the selected trajectories (and best of K where there are candidates);
+    personal space at both radii (:data:`RADII`), of the path and of the recorded future."""
+    future = batch.targets["future"]
     chosen, best_ade, best_fde = [], [], []
     for i in range(0, len(future), 512):
         part = {k: v[i : i + 512] for k, v in batch.x.items()}
@@ -119,8 +166,20 @@ def score(predict, batch: Batch) -> dict:
         "fde": float(fde(path, future).mean()),
         "mse": float(mse(path, future).mean()),
         "hausdorff": float(hausdorff(path, future).mean()),
-        "psv_s": float(personal_space_violation(path, others, seen).mean()),
-        "psv_truth_s": float(personal_space_violation(future, others, seen).mean()),
+        **{
+            f"psv{tag}_s": float(personal_space(path, batch, radius).mean())
+            for tag, radius in RADII.items()
+        },
+        **{
+            f"psv_truth{tag}_s": float(personal_space(future, batch, radius).mean())
+            for tag, radius in RADII.items()
+        },
+        "companions": float(
+            companions(batch.x["past"], batch.x["neighbours"], batch.x["neighbours_seen"])
+            .any(1)
+            .float()
+            .mean()
+        ),
         "min_ade": float(torch.cat(best_ade).mean()),
         "min_fde": float(torch.cat(best_fde).mean()),
         "n": len(future),
@@ -165,79 +224,144 @@ def make_learner(kind: str, seed: int, opts: Options) -> SCCLIP:
 
 
 class PrequentialSelection:
-    """Test-then-train: before the learner sees a batch, the ADE and personal-space violation
-    of what it would select at each social weight, and of constant velocity (in all and per
-    scene). :meth:`pick` applies the issue's bar to these, never to held-out data: the
-    largest weight whose prequential personal space is shorter than constant velocity's at a
-    prequential ADE at most ``margin`` times its (``None`` if no weight meets it)."""
+    """Prequential scores under delayed labels (:func:`streamkd.delayed.delayed_prequential`
+    over the stream's clock): each window is scored at its last observed step by the learner
+    as it is then, which has learned only windows whose futures had ended before that step.
+    Scored: the ADE and the personal-space violation (:data:`RADII`, companions not counted)
+    of what the learner would select at each social weight, of constant velocity and of the
+    recorded future, in all and per scene. :meth:`pick` applies the issue's bar to these,
+    never to held-out data: the largest weight whose prequential personal space (0.5 m) is
+    shorter than constant velocity's at a prequential ADE at most ``margin`` times its
+    (``None`` if no weight meets it). ``leak`` (a :class:`~streamkd.delayed.LeakMeter`)
+    checks what the order let through: 0 scored windows whose learner had learned anything
+    later than their last observed step. (``protocol="test_then_train"`` labels scores taken
+    in the old order, for comparison: there the leak is most windows.)"""
 
-    def __init__(self, weights: tuple[float, ...] = SOCIAL_WEIGHTS) -> None:
-        self.sums = {w: [0.0, 0.0] for w in weights}
-        self.cv = [0.0, 0.0]
+    def __init__(
+        self, weights: tuple[float, ...] = SOCIAL_WEIGHTS, protocol: str = "delayed"
+    ) -> None:
+        self.protocol = protocol
+        self.sums = {w: [0.0] * (1 + len(RADII)) for w in weights}  # ADE, then each radius
+        self.cv = [0.0] * (1 + len(RADII))
+        self.truth = [0.0] * len(RADII)
         self.n = 0
         self.by_scene: dict[int, dict] = {}  # segment -> {"n", "cv_ade", weight: ade sum}
+        self.leak = LeakMeter(key="ego")
 
-    def update(self, learner: SCCLIP, batch: Batch) -> None:
+    def update(self, learner: SCCLIP, event: Event) -> None:
+        """Feed one event of the replay: a ``"predict"`` event is scored with ``learner`` as
+        it is; every event goes to :attr:`leak`."""
+        self.leak.update(event)
+        if event.kind != "predict":
+            return
+        batch = event.batch
         out = learner.forecast(batch.x)[0]
         x = to_device(batch.x, learner.device)
-        future, others = batch.targets["future"], batch.targets["neighbours_future"]
-        seen = batch.targets["neighbours_future_seen"]
+        future = batch.targets["future"]
+        together = companions(batch.x["past"], batch.x["neighbours"], batch.x["neighbours_seen"])
         scene = self.by_scene.setdefault(batch.segment, {"n": 0, "cv_ade": 0.0})
+
+        def add(sums: list[float], path: torch.Tensor) -> float:
+            error = float(ade(path, future).sum())
+            sums[0] += error
+            for i, radius in enumerate(RADII.values(), 1):
+                sums[i] += float(personal_space(path, batch, radius, together).sum())
+            return error
+
         for w, sums in self.sums.items():
             weights = {**learner.hparams, "social_weight": w}
             path = select(out, x, weights, learner.model.goal)[1].cpu()
-            error = float(ade(path, future).sum())
-            sums[0] += error
-            sums[1] += float(personal_space_violation(path, others, seen).sum())
-            scene[str(w)] = scene.get(str(w), 0.0) + error
-        straight = constant_velocity(batch.x["past"])
-        error = float(ade(straight, future).sum())
-        self.cv[0] += error
-        self.cv[1] += float(personal_space_violation(straight, others, seen).sum())
-        scene["cv_ade"] += error
+            scene[str(w)] = scene.get(str(w), 0.0) + add(sums, path)
+        scene["cv_ade"] += add(self.cv, constant_velocity(batch.x["past"]))
+        for i, radius in enumerate(RADII.values()):
+            self.truth[i] += float(personal_space(future, batch, radius, together).sum())
         scene["n"] += len(future)
         self.n += len(future)
 
     def pick(self, margin: float = 1.1) -> float | None:
-        fits = [w for w, (a, v) in self.sums.items() if a <= margin * self.cv[0] and v < self.cv[1]]
+        ade_cv, psv_cv = self.cv[:2]
+        fits = [w for w, (a, v, *_) in self.sums.items() if a <= margin * ade_cv and v < psv_cv]
         return max(fits) if fits else None
 
+    def _means(self, sums: list[float]) -> dict:
+        keys = ["ade"] + [f"psv{tag}_s" for tag in RADII]
+        return {k: v / self.n for k, v in zip(keys[-len(sums) :], sums, strict=True)}
+
     def as_dict(self) -> dict:
-        per = {str(w): {"ade": a / self.n, "psv_s": v / self.n} for w, (a, v) in self.sums.items()}
-        cv = {"ade": self.cv[0] / self.n, "psv_s": self.cv[1] / self.n}
+        per = {str(w): self._means(sums) for w, sums in self.sums.items()}
         scenes = {
             str(i): {k: v / s["n"] for k, v in s.items() if k != "n"} | {"n": s["n"]}
             for i, s in self.by_scene.items()
         }  # prequential ADE per scene: the selection at each weight and constant velocity
-        return {"by_social_weight": per, "constant_velocity": cv, "by_scene": scenes,
-                "picked": self.pick()}  # fmt: skip
+        return {
+            "protocol": self.protocol,
+            "by_social_weight": per,
+            "constant_velocity": self._means(self.cv),
+            "ground_truth": self._means(self.truth),
+            "by_scene": scenes,
+            "picked": self.pick(),
+            "leak": self.leak.as_dict(),
+        }
+
+
+def contamination(stream) -> dict:
+    """What each prequential order lets a scored window see of its future, on ``stream``'s
+    training windows (it depends on the order only: no model is needed), in all and per
+    scene. ``share``: scored windows whose learner had learned a window ending after the
+    scored window's last observed step; ``own_share``: those whose own pedestrian's target
+    positions had been learned (a window of the same pedestrian from 0.4 s earlier);
+    ``own_steps``: the mean number of each window's 12 target positions already learned.
+    ``test_then_train`` is the old order (each batch scored, then learned at once);
+    ``delayed`` the order the benchmark uses."""
+    out = {}
+    for name, order in (("test_then_train", prequential), ("delayed", delayed_prequential)):
+        stream.seek(0)
+        meters: dict = {"all": LeakMeter(key="ego")}
+        for event in order(stream):
+            meters["all"].update(event)
+            scene = stream.segments[event.batch.segment].name
+            meters.setdefault(scene, LeakMeter(key="ego")).update(event)
+        out[name] = {
+            scene: {**m.as_dict(), "own_steps": m.own_ahead / FRAME_STEP}
+            for scene, m in meters.items()
+        }
+    stream.seek(0)
+    return out
 
 
 def learn_stream(
     kind: str, seed: int, opts: Options, prequential: PrequentialSelection | None = None
 ):
     """One pass over the scenes: ``(learner, stream, held-out batches, ADE matrix (a row
-    after each scene), scenario changes, seconds spent in observe())``; ``prequential``
-    scores each batch's selection before the learner learns from it."""
+    after each scene), scenario changes, seconds spent in observe())``. The stream is
+    replayed with delayed labels (:func:`streamkd.delayed.delayed_prequential`): the
+    learner learns the stream's batches in order, each once the last target step of its
+    windows has passed; ``prequential`` scores each window at its last observed step
+    (``opts.protocol="test_then_train"``: the old order, each batch scored and then learned at
+    once, for comparison only: its scores have seen the future)."""
     stream = scene_stream(seed, opts, goal="destination" if kind == "sc_clip_goal" else "none")
     tests = [stream.held_out(i) for i in range(len(stream.segments))]
     learner = make_learner(kind, seed, opts)
     learner.teacher.prime([c for i in range(len(tests)) for c in stream.scene(i).context])
-    matrix, scenarios, seconds, segment = [], [], 0.0, 0
-    for batch in stream:
+    matrix, scenarios, seconds, segment, steps = [], [], 0.0, 0, 0
+    for event in PROTOCOLS[opts.protocol](stream):
+        if prequential is not None:
+            prequential.update(learner, event)
+        if event.kind != "learn":
+            continue
+        batch = event.batch
         if batch.segment != segment:
             matrix.append([score(model_predict(learner), t)["ade"] for t in tests])
             segment = batch.segment
-        if prequential is not None:
-            prequential.update(learner, batch)
         before = learner.scenario
         start = time.perf_counter()
         learner.observe(batch)
         seconds += time.perf_counter() - start
+        steps += 1
         if learner.scenario != before:
             scenarios.append(
                 {
-                    "step": stream.position(),
+                    "step": steps,
                     "scene": stream.segments[segment].name,
                     "scenario": learner.scenario,
                     "merged": learner.scenario < before,  # a new one recognised as an old one
@@ -257,7 +381,7 @@ def stream_run(kind: str, seed: int, opts: Options) -> dict:
         per_scene = [score(cv_predict, t) for t in tests]
         matrix = [[s["ade"] for s in per_scene]] * len(tests)
         return summary(per_scene, matrix, seconds=0.0)
-    prequential = PrequentialSelection()
+    prequential = PrequentialSelection(protocol=opts.protocol)
     learner, stream, tests, matrix, scenarios, seconds = learn_stream(kind, seed, opts, prequential)
     per_scene = [score(model_predict(learner), t) for t in tests]
     out = summary(per_scene, matrix, seconds=seconds)
@@ -269,9 +393,10 @@ def stream_run(kind: str, seed: int, opts: Options) -> dict:
     for weight in SOCIAL_WEIGHTS:
         swept = [score(model_predict(learner, social_weight=weight), t) for t in tests]
         out["social_weight_sweep"][str(weight)] = {
-            k: statistics.fmean(s[k] for s in swept) for k in ("ade", "fde", "psv_s")
+            k: statistics.fmean(s[k] for s in swept) for k in ("ade", "fde", "psv_s", "psv_12_s")
         }
     out["prequential_selection"] = prequential.as_dict()
+    out["contamination"] = contamination(stream)  # this order against test-then-train
     picked = out["prequential_selection"]["picked"]
     if picked is None:
         out["picked_weight"] = None
@@ -369,6 +494,16 @@ def summary(per_scene: list[dict], matrix, seconds: float) -> dict:
     return out
 
 
+def _prequential_summary(runs: list[dict]) -> dict:
+    """:meth:`PrequentialSelection.as_dict` of several seeds: mean and std of each score."""
+    rows = {"constant_velocity": [r["constant_velocity"] for r in runs]}
+    rows["ground_truth"] = [r["ground_truth"] for r in runs]
+    for w in runs[0]["by_social_weight"]:
+        rows[w] = [r["by_social_weight"][w] for r in runs]
+    out = {name: {k: _spread(scores, k) for k in scores[0]} for name, scores in rows.items()}
+    return out | {"picked": [r["picked"] for r in runs]}
+
+
 def _spread(runs: list[dict], key: str) -> dict | None:
     values = [r[key] for r in runs if r.get(key) is not None]
     if not values:
@@ -392,6 +527,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     opts = Options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Options)})
     opts.seeds = tuple(opts.seeds)
+    if opts.protocol not in PROTOCOLS:
+        ap.error(f"--protocol must be one of {', '.join(PROTOCOLS)}")
     result: dict = {"options": dataclasses.asdict(opts), "methods": {}, "runs": {}}
     for method in args.methods:
         runs = []
@@ -406,24 +543,37 @@ def main(argv: list[str] | None = None) -> dict:
                 flush=True,
             )
         result["runs"][method] = runs
+        if "contamination" in runs[0] and "contamination" not in result:
+            result["contamination"] = runs[0]["contamination"]  # the same windows in every run
+            for name, leak in result["contamination"].items():
+                print(
+                    f"prequential order {name}: {leak['all']['share']:.3f} of scored windows "
+                    f"had a learner that had learned a later frame; "
+                    f"{leak['all']['own_share']:.3f} their own future "
+                    f"({leak['all']['own_steps']:.2f} of 12 positions on average)",
+                    flush=True,
+                )
         keys = (
-            "ade", "fde", "mse", "hausdorff", "psv_s", "psv_truth_s", "min_ade", "min_fde",
-            "forgetting", "forgetting_all",
+            "ade", "fde", "mse", "hausdorff", "psv_s", "psv_12_s", "psv_truth_s",
+            "psv_truth_12_s", "companions", "min_ade", "min_fde", "forgetting", "forgetting_all",
         )  # fmt: skip
         result["methods"][method] = {k: _spread(runs, k) for k in keys}
         if "social_weight_sweep" in runs[0]:
             summary_of = result["methods"][method]
             picked = [r["picked_weight"] for r in runs if r["picked_weight"] is not None]
             summary_of["picked_weight"] = {
-                k: _spread(picked, k) for k in ("social_weight", "ade", "fde", "psv_s")
+                k: _spread(picked, k) for k in ("social_weight", "ade", "fde", "psv_s", "psv_12_s")
             } | {"runs_with_a_pick": len(picked), "meets_bar": [p["meets_bar"] for p in picked]}
             summary_of["social_weight_sweep"] = {
                 w: {
                     k: _spread([r["social_weight_sweep"][w] for r in runs], k)
-                    for k in ("ade", "psv_s")
+                    for k in ("ade", "psv_s", "psv_12_s")
                 }
                 for w in runs[0]["social_weight_sweep"]
             }
+            summary_of["prequential"] = _prequential_summary(
+                [r["prequential_selection"] for r in runs]
+            )
         if "retrieval" in runs[0]:
             result["methods"][method]["retrieval_top1"] = _spread(
                 [r["retrieval"] for r in runs], "top1"
@@ -431,6 +581,11 @@ def main(argv: list[str] | None = None) -> dict:
             result["methods"][method]["retrieval_chance"] = _spread(
                 [r["retrieval"] for r in runs], "chance"
             )
+    first = next(iter(result["runs"].values()), None)
+    if first:  # the recorded futures, scored like the methods: a reference, not a method
+        result["ground_truth"] = {
+            f"psv{tag}_s": _spread(first, f"psv_truth{tag}_s") for tag in RADII
+        }
     if opts.loo:
         result["loo"] = {"runs": {s: loo_run(s, opts) for s in opts.seeds}, "published": PUBLISHED}
     write_json(args.json, result)

@@ -10,7 +10,11 @@ sample; average them for a table.
   its own);
 * :func:`hausdorff` -- the symmetric Hausdorff distance between two paths as point sets;
 * :func:`personal_space_violation` -- seconds the path spends within ``radius`` of another
-  pedestrian's actual position at the same step (OLiVia-Nav's personal-space metric; 0.5 m).
+  pedestrian's actual position at the same step (OLiVia-Nav's personal-space metric; 0.5 m;
+  1.2 m is the edge of Hall's personal zone), optionally not counting some of them;
+* :func:`companions` -- the neighbours walking with the ego, told from the observed steps
+  only (so that personal space can leave them out: people walking together are close by
+  choice).
 
 The ETH/UCY sample format lives here too, so that networks and streams share it without
 importing each other: a window of :data:`OBSERVED` + :data:`PREDICTED` steps
@@ -124,13 +128,19 @@ def personal_space_violation(
     present: Tensor,
     radius: float = 0.5,
     step_seconds: float = STEP_SECONDS,
+    exclude: Tensor | None = None,
 ) -> Tensor:
     """Seconds within ``radius`` of another pedestrian, per sample.
 
     ``path`` (n, steps, 2) is the ego's path; ``others`` (n, m, steps, 2) the actual
     positions of up to ``m`` other pedestrians at the same steps; ``present`` (n, m, steps)
     says where they are known (padding and absent steps count as far away). A step counts once
-    however many pedestrians are too close.
+    however many pedestrians are too close. ``exclude`` (n, m) bool names pedestrians not to
+    count at all (e.g. :func:`companions`).
+
+    Scored on recorded data this is open loop: the others' recorded paths reacted to the real
+    pedestrian, not to the path scored, so it measures how close a path comes to where people
+    actually were, not how a crowd would have answered it.
 
     Examples:
         A pedestrian standing 0.3 m beside the path's last step (2.5 Hz: 0.4 s a step):
@@ -149,8 +159,70 @@ def personal_space_violation(
         )
     if present.shape != others.shape[:3]:
         raise ValueError(f"present must be {tuple(others.shape[:3])}, got {tuple(present.shape)}")
-    close = ((others - path[:, None]).norm(dim=-1) < radius) & present.bool()
+    present = present.bool()
+    if exclude is not None:
+        if exclude.shape != others.shape[:2]:
+            raise ValueError(
+                f"exclude must be {tuple(others.shape[:2])}, got {tuple(exclude.shape)}"
+            )
+        present = present & ~exclude.bool()[..., None]
+    close = ((others - path[:, None]).norm(dim=-1) < radius) & present
     return close.any(1).sum(-1).to(path.dtype) * step_seconds
+
+
+def companions(
+    past: Tensor,
+    neighbours: Tensor,
+    seen: Tensor,
+    distance: float = 1.5,
+    speed: float = 0.5,
+    min_steps: int = 4,
+    step_seconds: float = STEP_SECONDS,
+) -> Tensor:
+    """Which neighbours walk with the ego, from the observed steps only: (n, m) bool.
+
+    A neighbour is a companion when it is seen at ``min_steps`` or more of the observed steps,
+    the last one included; it is within ``distance`` metres of the ego at every observed step
+    it is seen; and its mean velocity from its first seen step to the last observed step
+    differs from the ego's over the same steps by less than ``speed`` m/s: close together
+    and moving alike for a while, as in group detection (Moussaïd et al. 2010, "The walking
+    behaviour of pedestrian social groups"). Two people standing together count too.
+
+    ``past`` (n, steps, 2) is the ego's observed path, ``neighbours`` (n, m, steps, 2) and
+    ``seen`` (n, m, steps) its neighbours' observed positions and where they are known:
+    nothing after the last observed step enters.
+
+    Examples:
+        One walks 0.6 m beside the ego at its pace, one passes 0.6 m away the other way:
+
+        >>> import torch
+        >>> t = torch.arange(8.0)[:, None] * 0.4
+        >>> past = torch.cat([t, torch.zeros_like(t)], 1)[None]  # 1 m/s along x
+        >>> beside = past[0] + torch.tensor([0.0, 0.6])
+        >>> passing = torch.cat([2.8 - t, torch.full_like(t, 0.6)], 1)
+        >>> seen = torch.ones(1, 2, 8, dtype=torch.bool)
+        >>> companions(past, torch.stack([beside, passing])[None], seen).tolist()
+        [[True, False]]
+    """
+    if past.dim() != 3 or neighbours.dim() != 4 or neighbours.shape[2:] != past.shape[1:]:
+        raise ValueError(
+            f"expected past (n, steps, 2) and neighbours (n, m, steps, 2), got "
+            f"{tuple(past.shape)} and {tuple(neighbours.shape)}"
+        )
+    seen = seen.bool()
+    steps = past.shape[1]
+    gap = (neighbours - past[:, None]).norm(dim=-1)  # (n, m, steps)
+    close = torch.where(seen, gap < distance, True).all(-1)
+    enough = (seen.sum(-1) >= min_steps) & seen[:, :, -1]
+    first = seen.float().argmax(-1)  # (n, m) the first seen step
+    span = ((steps - 1 - first) * step_seconds).clamp_min(step_seconds)
+    index = first[..., None, None].expand(-1, -1, 1, 2)
+    start = neighbours.gather(2, index)[:, :, 0]
+    mine = past[:, None].expand_as(neighbours).gather(2, index)[:, :, 0]
+    theirs = (neighbours[:, :, -1] - start) / span[..., None]
+    ego = (past[:, None, -1] - mine) / span[..., None]
+    alike = (theirs - ego).norm(dim=-1) < speed
+    return close & enough & alike
 
 
 # -- the ego frame and the constant-velocity baseline ------------------------------------------

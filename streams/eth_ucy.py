@@ -13,9 +13,11 @@ personal-space violation, and never reach the inputs.
 :data:`~streamkd.trajectory.INPUTS`; targets in ``batch.targets``, the social-context
 description in ``batch.meta["context"]``), scene after scene, each scene's last
 ``test_fraction`` of time held out; :func:`leave_one_scene_out` is the standard protocol
-(train on the other scenes, test on every window of the held-out one). The window format
-(steps, raster geometry, input fields and their schema) is defined in
-:mod:`streamkd.trajectory`, where networks read it too.
+(train on the other scenes, test on every window of the held-out one). Training batches carry
+the stream's clock (``meta["observed_until"]``, ``meta["known_at"]``): windows overlap in time,
+so evaluate prequentially with delayed labels (:mod:`streamkd.delayed`, see
+:class:`TrajectoryStream`). The window format (steps, raster geometry, input fields and their
+schema) is defined in :mod:`streamkd.trajectory`, where networks read it too.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import torch
 from torch import Tensor
 
 from streamkd.data import find_data, reading
+from streamkd.delayed import KNOWN as KNOWN_AT
+from streamkd.delayed import OBSERVED as OBSERVED_UNTIL
 from streamkd.social import Describer, RuleDescriber
 from streamkd.streams.split import BatchCursor
 from streamkd.trajectory import (
@@ -72,6 +76,7 @@ class Windows:
     start: np.ndarray  # (n,) frame id of the first observed step
     goal: np.ndarray  # (n, 2) where the ego's track ends in the recording: its destination
     full_others: np.ndarray  # (n,) other pedestrians present at all 20 frames (any distance)
+    time: np.ndarray  # (n,) the scene's clock at the first observed step (see scene_windows)
 
 
 def load_tracks(path: str | Path) -> np.ndarray:
@@ -153,6 +158,7 @@ def windows(
         start=(frames.min() + start * FRAME_STEP).astype(np.int64),
         goal=destination[ego].astype(np.float32),
         full_others=full.astype(np.int64),
+        time=(frames.min() + start * FRAME_STEP).astype(np.int64),
     )
 
 
@@ -249,6 +255,7 @@ class SceneSamples:
     context: list[str]
     ego: Tensor  # (n,) pedestrian ids
     start: Tensor  # (n,) frame id of each window's first observed step
+    time: Tensor | None = None  # (n,) the scene's clock there (scene_windows); None: start
 
     def __len__(self) -> int:
         return len(self.context)
@@ -300,7 +307,7 @@ def scene_samples(
     }
     context = describer.describe(past, neighbours, seen, destination) if len(past) else []
     ego, start = torch.from_numpy(w.ego), torch.from_numpy(w.start)
-    return SceneSamples(name, x, targets, list(context), ego, start)
+    return SceneSamples(name, x, targets, list(context), ego, start, torch.from_numpy(w.time))
 
 
 def _join(parts: list[Windows]) -> Windows:
@@ -327,15 +334,28 @@ def scene_windows(
     the cut, test windows start at or after it, so no frame is in both. ``social_gan``
     windows the recordings as Social-GAN's loader does, to compare with published numbers:
     frame gaps collapsed (see :func:`windows`), and only windows in which another pedestrian
-    is also present for all 20 frames (it holds out whole scenes: no ``test_fraction``)."""
+    is also present for all 20 frames (it holds out whole scenes: no ``test_fraction``).
+
+    ``time`` is the scene's clock, in frame ids: the recordings laid end to end in the order
+    of :data:`SCENES` (univ's students003 begins a frame after students001 ends), so that
+    windows of different recordings never overlap in time; for one recording it is
+    ``start``."""
     if not 0.0 <= test_fraction < 1.0:
         raise ValueError(f"test_fraction must lie in [0, 1), got {test_fraction}")
     if social_gan and test_fraction:
         raise ValueError("social_gan windows hold out whole scenes: test_fraction must be 0")
     train, test = [], []
+    ended = None  # the clock at the previous recording's last frame
     for path in scene_files(scene, data_dir):
         rows = load_tracks(path)
         w = windows(rows, max_neighbours=max_neighbours, stride=stride, collapse_gaps=social_gan)
+        frames = np.unique(rows[:, 0])  # relabelled consecutively with social_gan
+        first, last = int(frames[0]), int(frames[0] + (len(frames) - 1) * FRAME_STEP)
+        if not social_gan:
+            last = int(frames[-1])
+        shift = 0 if ended is None else ended + FRAME_STEP - first
+        w.time = w.time + shift
+        ended = last + shift
         if social_gan:
             w = _select(w, w.full_others > 0)
         w = _select(w, np.lexsort((w.ego, w.start)))  # time order, then pedestrian
@@ -352,7 +372,18 @@ class TrajectoryStream(BatchCursor):
     :class:`~streamkd.types.Stream` protocol). Batches carry
     :data:`~streamkd.trajectory.INPUTS` as fields, :data:`TARGETS` in ``batch.targets`` and
     the description in ``meta["context"]``; :meth:`held_out` gives a scene's test windows as
-    one batch."""
+    one batch.
+
+    **The stream's clock.** The scenes are laid end to end on one clock (frame ids: each
+    scene's recordings end to end, see :func:`scene_windows`, and each scene begins a frame
+    after the previous one's last window ends). Each batch's ``meta`` carries, per window,
+    ``observed_until`` (the clock at its last observed step) and ``known_at`` (at its last
+    step to predict: when its future has happened). Windows start every 0.4 s and overlap,
+    so learning a window as soon as it is scored teaches the model the next windows' futures.
+    Evaluate prequentially with delayed labels instead
+    (:func:`streamkd.delayed.delayed_prequential`): a window is scored at its
+    ``observed_until`` by a model that has learned only windows whose ``known_at`` came
+    before."""
 
     n_classes = 0  # regression targets, not classes
 
@@ -375,6 +406,19 @@ class TrajectoryStream(BatchCursor):
         self.schema = schema(max_neighbours, goal=goal == "destination")
         self.segments = [Segment(s.name, len(s)) for s in self._train]
         self._cut([len(s) for s in self._train], batch_size)
+        self._clock = self._lay_end_to_end()
+
+    def _lay_end_to_end(self) -> list[Tensor]:
+        """Each segment's windows' first observed step on the stream's clock."""
+        clock, ended, span = [], None, (OBSERVED + PREDICTED - 1) * FRAME_STEP
+        for train, test in zip(self._train, self._test, strict=True):
+            time = [s.start if s.time is None else s.time for s in (train, test)]
+            every = torch.cat(time)
+            shift = 0 if ended is None or not len(every) else ended + FRAME_STEP - int(every.min())
+            clock.append(time[0] + shift)
+            if len(every):
+                ended = int(every.max()) + span + shift
+        return clock
 
     @property
     def input_spec(self) -> Schema:
@@ -382,7 +426,11 @@ class TrajectoryStream(BatchCursor):
 
     def __iter__(self) -> Iterator[Batch]:
         for i, a, b in self._batches():
-            yield self._train[i].batch(slice(a, b), segment=i)
+            batch = self._train[i].batch(slice(a, b), segment=i)
+            first = self._clock[i][a:b]
+            batch.meta[OBSERVED_UNTIL] = first + (OBSERVED - 1) * FRAME_STEP
+            batch.meta[KNOWN_AT] = first + (OBSERVED + PREDICTED - 1) * FRAME_STEP
+            yield batch
 
     def scene(self, segment: int) -> SceneSamples:
         """All training windows of one segment (offline training: the joint upper bound)."""

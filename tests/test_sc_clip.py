@@ -15,7 +15,7 @@ from streamkd.distill import symmetric_info_nce
 from streamkd.nets.sc_clip import _CAPTIONS, Forecast, SocialNavNet
 from streamkd.strategies import get_strategy
 from streamkd.strategies.sc_clip import SCCLIP, selection_scores
-from streamkd.streams.eth_ucy import eth_ucy_stream
+from streamkd.streams.eth_ucy import FRAME_STEP, eth_ucy_stream
 from streamkd.trajectory import constant_velocity, min_over_k
 from streamkd.types import Batch, InvalidBatchError
 
@@ -56,30 +56,53 @@ def test_the_network_starts_from_constant_velocity():
     assert not torch.allclose(out.candidates[:, 1], straight, atol=1e-2)
 
 
-def test_it_learns_to_retrieve_captions_and_to_predict():
+def _held_out() -> Batch:
+    """Every 4th held-out window of zara1 and hotel (164): the last 20% of each recording,
+    after every training window has ended, so none of it was trained on."""
+    parts = [STREAM.held_out(i) for i in range(len(STREAM.segments))]
+    for i, part in enumerate(parts):
+        train_end = int(STREAM.scene(i).start.max()) + 19 * FRAME_STEP
+        assert int(part.meta["start"].min()) > train_end  # no frame in both
+    rows = [torch.arange(0, len(p), 4) for p in parts]
+    return Batch(
+        x={k: torch.cat([p.x[k][r] for p, r in zip(parts, rows, strict=True)]) for k in parts[0].x},
+        targets={
+            k: torch.cat([p.targets[k][r] for p, r in zip(parts, rows, strict=True)])
+            for k in parts[0].targets
+        },
+        meta={
+            "context": [p.meta["context"][j] for p, r in zip(parts, rows, strict=True) for j in r]
+        },
+    )
+
+
+def test_it_learns_to_retrieve_captions_and_to_predict_on_windows_it_never_saw():
     learner = _learner(lr=3e-3)
-    probe = BATCHES[2]
-    teacher = learner.teacher.embed(probe.meta["context"])
+    held = _held_out()
+    captions = held.meta["context"]
+    teacher = learner.teacher.embed(captions)
+    same = (teacher @ teacher.T) > 1 - 1e-6  # identical captions are positives (as in training)
+    chance = sum(captions.count(c) for c in captions) / len(captions) ** 2
 
     def measure():
-        out = learner.forecast(probe.x)[0]
-        clip = symmetric_info_nce(out.embedding, teacher, 0.07)
-        return float(clip), float(min_over_k(out.candidates, probe.targets["future"])[0].mean())
+        out = learner.forecast(held.x)[0]
+        clip = float(symmetric_info_nce(out.embedding, teacher, 0.07, positives=same))
+        best = float(min_over_k(out.candidates, held.targets["future"])[0].mean())
+        picked = (learner.embed(held.x).cpu() @ teacher.T).argmax(1).tolist()
+        hits = sum(captions[j] == captions[i] for i, j in enumerate(picked)) / len(picked)
+        return clip, best, hits
 
-    clip0, ade0 = measure()
-    for _ in range(3):  # three passes over 320 windows
+    clip0, ade0, _ = measure()
+    for _ in range(3):  # three passes over the 320 training windows
         for batch in BATCHES:
             learner.observe(batch)
-    clip1, ade1 = measure()
-    assert clip1 < 0.8 * clip0, (clip0, clip1)
-    assert ade1 < 0.8 * ade0, (ade0, ade1)
-    # the student's embedding picks its own caption among the batch's far above chance
-    student = learner.embed(probe.x).cpu()
-    picked = (student @ teacher.T).argmax(1).tolist()
-    captions = probe.meta["context"]
-    hits = sum(captions[j] == captions[i] for i, j in enumerate(picked)) / len(picked)
-    chance = sum(captions.count(c) for c in captions) / len(captions) ** 2
-    assert hits >= 3 * chance, (hits, chance)
+    clip1, ade1, hits = measure()
+    # measured (seeds 0-3): InfoNCE x0.83-0.89, best-of-6 ADE x0.68-0.84, retrieval 3.5-4.5x
+    # chance; with the learning rate set to 0: x1.0, x1.0 and 0.65x
+    assert clip1 < 0.93 * clip0, (clip0, clip1)
+    assert ade1 < 0.9 * ade0, (ade0, ade1)
+    # the student's embedding picks its own caption among the held-out windows' above chance
+    assert hits >= 2.5 * chance, (hits, chance)
 
 
 def test_selection_weighs_goal_progress_against_personal_space():

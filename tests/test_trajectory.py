@@ -10,6 +10,7 @@ import torch
 
 from streamkd.trajectory import (
     ade,
+    companions,
     constant_velocity,
     fde,
     forgetting,
@@ -73,6 +74,67 @@ def test_personal_space_violation_counts_steps_near_anyone_present():
     everyone = personal_space_violation(path, others, torch.ones_like(present))
     assert torch.allclose(everyone, torch.tensor([3 * 0.4]))
     assert math.isclose(personal_space_violation(path, others, present, radius=0.1).item(), 0.0)
+
+
+def _walk(start, velocity, steps=8):
+    """A straight walk at ``velocity`` m/s from ``start``, 0.4 s a step: (steps, 2)."""
+    t = torch.arange(steps, dtype=torch.float32)[:, None] * 0.4
+    return torch.tensor(start) + t * torch.tensor(velocity)
+
+
+def test_companions_are_told_from_the_observed_steps_only():
+    ego = _walk([0.0, 0.0], [1.0, 0.0])  # 1 m/s along x
+    neighbours = torch.stack(
+        [
+            _walk([0.0, 0.7], [1.0, 0.0]),  # 0: beside the ego all along: a companion
+            _walk([0.2, -0.9], [1.05, 0.1]),  # 1: drifting a little, still within 1.5 m
+            _walk([2.8, 0.6], [-1.0, 0.0]),  # 2: passes 0.6 m away the other way
+            _walk([0.0, 2.0], [1.0, 0.0]),  # 3: the same pace, 2 m away
+            _walk([-1.0, 0.5], [1.6, 0.0]),  # 4: overtaking, 0.6 m/s faster, never 1.5 m away
+            _walk([0.0, 0.7], [1.0, 0.0]),  # 5: beside, but seen at 3 steps only
+            _walk([0.0, 0.7], [1.0, 0.0]),  # 6: beside, but gone at the last observed step
+            torch.zeros(8, 2),  # 7: padding
+        ]
+    )
+    seen = torch.ones(8, 8, dtype=torch.bool)
+    seen[5, :5] = False
+    seen[6, -1] = False
+    seen[7] = False
+    found = companions(ego[None], neighbours[None], seen[None])
+    assert found[0].tolist() == [True, True, False, False, False, False, False, False]
+    # a companion who falls behind 1.5 m at one observed step is not one
+    apart = neighbours.clone()
+    apart[0, 3, 1] = 1.6
+    assert not companions(ego[None], apart[None], seen[None])[0, 0]
+    # standing together counts too
+    still = torch.zeros(8, 2)
+    assert companions(still[None], (still + torch.tensor([0.0, 0.8]))[None, None],
+                      torch.ones(1, 1, 8, dtype=torch.bool)).tolist() == [[True]]  # fmt: skip
+
+
+def test_personal_space_at_both_radii_without_companions():
+    # the future: the ego walks along x; a companion 0.7 m to its side all along; a stranger
+    # standing 0.35 m off the path at x = 2.0 (step 4) and a second one 1.0 m off it at x = 4
+    path = _walk([0.4, 0.0], [1.0, 0.0], steps=12)[None]  # x = 0.4 ... 4.8
+    companion = path[0] + torch.tensor([0.0, 0.7])
+    near = torch.tensor([2.0, 0.35]).expand(12, 2)
+    farther = torch.tensor([4.0, 1.0]).expand(12, 2)
+    others = torch.stack([companion, near, farther])[None]
+    present = torch.ones(1, 3, 12, dtype=torch.bool)
+    exclude = torch.tensor([[True, False, False]])
+    # 0.5 m: only the stranger at x = 2.0 (0.35 m at step 4, 0.53 m at steps 3 and 5)
+    inside = personal_space_violation(path, others, present, 0.5, exclude=exclude)
+    assert torch.allclose(inside, torch.tensor([0.4]))
+    # 1.2 m: x within sqrt(1.2^2 - 0.35^2) = 1.15 of 2.0 (steps 2-6, x = 1.2 ... 2.8) and
+    # within sqrt(1.44 - 1) = 0.66 of 4.0 (steps 8-10, x = 3.6 ... 4.4): 8 steps
+    zone = personal_space_violation(path, others, present, 1.2, exclude=exclude)
+    assert torch.allclose(zone, torch.tensor([8 * 0.4]))
+    # the companion, counted, is inside 1.2 m at every step and 0.5 m at none
+    everyone = personal_space_violation(path, others, present, 1.2)
+    assert torch.allclose(everyone, torch.tensor([12 * 0.4]))
+    assert torch.allclose(personal_space_violation(path, others, present, 0.5), inside)
+    with pytest.raises(ValueError, match="exclude must be"):
+        personal_space_violation(path, others, present, exclude=exclude[:, :2])
 
 
 def test_bad_shapes_get_clear_errors():
