@@ -49,6 +49,7 @@ record (checkpoints, eviction, the cascade API).
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,6 +181,11 @@ class DROC(Strategy):
     def observe(self, batch: Batch) -> StepResult:
         valid = self.base.validate(batch)  # a bad batch changes nothing
         x = self.base.inputs_on_device(valid)
+        kept = self.reference.input_dtype
+        if kept is not None and x.dtype != kept:  # (calibrate() came first, in another dtype)
+            raise InvalidBatchError(
+                f"inputs of dtype {x.dtype}; droc was calibrated on {kept} inputs"
+            )
         step = self.base.observe(valid)
         self._keep_reference(x)
         return step
@@ -237,11 +243,14 @@ class DROC(Strategy):
         before the first correction is stored."""
         if len(self.memory):
             raise ValueError("calibrate() before the first correction: the memory holds some")
-        validate_batch(Batch(x), self.base.input_spec, dtype=self.base.input_dtype)
+        dtype = self.base.input_dtype or self.reference.input_dtype
+        validate_batch(Batch(x), self.base.input_spec, dtype=dtype)
         self._keep_reference(to_device(x, self.base.device))
         self._set_center()
 
     def _set_center(self) -> None:
+        if len(self.memory):  # their images were embedded around another centre
+            raise RuntimeError("droc's centre is set before the first correction is stored")
         n = len(self.reference)
         feats = torch.cat([self._features(self.reference.x[i : i + 256]) for i in range(0, n, 256)])
         self.visual_center = feats.mean(0)
@@ -420,6 +429,17 @@ class DROC(Strategy):
         if "reference" in droc:
             self.reference.load_state_dict(droc["reference"])
             self.reference.generator.set_state(droc["reference_rng"])
+        if self.visual_center is None and len(self.memory):
+            # a checkpoint from before calibration: its corrections' images were embedded
+            # uncentred and would take over unrelated inputs; the weights keep what they taught
+            dropped = sorted(self.memory.entries)
+            self.memory.remove(dropped)
+            warnings.warn(
+                f"droc dropped {len(dropped)} correction(s) stored before its image embedding "
+                "was calibrated (uncentred, they matched unrelated inputs); the model keeps "
+                "what they taught",
+                stacklevel=2,
+            )
         self._stale[:] = True
         self._rebuild_bank()
 
@@ -560,15 +580,12 @@ class DROCPredictor:
             self.visual, self.center, to_device(x, self.bank.vectors.device)
         )
         scores, sims, rows, hit = self.bank.match(scores, embedding, self.apply, self.blend)
+        labels = self.bank.labels[rows]
         applied = [
-            {
-                "entry": self.bank.ids[r],
-                "label": int(self.bank.labels[r]),
-                "similarity": round(s, 4),
-            }
-            if h
-            else None
-            for s, r, h in zip(sims.tolist(), rows.tolist(), hit.tolist(), strict=True)
+            {"entry": self.bank.ids[r], "label": label, "similarity": round(s, 4)} if h else None
+            for s, r, label, h in zip(
+                sims.tolist(), rows.tolist(), labels.tolist(), hit.tolist(), strict=True
+            )
         ]
         return scores, applied
 

@@ -138,12 +138,12 @@ def _real(t) -> bool:
 
 
 def _tagged(table: dict[int, StorageWeakRef], ptr: int) -> bool:
-    """Whether the storage at ``ptr`` is in ``table`` and alive (a freed one is dropped: its
-    address may now belong to another allocation)."""
+    """Whether the storage at ``ptr`` is in ``table``, alive and still at ``ptr`` (a freed or
+    resized one is dropped: its old address may now belong to another allocation)."""
     ref = table.get(ptr)
     if ref is None:
         return False
-    if ref.expired():
+    if ref.expired() or torch.UntypedStorage._new_with_weak_ptr(ref.cdata).data_ptr() != ptr:
         del table[ptr]
         return False
     return True
