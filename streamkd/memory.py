@@ -21,7 +21,9 @@ Retrieval (:meth:`CorrectionMemory.retrieve`) is DROC's cascade, not a weighted 
 1. **category / text relevance** -- the entries of the query's category; with a task text,
    only those whose text is as relevant as the best match (within ``text_margin`` cosine).
    DROC asks GPT-4 which stored tasks share the new one's category; the category key and the
-   sentence-encoder similarity stand in for it.
+   sentence-encoder similarity stand in for it. ``min_relevance`` is the relevance floor:
+   below it, no stored text is relevant and nothing is retrieved (DROC's LLM answers
+   "nothing relevant").
 2. **text -> image** -- with a ``text_to_image`` map (text embedding -> a query in the visual
    space, e.g. CLIP's text tower) and an ``object_text``: the ``top_text_image`` (3, as DROC)
    entries whose images best match the text. DROC uses CLIP ViT-g-14 here; streamkd ships no
@@ -222,9 +224,14 @@ class CorrectionMemory:
         *,
         object_text_embedding: np.ndarray | None = None,
         k: int = 1,
+        min_relevance: float | None = None,
     ) -> list[Retrieved]:
         """DROC's cascade for one query (module docstring): category and text relevance,
-        then text -> image (when configured), then the ``k`` nearest images."""
+        then text -> image (when configured), then the ``k`` nearest images. With
+        ``min_relevance``, nothing is returned when no stored text of the category is at
+        least that relevant (cosine) to the query's: DROC's "no relevant knowledge"."""
+        if min_relevance is not None and text_embedding is None:
+            raise ValueError("min_relevance needs a text_embedding to measure relevance")
         self.clock += 1
         if category not in self._visual:
             return []
@@ -236,6 +243,8 @@ class CorrectionMemory:
         if text_embedding is not None:
             text = _row(text_embedding, self.text_dim, "text_embedding")
             best = float(text_index.search(text, 1)[0][0, 0])
+            if min_relevance is not None and best < min_relevance:
+                return []
             scores, tids = text_index.range_search(text, best - self.text_margin - 1e-6)
             for score, tid in zip(scores.tolist(), tids.tolist(), strict=True):
                 relevance.update(dict.fromkeys(self._members[tid], score))

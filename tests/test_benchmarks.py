@@ -146,23 +146,45 @@ def test_serve_load_benchmark_smoke(tmp_path):
 
 
 def test_droc_benchmark_smoke(tmp_path, data_dir):
-    """The DROC benchmark runs end to end on short rounds and writes its schema."""
+    """The DROC benchmark runs end to end on short rounds and writes its schema; its
+    reference rows behave as their definitions say (no memory never applies anything; the
+    oracle, knowing each task's hidden key, needs far fewer corrections once keys repeat),
+    and DROC's image stage finds the right instance where the camera can read it, so a
+    broken simulation, scoring or retrieval fails here."""
     out = tmp_path / "droc.json"
     args = ["--seeds", "0", "--tasks-per-round", "60", "--classification-objects", "10"]
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "droc_corrections.py"), *args]
-        + ["--scale", "2000", "--data-dir", str(data_dir), "--json", str(out)],
+        + ["--scale", "2000", "--noise", "0.2", "--data-dir", str(data_dir), "--json", str(out)],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.read_text())
-    assert set(data["variants"]) == {"none", "all_history", "droc"}
-    assert all(len(v) == 3 for v in data["variants"].values())
-    assert data["variants"]["droc"][2] < data["variants"]["none"][2]  # the memory helps
+    assert set(data["manipulation"]) == {"upside_down/noise=0.2", "tone/noise=0.2"}
+    for table in data["manipulation"].values():
+        rows = table["mean"]
+        assert set(rows) == {
+            "none",
+            "oracle",
+            "all_history",
+            "text_average",
+            "nearest_image",
+            "droc",
+        }
+        assert all(len(r["corrections"]) == 4 for r in rows.values())  # 3 seen, 1 novel
+        assert rows["none"]["applied"] == rows["none"]["wrong_override"] == [0.0] * 4
+        assert rows["oracle"]["corrections"][2] < 0.5 * rows["none"]["corrections"][2]
+        assert min(rows["droc"]["applied"][1:]) > 0.5  # the memory is consulted
+    # where the camera reads the attribute, the cascade's image stage must find the right
+    # instance: a broken retrieval (a random entry, the text floor ignored) loses this
+    tone = data["manipulation"]["tone/noise=0.2"]["mean"]
+    assert tone["droc"]["corrections"][2] < 0.5 * tone["all_history"]["corrections"][2]
     assert data["retrieval"]["4_categories"]["recall_at_1"] == 1.0
-    assert set(data["classification"]) == {"er_only", "droc"}
+    classification = data["classification"]["mean"]
+    assert set(classification) == {"er_only", "droc", "droc_wrong_overrides"}
+    assert all(len(v) == 4 for v in classification.values())
 
 
 def test_ctr_distill_benchmark_smoke(tmp_path):
@@ -240,10 +262,22 @@ def test_social_nav_benchmark_smoke(tmp_path, data_dir):
         "sc_clip_goal",
     }
     for name, m in data["methods"].items():
-        for key in ("ade", "fde", "hausdorff", "psv_s"):
+        for key in ("ade", "fde", "hausdorff", "psv_s", "psv_12_s", "psv_truth_12_s"):
             assert m[key]["mean"] > 0 or key == "psv_s", (name, key)
+        assert m["psv_12_s"]["mean"] >= m["psv_s"]["mean"], name  # the wider zone
+        assert 0 < m["companions"]["mean"] < 1, name
         assert (m["forgetting"] is None) == (name == "joint"), name
+    truth = data["ground_truth"]  # the recorded futures: a reference row
+    assert truth["psv_12_s"]["mean"] >= truth["psv_s"]["mean"] >= 0
+    # delayed labels: no scored window's learner had learned past its last observed step;
+    # plain test-then-train on the same windows would have let most of them
+    leak = data["contamination"]
+    assert leak["delayed"]["all"]["share"] == 0 and leak["test_then_train"]["all"]["share"] > 0.3
     run = data["runs"]["sc_clip"][0]
+    assert run["prequential_selection"]["leak"]["share"] == 0
+    assert run["prequential_selection"]["leak"]["predicted"] == sum(
+        s["n"] for s in run["prequential_selection"]["by_scene"].values()
+    )  # every training window scored once
     assert len(run["ade_matrix"]) == 5 and len(run["per_scene"]) == 5
     hits = run["retrieval"]
     assert 0 < hits["chance"] <= 1 and 0 <= hits["top1"] <= 1 and 0 < hits["n"] <= 256

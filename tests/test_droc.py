@@ -11,6 +11,7 @@ from streamkd.checkpoint import Checkpointer
 from streamkd.corrections import CorrectionError, RuleClassifier
 from streamkd.encoders import HashingEncoder, text_encoder
 from streamkd.memory import CorrectionMemory
+from streamkd.types import InvalidBatchError
 
 # -- the correction language ---------------------------------------------------------------------
 
@@ -115,6 +116,13 @@ def test_the_cascade_is_category_then_text_then_image():
     # with no text the image decides alone: the exact visual match d
     assert mem.retrieve("push", vq)[0].entry.id == d
     assert mem.retrieve("open", vq) == []
+    # the relevance floor: a task no stored text is relevant to retrieves nothing
+    novel = ENC.encode(["fold the towel"])[0]
+    best = max(float(novel @ text), float(novel @ other))
+    assert mem.retrieve("push", vq, novel, min_relevance=best + 0.01) == []
+    assert mem.retrieve("push", vq, novel, min_relevance=best - 0.01)  # at the floor: found
+    with pytest.raises(ValueError, match="min_relevance needs a text_embedding"):
+        mem.retrieve("push", vq, min_relevance=0.5)
 
 
 def test_text_to_image_keeps_the_top_three_before_the_image_stage():
@@ -221,10 +229,10 @@ def test_bad_memory_input_is_refused_and_changes_nothing():
 # -- the droc strategy ---------------------------------------------------------------------------
 
 
-def _droc(name: str = "split-digits", nf: int | None = None, **kw):
+def _droc(name: str = "split-digits", nf: int | None = None, per_segment: int = 300, **kw):
     from streamkd.experiment import make_model, make_strategy, make_stream
 
-    stream = make_stream(name, seed=0, order="fixed", max_per_segment=300)
+    stream = make_stream(name, seed=0, order="fixed", max_per_segment=per_segment)
     model = make_model(stream, seed=0, strategy="droc", **({"nf": nf} if nf else {}))
     kw = {"memory": 100, "seed": 0, "max_classes": 10, "text_encoder_kind": "hashing", **kw}
     return make_strategy("droc", model, **kw), stream
@@ -352,6 +360,36 @@ def test_droc_resumes_bit_for_bit_from_a_checkpoint(tmp_path):
     )
 
 
+def test_a_checkpoint_from_before_calibration_loses_its_uncentred_corrections(tmp_path):
+    """Corrections stored by the old default (no centre) matched unrelated inputs: loading
+    such a checkpoint drops them, says so, and the learner calibrates afresh."""
+    droc, stream = _droc()
+    batches = iter(stream)
+    _observe(droc, batches, 520)
+    batch = next(batches)
+    droc.correct(batch.x[0], "that is a 3")
+    old = droc.state_dict()
+    old["droc"]["visual_center"] = None  # the layout of a checkpoint before this release
+    for key in ("floors", "reference", "reference_rng"):
+        del old["droc"][key]
+    fresh, _ = _droc()
+    with pytest.warns(UserWarning, match="dropped 1 correction"):
+        fresh.load_state_dict(old)
+    assert len(fresh.memory) == 0 and not fresh.bank.ids and not fresh.calibrated
+    assert torch.equal(fresh.predict(batch.x), fresh.base.predict(batch.x))
+    with pytest.raises(CorrectionError, match="observed 0 of the 512"):
+        fresh.correct(batch.x[0], "that is a 3")
+
+
+def test_inputs_of_another_dtype_than_the_calibration_are_refused_before_learning():
+    droc, stream = _droc()
+    batch = next(iter(stream))
+    droc.calibrate(batch.x.double())
+    with pytest.raises(InvalidBatchError, match="calibrated on torch.float64"):
+        droc.observe(batch)
+    assert droc.samples_seen == 0 and len(droc.reference) == len(batch.x)
+
+
 def test_droc_refuses_a_base_whose_model_it_cannot_build():
     from streamkd.experiment import make_model, make_strategy, make_stream
 
@@ -386,13 +424,14 @@ def test_droc_checkpoints_its_visual_encoder_and_refuses_another_text_encoder(tm
 def test_droc_with_stored_corrections_predicts_and_learns_without_waiting_for_the_gpu():
     """The sync budget with a memory that holds corrections (the contract suite's runs
     hold none): matching, overriding and counting uses stay on the device."""
+    from streamkd.checks import STEADY_STEPS
     from streamkd.evaluate import count_syncs
     from streamkd.syncs import emulate_cuda
 
-    batches = list(_droc()[1])
+    batches = list(_droc(per_segment=20)[1])
 
     def build():
-        droc, _ = _droc(device="cuda", calibration_samples=50)
+        droc, _ = _droc(device="cuda", calibration_samples=50, per_segment=20, memory=30)
         for batch in batches[:6]:
             droc.observe(batch)
         for batch in batches[4:6]:
@@ -403,6 +442,6 @@ def test_droc_with_stored_corrections_predicts_and_learns_without_waiting_for_th
         probe = build()
         applied = probe.predict(batches[4].x).argmax(1)[0].item()
     assert applied == (int(batches[4].y[0]) + 1) % 10  # the memory is consulted on cuda
-    counted = count_syncs(build, _droc()[1], steps=6, skip=0)
-    assert len(counted.per_step) == 6 and not counted.errors, counted.errors[:3]
+    counted = count_syncs(build, _droc(per_segment=20)[1])  # every batch of the stream
+    assert len(counted.steady) >= STEADY_STEPS and not counted.errors, counted.errors[:3]
     assert counted.worst == 0, dict(counted.sites)
