@@ -1,19 +1,27 @@
 """Split CIFAR-10: 5 segments of 2 classes, uint8 (3, 32, 32) images.
 
 Reads the offline JPEG pack (``cifar10/train-*.npz`` and ``test.npz``: arrays ``jpeg``,
-``offsets``, ``labels``) under the data directory, decoding once per process into memory;
-or torchvision's ``cifar-10-batches-py`` folder when a user has the official binaries.
+``offsets``, ``labels``) under the data directory, or torchvision's ``cifar-10-batches-py``
+folder when a user has the official binaries. Decoding the 60,000 JPEGs takes about ten
+seconds, so the decoded arrays are kept once per machine under ``$STREAMKD_CACHE``
+(``cifar10-decoded-<key>.npz``, keyed by the pack files' names, sizes and modification
+times; where the cache cannot be written, every process decodes) and once per process in
+memory.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from streamkd.data import DataNotFoundError, reading
+from streamkd.data import DataNotFoundError, cache_dir, reading
 from streamkd.registry import STREAMS
 from streamkd.streams.split import Arrays, cached_loader, class_split_stream
 
@@ -31,6 +39,38 @@ def _decode_pack(file: Path) -> tuple[np.ndarray, np.ndarray]:
         return images, labels.astype(np.int64)
 
 
+def _decoded(train_files: list[Path], test_file: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The pack decoded: from the machine's cache when it holds this pack, else decoded and
+    cached (atomically: a reader never sees half a file)."""
+    files = [*train_files, test_file]
+    stamp = "|".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+    key = hashlib.sha256(f"{test_file.parent.resolve()}|{stamp}".encode()).hexdigest()[:16]
+    cached = cache_dir() / f"cifar10-decoded-{key}.npz"
+    names = ("x_train", "y_train", "x_test", "y_test")
+    if cached.exists():
+        try:
+            with np.load(cached) as d:
+                arrays = [d[n] for n in names]
+            return [(arrays[0], arrays[1]), (arrays[2], arrays[3])]
+        except (OSError, ValueError, KeyError):  # a damaged cache file: decode again
+            pass
+    packs = [_decode_pack(f) for f in train_files]
+    parts = [
+        (np.concatenate([a for a, _ in packs]), np.concatenate([b for _, b in packs])),
+        _decode_pack(test_file),
+    ]
+    arrays = dict(zip(names, [*parts[0], *parts[1]], strict=True))
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cached.parent, suffix=".npz", delete=False) as f:
+            np.savez(f, **arrays)
+        os.replace(f.name, cached)
+    except OSError:  # a read-only home: decode in every process instead
+        with contextlib.suppress(OSError, UnboundLocalError):
+            os.unlink(f.name)
+    return parts
+
+
 def _read_cifar10(p: Path) -> Arrays:
     """Train and test images (uint8, N x 3 x 32 x 32) and labels (int64)."""
     if p.name == "cifar-10-batches-py":
@@ -42,11 +82,7 @@ def _read_cifar10(p: Path) -> Arrays:
         train_files = sorted(p.glob("train-*.npz"))
         if not train_files or not (p / "test.npz").exists():
             raise DataNotFoundError(f"expected train-*.npz and test.npz in {p}")
-        packs = [_decode_pack(f) for f in train_files]
-        parts = [
-            (np.concatenate([a for a, _ in packs]), np.concatenate([b for _, b in packs])),
-            _decode_pack(p / "test.npz"),
-        ]
+        parts = _decoded(train_files, p / "test.npz")
     out = []
     for images, labels in parts:
         out += [

@@ -67,6 +67,48 @@ def test_cifar10_from_the_offline_pack(data_dir):
     assert x.dtype == torch.uint8 and 40 < x.float().mean() < 160
 
 
+def test_the_decoded_cifar10_pack_is_cached_once_per_machine(tmp_path, monkeypatch):
+    """A pack in the offline layout (a few real CIFAR-10 images re-encoded) decodes once;
+    later readers get the same arrays from ``$STREAMKD_CACHE``; a damaged cache file is
+    decoded again, and a changed pack gets a cache entry of its own."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    import streamkd.streams.cifar10 as cifar
+
+    def pack(file, images, labels):
+        blobs = []
+        for img in images:
+            buf = io.BytesIO()
+            Image.fromarray(img).save(buf, format="JPEG", quality=95)
+            blobs.append(np.frombuffer(buf.getvalue(), dtype=np.uint8))
+        offsets = np.cumsum([0] + [len(b) for b in blobs])
+        np.savez(file, jpeg=np.concatenate(blobs), offsets=offsets, labels=np.asarray(labels))
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cifar10"
+    folder.mkdir()
+    pack(folder / "train-0.npz", rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8), range(6))
+    pack(folder / "test.npz", rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8), [1, 2])
+    monkeypatch.setenv("STREAMKD_CACHE", str(tmp_path / "cache"))
+    first = cifar._read_cifar10(folder)
+    (entry,) = (tmp_path / "cache").glob("cifar10-decoded-*.npz")
+    decoded = []
+    real_decode = cifar._decode_pack
+    monkeypatch.setattr(cifar, "_decode_pack", lambda f: decoded.append(f) or real_decode(f))
+    again = cifar._read_cifar10(folder)
+    assert not decoded and all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert first[0].shape == (6, 3, 32, 32) and first[3].tolist() == [1, 2]
+    entry.write_bytes(b"not an npz")  # damaged: decoded again, and the result is the same
+    assert all(torch.equal(a, b) for a, b in zip(first, cifar._read_cifar10(folder), strict=True))
+    assert len(decoded) == 2
+    pack(folder / "test.npz", rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8), [0, 1, 2])
+    assert len(cifar._read_cifar10(folder)[3]) == 3  # a new pack is not read from the old entry
+    assert len(list((tmp_path / "cache").glob("cifar10-decoded-*.npz"))) == 2
+
+
 def test_elec2_keeps_time_order(data_dir):
     s = get_stream("elec2")
     assert s.n_samples == 45312 and s.input_shape == (6,) and s.n_classes == 2
