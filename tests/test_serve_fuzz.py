@@ -254,6 +254,7 @@ def test_fuzz_a_correction_memory_and_its_applied_answers_as_documented(tmp_path
     import schemathesis
 
     droc = ("--strategy", "droc", "--strategy-args", "text_encoder_kind=hashing")
+    droc += ("--strategy-args", "calibration_samples=20")  # takes corrections after 20 inputs
     with daemon(tmp_path, *droc) as (port, ck):
         events = _digits_events(40)
         assert request(port, "POST", "/learn", {"events": events[:30]})[0] == 200
