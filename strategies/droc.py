@@ -362,7 +362,7 @@ class DROC(Strategy):
 
     # -- embeddings --------------------------------------------------------------------------
     def _features(self, x: Tensor) -> Tensor:
-        return self.visual.features(x).flatten(1).float()
+        return frozen_features(self.visual, x)
 
     def _embed(self, x: Tensor) -> Tensor:
         """Centred, L2-normalised frozen features of device inputs ``x``."""
@@ -553,10 +553,16 @@ class CorrectionBank:
 
 
 @torch.no_grad()
+def frozen_features(visual, x: Tensor) -> Tensor:
+    """The frozen backbone's flattened float features of device inputs ``x``."""
+    return visual.features(x).flatten(1).float()
+
+
+@torch.no_grad()
 def visual_embedding(visual, center: Tensor | None, x: Tensor) -> Tensor:
     """Frozen backbone features of device inputs ``x``, centred (when calibrated) and
     L2-normalised, on the device."""
-    feats = visual.features(x).flatten(1).float()
+    feats = frozen_features(visual, x)
     if center is not None:
         feats = feats - center
     return F.normalize(feats, dim=1)
