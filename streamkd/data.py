@@ -10,9 +10,13 @@ import hashlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 ENV_VAR = "STREAMKD_DATA"
 DEFAULT_CANDIDATES = ("../shared/data", "data")
@@ -158,3 +162,40 @@ def _sha256(file: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def file_stamp(files: list[Path]) -> str:
+    """A short key for :func:`cached_arrays` from files' folder, names, sizes and
+    modification times (cheap: nothing is read)."""
+    stamp = "|".join(f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+    return hashlib.sha256(stamp.encode()).hexdigest()[:16]
+
+
+def cached_arrays(
+    name: str, key: str, build: Callable[[], dict[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """Arrays derived from a dataset, built once per machine: read from
+    ``$STREAMKD_CACHE/<name>-<key>.npz`` when it is there, else ``build()`` and write that
+    file atomically (a reader never sees half of it). A damaged file is built again; where the
+    cache cannot be written, every call builds. ``key`` must change whenever the source or the
+    parsing does (a checksum of the source plus a format version)."""
+    cached = cache_dir() / f"{name}-{key}.npz"
+    if cached.exists():
+        try:
+            with np.load(cached) as stored:
+                return {k: stored[k] for k in stored.files}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # damaged: again
+            pass
+    arrays = build()
+    tmp = None
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cached.parent, suffix=".npz", delete=False) as f:
+            tmp = f.name
+            np.savez(f, **arrays)
+        os.replace(tmp, cached)
+    except OSError:  # a read-only home: build in every process instead
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    return arrays

@@ -11,17 +11,13 @@ memory.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from streamkd.data import DataNotFoundError, cache_dir, reading
+from streamkd.data import DataNotFoundError, cached_arrays, file_stamp, reading
 from streamkd.registry import STREAMS
 from streamkd.streams.split import Arrays, cached_loader, class_split_stream
 
@@ -40,35 +36,20 @@ def _decode_pack(file: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _decoded(train_files: list[Path], test_file: Path) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The pack decoded: from the machine's cache when it holds this pack, else decoded and
-    cached (atomically: a reader never sees half a file)."""
-    files = [*train_files, test_file]
-    stamp = "|".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
-    key = hashlib.sha256(f"{test_file.parent.resolve()}|{stamp}".encode()).hexdigest()[:16]
-    cached = cache_dir() / f"cifar10-decoded-{key}.npz"
-    names = ("x_train", "y_train", "x_test", "y_test")
-    if cached.exists():
-        try:
-            with np.load(cached) as d:
-                arrays = [d[n] for n in names]
-            return [(arrays[0], arrays[1]), (arrays[2], arrays[3])]
-        except (OSError, ValueError, KeyError):  # a damaged cache file: decode again
-            pass
-    packs = [_decode_pack(f) for f in train_files]
-    parts = [
-        (np.concatenate([a for a, _ in packs]), np.concatenate([b for _, b in packs])),
-        _decode_pack(test_file),
-    ]
-    arrays = dict(zip(names, [*parts[0], *parts[1]], strict=True))
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=cached.parent, suffix=".npz", delete=False) as f:
-            np.savez(f, **arrays)
-        os.replace(f.name, cached)
-    except OSError:  # a read-only home: decode in every process instead
-        with contextlib.suppress(OSError, UnboundLocalError):
-            os.unlink(f.name)
-    return parts
+    """The pack decoded, once per machine (:func:`streamkd.data.cached_arrays`)."""
+
+    def decode() -> dict[str, np.ndarray]:
+        packs = [_decode_pack(f) for f in train_files]
+        x_test, y_test = _decode_pack(test_file)
+        return {
+            "x_train": np.concatenate([a for a, _ in packs]),
+            "y_train": np.concatenate([b for _, b in packs]),
+            "x_test": x_test,
+            "y_test": y_test,
+        }
+
+    d = cached_arrays("cifar10-decoded", file_stamp([*train_files, test_file]), decode)
+    return [(d["x_train"], d["y_train"]), (d["x_test"], d["y_test"])]
 
 
 def _read_cifar10(p: Path) -> Arrays:

@@ -35,7 +35,7 @@ class SegmentData:
     y: Tensor
     x_test: Inputs | None = None
     y_test: Tensor | None = None
-    transform: Callable[[Tensor], Tensor] | None = None
+    transform: Callable[[Inputs], Inputs] | None = None
 
 
 class BatchCursor:
@@ -134,7 +134,11 @@ class SegmentedStream(BatchCursor):
         for seg in self._data:  # a declared schema is checked against the data once, here
             for part in (seg.x, seg.x_test):
                 if schema is not None and part is not None:
-                    validate_batch(Batch(part), self.schema)
+                    # a transformed segment is checked on its first row as batches get it
+                    whole = seg.transform is None
+                    validate_batch(
+                        Batch(part if whole else seg.transform(take(part, slice(1)))), self.schema
+                    )
         self.mean, self.std, self.default_arch = tuple(mean), tuple(std), default_arch
         self._cut([len(seg.y) for seg in self._data], batch_size)
         self.max_test_per_segment = max_test_per_segment
@@ -305,12 +309,14 @@ def chronological_stream(
     max_per_segment: int | None = None,
     unit: str = "rows",
     schema: Schema | None = None,
+    transform: Callable[[Inputs], Inputs] | None = None,
 ) -> SegmentedStream:
     """Time-ordered samples cut into ``n_segments`` equal periods, never shuffled and with no
-    held-out set; ``max_per_segment`` keeps the first samples of each period."""
+    held-out set; ``max_per_segment`` keeps the first samples of each period. ``transform``
+    maps each batch's stored inputs to what the learner gets (e.g. row ids to fields)."""
     bounds = period_bounds(len(y), n_segments)
     segments = [
-        SegmentData(f"{unit} {a}-{b - 1}", take(x, slice(a, b)), y[a:b])
+        SegmentData(f"{unit} {a}-{b - 1}", take(x, slice(a, b)), y[a:b], transform=transform)
         for a, b in zip(bounds[:-1], bounds[1:], strict=True)
     ]
     return SegmentedStream(

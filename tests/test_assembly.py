@@ -63,9 +63,7 @@ def test_a_bad_spec_is_refused_with_what_is_wrong(spec, message):
 def test_onpro_trains_with_sgd_though_its_adam_betas_are_its_own():
     onpro = LearnerSpec(
         "onpro",
-        stream="split-cifar10",
-        stream_args={"max_per_segment": 10},
-        model_args={"nf": 8},
+        input_shape=(3, 32, 32),
         strategy_args={"optimizer": "sgd", "rotations": 1},
     )
     assert build_learner(onpro).strategy.hparams["optimizer"] == "sgd"

