@@ -7,16 +7,16 @@
 * :func:`bd_kd` / :func:`binary_bd_kd` -- BD-KD (Amara et al., "BD-KD: Balancing the
   Divergences for Online Knowledge Distillation"): per sample, a mix of forward and reverse
   KL weighted by the teacher-student entropy gap (below), for classes and for clicks.
-* :func:`binary_kd` -- CTR distillation: ``BCE(sigmoid(z_t / T), sigmoid(z_s / T))`` with the
-  teacher's probability as the soft target (SUAN's online distillation term).
+* :func:`binary_kd` -- CTR distillation: ``T^2 * BCE(sigmoid(z_t / T), sigmoid(z_s / T))`` with
+  the teacher's probability as the soft target (LightSUAN's online distillation term).
 * :func:`symmetric_info_nce` -- CLIP's contrastive alignment of two embedding batches whose
   rows pair up (a student's embeddings to a frozen teacher's).
 * :func:`feature_distance` -- feature matching (cosine or squared L2) to a teacher's features
   (a previous copy of the student, in lifelong learning).
 
-KL terms take logits, soften both sides by the temperature ``T`` and scale by ``T**2`` so
-their gradients keep the size of the hard-label loss's (Hinton et al.). Nothing is detached
-here: pass ``teacher.detach()`` where the teacher must not learn from the term. Every loss
+Every teacher term takes logits, softens both sides by the temperature ``T`` and scales by
+``T**2`` so its gradients keep the size of the hard-label loss's (Hinton et al.). Nothing is
+detached here: pass ``teacher.detach()`` where the teacher must not learn from the term. Every loss
 returns per-sample values with ``reduction="none"``, else their mean.
 """
 
@@ -113,8 +113,9 @@ def binary_kd(
     student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0, reduction="mean"
 ) -> Tensor:
     """Binary cross-entropy of the student's softened click probability against the
-    teacher's: ``BCE(sigmoid(z_t/T), sigmoid(z_s/T))`` per sample (logits of shape ``(n,)``).
-    Not scaled by ``T^2``: the form SUAN's online distillation weighs with its own lambda.
+    teacher's, scaled by the temperature's square: ``T^2 * BCE(sigmoid(z_t/T), sigmoid(z_s/T))``
+    per sample (logits of shape ``(n,)``), LightSUAN's distillation term with its ``lambda *
+    t^2`` weight.
 
     Examples:
         >>> import torch
@@ -130,7 +131,7 @@ def binary_kd(
     per_sample = F.binary_cross_entropy_with_logits(
         student_logits / temperature, target, reduction="none"
     )
-    return _reduce(per_sample, reduction)
+    return _reduce(per_sample * temperature**2, reduction)
 
 
 def symmetric_info_nce(

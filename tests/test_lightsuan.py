@@ -23,7 +23,7 @@ from streamkd.strategies.lightsuan import LightSUANKD
 from streamkd.streams.movielens import fields
 from streamkd.types import Batch, InvalidBatchError
 
-SCHEMA = fields(history=30)
+SCHEMA = fields(history=50)
 
 
 def random_fields(n: int, seed: int = 0, new_users: int = 2) -> dict[str, torch.Tensor]:
@@ -40,7 +40,7 @@ def random_fields(n: int, seed: int = 0, new_users: int = 2) -> dict[str, torch.
         else:
             x[name] = (torch.rand(shape, generator=g) < 0.2).float()
     for row in range(new_users):
-        pad = 30 - 3 * row  # row 0: no history at all; row 1: three behaviours
+        pad = SCHEMA["hist_item"].shape[0] - 3 * row  # row 0: no history; row 1: three
         for name in ("hist_item", "hist_rating", "hist_genres", "hist_gap"):
             x[name][row, :pad] = 0
     return x
@@ -78,13 +78,14 @@ def test_lightsuan_never_leaks_a_later_token_into_an_earlier_one():
     """Change the behaviour in slot k (or the candidate): every output before it is the
     same; the changed slot's own output moves."""
     torch.manual_seed(0)
-    model = LightSUAN(SCHEMA, 2).eval()  # 20 behaviours: slots 10-29 of the stream's 30
+    model = LightSUAN(SCHEMA, 2).eval()  # 20 behaviours: the last 20 slots of the stream's
+    first = SCHEMA["hist_item"].shape[0] - 20
     x = random_fields(4, new_users=0)
     base = last_block_outputs(model, x)
     for k in (3, 11, 19):
         changed = {name: v.clone() for name, v in x.items()}
-        changed["hist_item"][:, 10 + k] = changed["hist_item"][:, 10 + k] % 1000 + 7
-        changed["hist_rating"][:, 10 + k] = changed["hist_rating"][:, 10 + k] % 5 + 1
+        changed["hist_item"][:, first + k] = changed["hist_item"][:, first + k] % 1000 + 7
+        changed["hist_rating"][:, first + k] = changed["hist_rating"][:, first + k] % 5 + 1
         out = last_block_outputs(model, changed)
         assert torch.allclose(out[:, :k], base[:, :k], atol=1e-6), k
         assert not torch.allclose(out[:, k], base[:, k], atol=1e-4), k
@@ -183,8 +184,8 @@ def test_parallel_scoring_equals_one_by_one(cls):
 
 
 def test_grades_and_fields_are_checked():
-    with pytest.raises(ValueError, match="unknown grade 4"):
-        SUAN(SCHEMA, 4)
+    with pytest.raises(ValueError, match="unknown grade 5"):
+        SUAN(SCHEMA, 5)
     with pytest.raises(ValueError, match="stream carries 10"):
         SUAN(fields(history=10), 2)
     with pytest.raises(ValueError, match="missing: item_year"):
@@ -219,21 +220,50 @@ def test_training_is_deterministic_under_a_seed():
     assert [k for k in first if not torch.equal(first[k], second[k])] == []
 
 
-def test_distillation_strategy_trains_both_and_resumes_exactly():
+@pytest.mark.parametrize("teacher_learns", ["joint", "labels", "mutual"])
+def test_distillation_strategy_trains_both_and_resumes_exactly(teacher_learns):
     batches = _ctr_batches(8)
 
     def make():
         torch.manual_seed(0)
-        return LightSUANKD(LightSUAN(SCHEMA, 1), teacher_grade=2, memory=0, max_classes=2)
+        student = LightSUAN(SCHEMA, 1)
+        kw = {"teacher_learns": teacher_learns, "temperature": 2.0}
+        return LightSUANKD(student, teacher_grade=2, memory=0, max_classes=2, **kw)
 
     strategy = make()
     assert strategy.teacher.grade == GRADES[2] and strategy.model.grade == GRADES[1]
     assert strategy.hparams["teacher_grade"] == 2 and strategy.hparams["optimizer"] == "adam"
+    assert strategy.hparams["teacher_learns"] == teacher_learns
     before = {k: v.clone() for k, v in strategy.teacher.state_dict().items()}
     for batch in batches[:4]:
         strategy.observe(batch)
     assert any(not torch.equal(before[k], v) for k, v in strategy.teacher.state_dict().items())
     assert_resumes_exactly(strategy, make, batches[4:], probe=batches[0].x)
+
+
+def test_on_movielens_1m_both_forms_are_deterministic_and_resume_exactly():
+    """The real 1M stream (histories of 100): the paper's joint form and the one-way form
+    each give the same model twice under a seed, and a resumed run equals an uninterrupted
+    one."""
+    from skips import require_data
+
+    from streamkd.streams.movielens import movielens_1m_ctr
+
+    stream = require_data(lambda: movielens_1m_ctr(batch_size=50, max_per_segment=400))
+    batches = list(stream)[:10]
+    for teacher_learns in ("joint", "labels"):
+
+        def make(form=teacher_learns):
+            torch.manual_seed(0)
+            student = LightSUAN(stream.schema, 1)
+            return LightSUANKD(student, teacher_grade=2, teacher_learns=form, max_classes=2, seed=3)
+
+        first, second = make(), make()
+        for batch in batches[:5]:
+            first.observe(batch)
+            second.observe(batch)
+        assert torch.equal(first.predict(batches[-1].x), second.predict(batches[-1].x))
+        assert_resumes_exactly(first, make, batches[5:], probe=batches[0].x)
 
 
 def test_distillation_strategy_refuses_what_it_cannot_honour():

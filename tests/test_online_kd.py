@@ -44,14 +44,48 @@ def test_the_teacher_is_the_student_twice_as_wide_and_grows_with_it():
         widened(Classifier(torch.nn.Identity(), LinearHead(4, 2)), 2.0)
 
 
-def test_the_teacher_learns_from_labels_only():
-    """The distillation term is detached on the teacher's side: the same seed and stream give
-    the same teacher whatever the student distils with."""
+def test_one_way_the_teacher_learns_from_labels_only_two_way_from_the_student_too():
+    """One-way, the distillation term is detached on the teacher's side: the same seed and
+    stream give the same teacher whatever the student distils with. Two-way, the teacher's
+    own term depends on the loss, so the teachers differ."""
     stream, batches = _digits(30)
-    teachers = [
-        _train(batches, stream, distill=d).teacher.state_dict() for d in ("forward_kl", "bd_kd")
-    ]
-    assert all(torch.equal(teachers[0][k], teachers[1][k]) for k in teachers[0])
+    for mode, same in (("labels", True), ("mutual", False)):
+        teachers = [
+            _train(batches, stream, distill=d, teacher_learns=mode).teacher.state_dict()
+            for d in ("forward_kl", "bd_kd")
+        ]
+        assert all(torch.equal(teachers[0][k], teachers[1][k]) for k in teachers[0]) == same
+
+
+@pytest.mark.parametrize("distill", ["forward_kl", "bd_kd"])
+def test_each_form_routes_the_distillation_gradient_as_documented(distill):
+    """labels: none reaches the teacher; mutual: the teacher's gradient is that of its own
+    term D(teacher, student) alone; joint: D(student, teacher) trains both."""
+    from streamkd.distill import bd_kd
+
+    loss = {"forward_kl": forward_kl, "bd_kd": bd_kd}[distill]
+    stream, batches = _digits(1)
+    strategy = _train([], stream, distill=distill, temperature=2.0)
+    s0 = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
+    t0 = torch.randn(6, 4, generator=torch.Generator().manual_seed(2)) * 3
+
+    def grads(mode):
+        strategy.teacher_learns = mode
+        s, t = s0.clone().requires_grad_(), t0.clone().requires_grad_()
+        strategy.distillation(s, t).backward()
+        return s.grad, t.grad
+
+    s_labels, t_labels = grads("labels")
+    assert t_labels is None and s_labels.abs().sum() > 0
+    s_mutual, t_mutual = grads("mutual")
+    assert torch.equal(s_mutual, s_labels)
+    t = t0.clone().requires_grad_()
+    loss(t, s0, 2.0).backward()  # the teacher's own term, toward the (fixed) student
+    assert torch.allclose(t_mutual, t.grad)
+    s_joint, t_joint = grads("joint")
+    assert torch.allclose(s_joint, s_labels) and t_joint.abs().sum() > 0
+    with pytest.raises(ValueError, match="unknown teacher_learns 'both'"):
+        make_strategy("online_kd", make_model(stream, strategy="online_kd"), teacher_learns="both")
 
 
 def test_distillation_pulls_the_student_towards_the_teacher():
