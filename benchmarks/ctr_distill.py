@@ -1,61 +1,68 @@
-"""SUAN's claim on MovieLens-100K: a LightSUAN student distilled online from a SUAN teacher
-beats the SUAN one grade above it, at the small model's serving cost.
+"""SUAN's claims on MovieLens, at 100K and 1M events: a LightSUAN student distilled online from
+a SUAN teacher beats the undistilled student and the SUAN one grade above it, at the small
+model's serving cost; and every deep model beats counting.
 
-    python benchmarks/ctr_distill.py --json results/ctr_distill.json
+    python benchmarks/ctr_distill.py --stream movielens-1m-ctr --json results/ctr_1m.json
 
-The stream: every MovieLens-100K rating in time order as a click (rating >= 4), batches of
-100, each event carrying the user's last 30 ratings before its batch
-(:mod:`streamkd.streams.movielens`). Prequential: each batch is scored before its learner
-trains on it (the first batch of all learners unscored), once through, AUC and logloss over
-the whole stream. Every model trains with Adam at lr 1e-3 (the common default, not tuned
-here) for the dense weights and at 0.1 for the id tables (chosen among 1e-3 .. 0.3 on the
-first 20,000 events, seed 0; it lifts every model, DIN too). Lambda 0.1 was chosen the same
-way among 0.1, 0.25 (T 2), 0.3 and 1.
+**Stream.** Every rating in time order as a click (rating >= 4), batches of 100, each event
+carrying the user's last ratings before its batch (:mod:`streamkd.streams.movielens`; 30 on
+100K, 50 on 1M: the longest grade's). Prequential: each batch is scored before its learner
+trains on it (the first batch of all learners unscored), once through.
 
-Models (:mod:`streamkd.nets.suan`; the distillation: :mod:`streamkd.strategies.lightsuan`):
+**Tuning that cannot leak.** Every setting is chosen on the first 10% of the stream's events
+only (prequential AUC there, seed 0): the counting prior, the optimizer's learning rates (on
+SUAN-1 for the SUAN family, on DIN for DIN), and each distillation form's lambda and T (with
+the chosen rates). The JSON records every candidate's prefix AUC and the pick. AUC and
+logloss are reported on the remaining 90% and, beside it, on the whole stream.
 
-* ``suan-1`` .. ``suan-3`` -- SUAN at grades 1-3, alone;
-* ``lightsuan`` -- LightSUAN at grade 1 (window 4, dilation 3), alone;
-* ``lightsuan-dense`` -- the ablation: the same with dense attention (prefix mean kept);
-* ``lightsuan-distilled`` -- the same student trained with a SUAN-3 teacher online
-  (``lightsuan`` strategy, binary KD, lambda 0.1, T 1); ``suan-3-teacher`` is that teacher;
-* ``din`` -- DIN (Zhou et al., KDD 2018) from ``deepctr-torch`` 0.3.0, a maintained CTR
-  library, on the same fields: target attention over the history's movies, the history's
-  ratings mean-pooled, the profile and the candidate's movie, decade and genres. Same stream,
-  same prequential loop, same optimizer.
+**Models** (:mod:`streamkd.nets.suan`, :mod:`streamkd.strategies.lightsuan`):
 
-Latency per candidate (median of repeated calls, one process, the machine's threads):
-``single`` scores one user and one candidate; ``parallel`` scores 100 candidates of one user
-in one call (LightSUAN encodes the history once, SUAN and DIN run one row per candidate).
+* ``counting`` -- :class:`streamkd.ctr.CountingCTR`, per-user and per-item rates with Beta
+  priors (deterministic: its seeds are one run);
+* ``suan-1`` .. ``suan-4`` -- SUAN at each grade the stream's history allows, alone;
+* ``lightsuan`` -- LightSUAN-1 (window 4, dilation 3), alone; ``lightsuan-dense`` its
+  dense-attention ablation;
+* ``lightsuan-joint`` -- LightSUAN-1 co-trained with a SUAN-3 teacher in the paper's form (one
+  loss of three BCE terms, ``lambda * T^2`` on the soft one, which trains both);
+  ``lightsuan-one-way`` -- the same with the teacher learning from labels only;
+  ``suan-3-teacher-joint`` / ``-one-way`` are their teachers;
+* ``din`` -- DIN (Zhou et al., KDD 2018) from ``deepctr-torch`` 0.3.0 on the same fields (the
+  last 30 ratings), same loop and optimizer.
 
-``--models`` runs a subset and ``--student-grade`` changes the student (the README's
-grade-2 row: ``--student-grade 2 --models suan-3 lightsuan lightsuan-distilled
---data-sizes``); the training settings are flags too (``--embedding-lr``, ``--kd-weight``...,
-:class:`Options`).
+**Latency** per candidate (median of repeated calls, one process, the machine's threads):
+``single`` scores one user and one candidate; ``parallel`` 100 candidates of one user in one
+call (LightSUAN encodes the history once; SUAN and DIN run one row per candidate).
 
-Scaling: AUC against grade (SUAN-1..3, mean over seeds) and against data size (SUAN-2,
-seed 0, trained on the stream's first n events and scored on its last 10,000, which it never
-trains on), each with a fitted power law ``AUC ~ a * x**b``.
+**Scaling.** AUC against grade (mean over the seeds run) and against data size: SUAN-2, seed
+0, trained on the n events just before a fixed holdout (the stream's last 10%), so every size
+is equally recent; each with a fitted power law ``AUC ~ a * x**b``.
+
+**Resumable.** Each run (model, seed) and each tuning candidate is written to ``--runs-dir``
+as it finishes; a re-invocation runs only what is missing (and refuses files made under other
+settings), so long jobs can be run model by model (``--models``, ``--seeds``) and reported
+together (``--report-only``).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import json
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from streamkd.ctr import (
+    CountingCTR,
+    Prequential,
     auc,
     fit_power_law,
-    logloss,
     prequential_ctr,
     strategy_scorer,
     windowed_auc,
@@ -64,55 +71,80 @@ from streamkd.experiment import write_json
 from streamkd.nets.suan import GRADES, SUAN, LightSUAN
 from streamkd.strategies.lightsuan import LightSUANKD
 from streamkd.strategies.naive import Naive
-from streamkd.streams.movielens import movielens_ctr
+from streamkd.streams.movielens import movielens_1m_ctr, movielens_ctr
 from streamkd.types import Batch
 
-HISTORY = 30
+STREAMS = {"movielens-ctr": movielens_ctr, "movielens-1m-ctr": movielens_1m_ctr}
+HISTORY = {"movielens-ctr": 30, "movielens-1m-ctr": 50}  # what the largest grade reads
 BATCH = 100
+DIN_HISTORY = 30
 CANDIDATES = 100
-HOLDOUT = 10_000
+PREFIX = 0.1  # the share of events every setting is chosen on
+TEACHER_GRADE = 3
+FORMS = {"joint": "joint", "one-way": "labels"}  # model suffix -> LightSUANKD.teacher_learns
 
 
 @dataclass(frozen=True)
-class Options:
-    """The training settings every model shares, and the distillation's (the README's
-    choices; the flags of the same names override them)."""
+class Settings:
+    """What one run trains with (the tuned values; defaults are the candidates' centre)."""
 
     lr: float = 1e-3  # Adam, dense weights
-    embedding_lr: float = 0.1  # Adam, id tables: chosen on the first 20,000 events, seed 0
-    kd_weight: float = 0.1  # lambda: chosen the same way
+    embedding_lr: float = 0.1  # Adam, id tables
+    kd_weight: float = 0.1
     temperature: float = 1.0
+    prior_strength: float = 10.0  # counting
     window: int = 4  # LightSUAN's local window ...
     dilation: int = 3  # ... and dilation rate
-    student_grade: int = 1  # the LightSUAN student's grade (the teacher: SUAN-3)
+
+
+GRID = {
+    "optimizer": [{"lr": lr, "embedding_lr": e} for lr in (1e-3, 3e-3) for e in (0.01, 0.03, 0.1)],
+    "kd": [{"kd_weight": w, "temperature": t} for w in (0.1, 0.3, 1.0) for t in (1.0, 2.0)],
+    "counting": [{"prior_strength": a} for a in (1.0, 3.0, 10.0, 30.0, 100.0)],
+}
 
 
 def params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def grades_for(history: int) -> list[int]:
+    return [g for g in sorted(GRADES) if GRADES[g].seq_len <= history]
+
+
+def model_names(history: int) -> list[str]:
+    return [
+        "counting",
+        *(f"suan-{g}" for g in grades_for(history)),
+        "lightsuan",
+        "lightsuan-dense",
+        *(f"lightsuan-{form}" for form in FORMS),
+        "din",
+    ]
+
+
 # -- the learners ----------------------------------------------------------------------------
 
 
-def suan_run(model: SUAN, seed: int, opts: Options):
+def suan_run(model: SUAN, seed: int, s: Settings):
     strategy = Naive(
-        model, optimizer="adam", lr=opts.lr, embedding_lr=opts.embedding_lr, seed=seed,
-        max_classes=2,
-    )  # fmt: skip
+        model, optimizer="adam", lr=s.lr, embedding_lr=s.embedding_lr, seed=seed, max_classes=2
+    )
     return strategy, strategy_scorer(strategy), strategy.observe
 
 
-def distilled_run(seed: int, schema, opts: Options):
+def distilled_run(seed: int, schema, s: Settings, form: str):
     torch.manual_seed(seed)
-    student = LightSUAN(schema, opts.student_grade, window=opts.window, dilation=opts.dilation)
+    student = LightSUAN(schema, 1, window=s.window, dilation=s.dilation)
     strategy = LightSUANKD(
         student,
-        teacher_grade=3,
+        teacher_grade=TEACHER_GRADE,
         distill="binary_kd",
-        kd_weight=opts.kd_weight,
-        temperature=opts.temperature,
-        lr=opts.lr,
-        embedding_lr=opts.embedding_lr,
+        teacher_learns=FORMS[form],
+        kd_weight=s.kd_weight,
+        temperature=s.temperature,
+        lr=s.lr,
+        embedding_lr=s.embedding_lr,
         seed=seed,
         max_classes=2,
     )
@@ -123,7 +155,7 @@ class DINLearner:
     """deepctr-torch's DIN driven by the same prequential loop (its own forward pass and
     regularisation; our batches and Adam step)."""
 
-    def __init__(self, seed: int, schema, opts: Options) -> None:
+    def __init__(self, seed: int, schema, s: Settings) -> None:
         _no_version_check()
         from deepctr_torch.inputs import DenseFeat, SparseFeat, VarLenSparseFeat
         from deepctr_torch.models import DIN
@@ -138,12 +170,12 @@ class DINLearner:
             DenseFeat("item_genres", schema["item_genres"].shape[0]),
             VarLenSparseFeat(
                 SparseFeat("hist_item", n_items, embedding_dim=16, embedding_name="item"),
-                maxlen=HISTORY,
+                maxlen=DIN_HISTORY,
                 length_name="seq_length",
             ),
             VarLenSparseFeat(
                 SparseFeat("hist_rating", schema["hist_rating"].num_ids, embedding_dim=8),
-                maxlen=HISTORY,
+                maxlen=DIN_HISTORY,
                 combiner="mean",
                 length_name="seq_length",
             ),
@@ -153,17 +185,17 @@ class DINLearner:
         apart = {id(p) for p in tables}
         rest = [p for p in self.model.parameters() if id(p) not in apart]
         self.optimizer = torch.optim.Adam(
-            [{"params": rest}, {"params": tables, "lr": opts.embedding_lr}], lr=opts.lr
+            [{"params": rest}, {"params": tables, "lr": s.embedding_lr}], lr=s.lr
         )
 
     def inputs(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         """deepctr's flat input matrix; each history's valid slots first, in time order
         (deepctr masks a sequence by its length)."""
-        items = x["hist_item"][:, -HISTORY:]
+        items = x["hist_item"][:, -DIN_HISTORY:]
         order = (items == 0).to(torch.int8).argsort(dim=1, stable=True)  # valid slots first
         cols = {
             "hist_item": items.gather(1, order),
-            "hist_rating": x["hist_rating"][:, -HISTORY:].gather(1, order),
+            "hist_rating": x["hist_rating"][:, -DIN_HISTORY:].gather(1, order),
             "seq_length": (items > 0).sum(1),
             **{k: x[k] for k in ("item", "item_year", "age", "gender", "occupation", "zip")},
             "item_genres": x["item_genres"],
@@ -249,201 +281,374 @@ def serving_sample(batches: list[Batch]) -> tuple[dict, dict]:
     return user, {"item": pool[None], "item_genres": genres[None], "item_year": years[None]}
 
 
-# -- the benchmark ---------------------------------------------------------------------------
+# -- running ---------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--json", required=True, help="where to write the results")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--max-events", type=int, default=None, help="a prefix of the stream")
-    ap.add_argument(
-        "--data-sizes", type=int, nargs="*", default=[5000, 10000, 20000, 40000, 80000],
-        help="events for the data-size curve (none: skip it)",
-    )  # fmt: skip
-    ap.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
-    ap.add_argument("--repeats", type=int, default=50, help="calls per latency measurement")
-    ap.add_argument("--data-dir", default=None)
-    for f in dataclasses.fields(Options):
-        ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
-    args = ap.parse_args(argv)
-    opts = Options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Options)})
-
-    stream = movielens_ctr(batch_size=BATCH, history=HISTORY, data_dir=args.data_dir)
-    batches = list(stream)
-    if args.max_events is not None:
-        batches = batches[: max(2, args.max_events // BATCH)]
-    schema = stream.schema
-    runs: dict[str, list[dict]] = {}
-    curves: dict[str, list] = {}
-    window = max(1000, sum(len(b.y) for b in batches) // 20)
-    sizes: dict[str, int] = {}
-
-    def record(name: str, result, key: str, seed: int, seconds: float) -> None:
-        probs = result.probabilities[key]
-        runs.setdefault(name, []).append(
-            {
-                "seed": seed,
-                "auc": auc(result.labels, probs),
-                "logloss": logloss(result.labels, probs),
-                "seconds": seconds,
-            }
+def make_learner(name: str, schema, seed: int, s: Settings):
+    """(learner, score, learn, the model that serves) for a model name of the table."""
+    torch.manual_seed(seed)
+    if name == "counting":
+        counts = CountingCTR.for_schema(schema, s.prior_strength)
+        return counts, counts.score, counts.learn, None
+    if name == "din":
+        learner = DINLearner(seed, schema, s)
+        return learner, learner.score, learner.learn, learner
+    if name.startswith("lightsuan-") and name[len("lightsuan-") :] in FORMS:
+        strategy, score, learn = distilled_run(seed, schema, s, name[len("lightsuan-") :])
+        return strategy, score, learn, strategy.model
+    if name.startswith("suan-"):
+        model = SUAN(schema, int(name.split("-")[1]))
+    elif name in ("lightsuan", "lightsuan-dense"):
+        sparse = name == "lightsuan"
+        kw = (
+            {"window": s.window, "dilation": s.dilation}
+            if sparse
+            else {"window": None, "dilation": None}
         )
-        if seed == args.seeds[0]:
-            curves[name] = windowed_auc(result.labels, probs, window)
-        print(f"seed {seed} {name:22s} AUC {runs[name][-1]['auc']:.4f} "
-              f"logloss {runs[name][-1]['logloss']:.4f} ({seconds:.0f} s)", flush=True)  # fmt: skip
-
-    models_for_latency: dict[str, object] = {}
-    for seed in args.seeds:
-        done = run_models(batches, schema, seed, opts, args.models)
-        for name, (result, key, model, seconds) in done.items():
-            record(name, result, key, seed, seconds)
-            models_for_latency[name] = model
-            sizes[name] = params(model.model if isinstance(model, DINLearner) else model)
-
-    user, candidates = serving_sample(batches)
-    models: dict[str, dict] = {}
-    for name, rows in runs.items():
-        lat = latency(models_for_latency[name], user, candidates, args.repeats)
-        models[name] = {
-            "auc": statistics.mean(r["auc"] for r in rows),
-            "auc_std": statistics.pstdev(r["auc"] for r in rows),
-            "logloss": statistics.mean(r["logloss"] for r in rows),
-            "latency_ms_per_candidate": lat,
-            "params": sizes[name],
-            "seeds": rows,
-        }
-        print(f"{name:22s} AUC {models[name]['auc']:.4f} ± {models[name]['auc_std']:.4f} "
-              f"latency single {lat['single']:.3f} ms, parallel {lat['parallel']:.4f} ms/cand, "
-              f"{sizes[name]:,} params", flush=True)  # fmt: skip
-
-    grades = sorted(GRADES)
-    scaling: dict = {}
-    if all(f"suan-{g}" in models for g in grades):
-        grade_auc = [models[f"suan-{g}"]["auc"] for g in grades]
-        law = fit_power_law(grades, grade_auc)
-        scaling["grade"] = {"grades": grades, "auc": grade_auc, "power_law": law}
-    if args.data_sizes:
-        scaling["data"] = data_scaling(batches, schema, args.seeds[0], args.data_sizes, opts)
-    checks = claim_checks(models, opts.student_grade)
-    out = {
-        "config": {
-            "events": sum(len(b.y) for b in batches) - len(batches[0].y),
-            "batch_size": BATCH,
-            "history": HISTORY,
-            **dataclasses.asdict(opts),
-            "seeds": args.seeds,
-            "grades": {g: vars(GRADES[g]) for g in grades},
-            "threads": torch.get_num_threads(),
-        },
-        "models": models,
-        "scaling": scaling,
-        "checks": checks,
-        "curves": {"window": window, **curves},
-    }
-    write_json(args.json, out)
-    print({k: round(v, 4) for k, v in checks.items()})
-    return out
-
-
-def claim_checks(models: dict[str, dict], student_grade: int) -> dict[str, float]:
-    """The acceptance's comparisons, for the models that ran: AUC differences of the
-    distilled student, and its latency over the teacher's."""
-    student, teacher = models.get("lightsuan-distilled"), models.get("suan-3-teacher")
-    if student is None:
-        return {}
-    above = f"suan-{student_grade + 1}"
-    out = {
-        f"distilled_auc_minus_{name.replace('-', '_')}": student["auc"] - models[name]["auc"]
-        for name in ("lightsuan", above, "din")
-        if name in models
-    }
-    for mode in ("single", "parallel"):
-        out[f"student_over_teacher_latency_{mode}"] = (
-            student["latency_ms_per_candidate"][mode] / teacher["latency_ms_per_candidate"][mode]
-        )
-    return out
-
-
-MODELS = (
-    *(f"suan-{g}" for g in sorted(GRADES)),
-    "lightsuan",
-    "lightsuan-dense",
-    "lightsuan-distilled",
-    "din",
-)
+        model = LightSUAN(schema, 1, **kw)
+    else:
+        raise ValueError(f"unknown model {name!r}; expected one of {model_names(10**6)}")
+    strategy, score, learn = suan_run(model, seed, s)
+    return strategy, score, learn, strategy.model
 
 
 def run_models(
     batches: list[Batch],
     schema,
     seed: int,
-    opts: Options | None = None,
-    names: list[str] | tuple[str, ...] = MODELS,
+    settings: Settings | None = None,
+    names: list[str] | tuple[str, ...] | None = None,
 ) -> dict[str, tuple]:
-    """The models ``names`` (all of the table by default) once over ``batches``,
+    """The models ``names`` (all the stream allows by default) once over ``batches``,
     prequentially: name -> (the :class:`~streamkd.ctr.Prequential` result, its key there, the
-    model, seconds); ``lightsuan-distilled`` brings ``suan-3-teacher``.
-    ``lightsuan-dense`` is the ablation: LightSUAN's prefix mean with dense attention."""
-    opts = opts or Options()
-    light = lambda **kw: LightSUAN(schema, opts.student_grade, **kw)  # noqa: E731
-    sparse = {"window": opts.window, "dilation": opts.dilation}
-    dense = {"window": None, "dilation": None}
-    learners: list[tuple[str, Callable]] = [
-        *((f"suan-{g}", lambda g=g: suan_run(SUAN(schema, g), seed, opts)) for g in sorted(GRADES)),
-        ("lightsuan", lambda: suan_run(light(**sparse), seed, opts)),
-        ("lightsuan-dense", lambda: suan_run(light(**dense), seed, opts)),
-        ("lightsuan-distilled", lambda: distilled_run(seed, schema, opts)),
-        ("din", lambda: _din(seed, schema, opts)),
-    ]
+    serving model or ``None``, seconds); a distilled student brings its teacher
+    (``suan-3-teacher-<form>``)."""
+    settings = settings or Settings()
+    history = schema["hist_item"].shape[0]
     out: dict[str, tuple] = {}
-    for name, make in learners:
-        if name not in names:
-            continue
-        torch.manual_seed(seed)
-        learner, score, learn = make()
+    for name in names or model_names(history):
+        learner, score, learn, model = make_learner(name, schema, seed, settings)
         start = time.perf_counter()
         result = prequential_ctr(score, learn, batches)
         seconds = time.perf_counter() - start
-        model = learner if isinstance(learner, DINLearner) else learner.model
         out[name] = (result, "model", model, seconds)
-        if name == "lightsuan-distilled":
-            out["suan-3-teacher"] = (result, "teacher", learner.teacher, seconds)
+        if isinstance(learner, LightSUANKD):
+            out[f"suan-{TEACHER_GRADE}-teacher-{name.split('-', 1)[1]}"] = (
+                result, "teacher", learner.teacher, seconds,
+            )  # fmt: skip
     return out
 
 
-def _din(seed: int, schema, opts: Options):
-    learner = DINLearner(seed, schema, opts)
-    return learner, learner.score, learner.learn
+class RunStore:
+    """One JSON file per finished run under a folder, each with the settings it ran under:
+    a re-invocation reuses what matches and refuses what was made under other settings."""
+
+    def __init__(self, folder: Path, protocol: dict, read_only: bool = False) -> None:
+        self.folder, self.protocol, self.read_only = folder, protocol, read_only
+        self.ran = self.reused = 0
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def get_or_run(self, key: str, config: dict, run: Callable[[], dict]) -> dict:
+        path = self.folder / f"{key}.json"
+        want = {"protocol": self.protocol, **config}
+        if path.exists():
+            stored = json.loads(path.read_text())
+            if stored["config"] != json.loads(json.dumps(want)):
+                raise SystemExit(
+                    f"{path} was made under other settings ({stored['config']} against {want});"
+                    " use another --runs-dir"
+                )
+            self.reused += 1
+            return stored["result"]
+        if self.read_only:
+            raise SystemExit(f"--report-only: {path} is missing (run it first)")
+        result = run()
+        self.ran += 1
+        write_json(path, {"config": want, "result": result})
+        return result
 
 
-def data_scaling(batches: list[Batch], schema, seed: int, sizes: list[int], opts: Options) -> dict:
-    """SUAN-2 trained on the first n events, AUC on the last ``HOLDOUT`` events (a quarter
-    of a shorter stream), which it never trains on. Sizes are counted in events."""
+def summary(result: Prequential, key: str, skip: int, window: int, curve: bool) -> dict:
+    """AUC and logloss on the whole stream and after the tuning prefix (``skip`` scored
+    events)."""
+    tail = result.after(skip)
+    out = {
+        "auc": result.auc(key),
+        "logloss": result.logloss(key),
+        "auc_after_prefix": tail.auc(key),
+        "logloss_after_prefix": tail.logloss(key),
+        "scored": len(result.labels),
+        "scored_after_prefix": len(tail.labels),
+    }
+    if curve:
+        out["curve"] = windowed_auc(result.labels, result.probabilities[key], window)
+    return out
+
+
+def tune(store: RunStore, prefix: list[Batch], schema) -> dict:
+    """Every setting chosen on ``prefix`` (seed 0): candidates' prefix AUCs and the picks."""
+
+    def prefix_auc(name: str, s: Settings, tag: str) -> float:
+        def run() -> dict:
+            _, score, learn, _ = make_learner(name, schema, 0, s)
+            start = time.perf_counter()
+            r = prequential_ctr(score, learn, prefix)
+            return {"auc": r.auc("model"), "seconds": time.perf_counter() - start}
+
+        got = store.get_or_run(f"tune-{name}-{tag}", {"settings": asdict(s)}, run)
+        print(f"  tune {name:20s} {tag:28s} prefix AUC {got['auc']:.4f}", flush=True)
+        return got["auc"]
+
+    def pick(name: str, grid: list[dict], base: Settings) -> tuple[Settings, list[dict]]:
+        tried = []
+        for cand in grid:
+            tag = "-".join(f"{k}{v:g}" for k, v in cand.items())
+            tried.append({**cand, "prefix_auc": prefix_auc(name, replace(base, **cand), tag)})
+        best = max(tried, key=lambda c: c["prefix_auc"])
+        return replace(base, **{k: v for k, v in best.items() if k != "prefix_auc"}), tried
+
+    base = Settings()
+    counting, counting_tried = pick("counting", GRID["counting"], base)
+    suan, suan_tried = pick("suan-1", GRID["optimizer"], base)
+    din, din_tried = pick("din", GRID["optimizer"], base)
+    forms, forms_tried = {}, {}
+    for form in FORMS:
+        forms[form], forms_tried[form] = pick(f"lightsuan-{form}", GRID["kd"], suan)
+    return {
+        "prefix_events": sum(len(b.y) for b in prefix),
+        "settings": {
+            "counting": asdict(counting),
+            "suan": asdict(suan),
+            "din": asdict(din),
+            **{f"lightsuan-{f}": asdict(v) for f, v in forms.items()},
+        },
+        "tried": {
+            "counting": counting_tried,
+            "suan-1 (the SUAN family's rates)": suan_tried,
+            "din": din_tried,
+            **{f"lightsuan-{f}": v for f, v in forms_tried.items()},
+        },
+    }
+
+
+def settings_for(name: str, tuned: dict) -> Settings:
+    family = tuned["settings"]
+    if name in family:
+        return Settings(**family[name])
+    return Settings(
+        **family["counting" if name == "counting" else "din" if name == "din" else "suan"]
+    )
+
+
+def data_scaling(
+    batches: list[Batch], schema, sizes: list[int], s: Settings, store: RunStore
+) -> dict:
+    """SUAN-2, seed 0, trained on the ``n`` events just before a fixed holdout (the last 10%
+    of the stream's events), scored on the holdout: sizes differ, recency does not."""
     ends = np.cumsum([len(b.y) for b in batches])
-    holdout = min(HOLDOUT, int(ends[-1]) // 4)
-    holdout_from = int(np.searchsorted(ends, ends[-1] - holdout, side="right"))
+    holdout_from = int(np.searchsorted(ends, ends[-1] * (1 - PREFIX), side="left")) + 1
     train, test = batches[:holdout_from], batches[holdout_from:]
-    trainable = int(ends[holdout_from - 1]) if holdout_from else 0
+    trainable = sum(len(b.y) for b in train)
     usable = [n for n in sizes if n <= trainable]
     if len(usable) < len(sizes):
         print(f"data sizes above {trainable} events skipped (the holdout starts there)")
+    labels = torch.cat([b.y for b in test]).numpy()
     aucs = []
     for n in usable:
-        torch.manual_seed(seed)
-        strategy, _, learn = suan_run(SUAN(schema, 2), seed, opts)
-        for batch in train[: int(np.searchsorted(ends, n, side="left")) + 1]:
-            learn(batch)
-        score = strategy_scorer(strategy)
-        with torch.no_grad():
-            probs = torch.cat([score(b.x)["model"] for b in test])
-        labels = torch.cat([b.y for b in test]).numpy()
-        aucs.append(auc(labels, probs.double().numpy()))
-        print(f"data {n:6d} events -> holdout AUC {aucs[-1]:.4f}", flush=True)
+
+        def run(n=n) -> dict:
+            torch.manual_seed(0)
+            _, score, learn = suan_run(SUAN(schema, 2), 0, s)
+            counts = np.cumsum([len(b.y) for b in reversed(train)])
+            first = len(train) - int(np.searchsorted(counts, n, side="left")) - 1
+            for batch in train[first:]:
+                learn(batch)
+            with torch.no_grad():
+                probs = torch.cat([score(b.x)["model"] for b in test])
+            return {
+                "auc": auc(labels, probs.double().numpy()),
+                "trained": trainable - sum(len(b.y) for b in train[:first]),
+            }
+
+        got = store.get_or_run(f"data-{n}", {"settings": asdict(s), "n": n}, run)
+        aucs.append(got["auc"])
+        print(
+            f"data {n:7d} events just before the holdout -> holdout AUC {aucs[-1]:.4f}", flush=True
+        )
     fit = fit_power_law(usable, aucs) if len(usable) >= 2 else None
-    held = sum(len(b.y) for b in test)
-    return {"events": usable, "auc": aucs, "holdout_events": held, "power_law": fit}
+    return {"events": usable, "auc": aucs, "holdout_events": int(len(labels)), "power_law": fit}
+
+
+def claim_checks(models: dict[str, dict], metric: str) -> dict[str, float]:
+    """The acceptance's comparisons on ``metric`` (AUC after the prefix), for the models that
+    ran: each distilled student against the undistilled one and SUAN-2; every deep model
+    against counting; the students' latency over their teachers'."""
+    out: dict[str, float] = {}
+    for form in FORMS:
+        student = models.get(f"lightsuan-{form}")
+        if student is None:
+            continue
+        for other in ("lightsuan", "suan-2"):
+            if other in models:
+                out[f"{form}_minus_{other.replace('-', '_')}"] = (
+                    student[metric] - models[other][metric]
+                )
+        teacher = models[f"suan-{TEACHER_GRADE}-teacher-{form}"]
+        for mode in ("single", "parallel"):
+            out[f"{form}_student_over_teacher_latency_{mode}"] = (
+                student["latency_ms_per_candidate"][mode]
+                / teacher["latency_ms_per_candidate"][mode]
+            )
+    if "counting" in models:
+        for name, m in models.items():
+            if name != "counting":
+                out[f"{name.replace('-', '_')}_minus_counting"] = (
+                    m[metric] - models["counting"][metric]
+                )
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--stream", choices=STREAMS, default="movielens-ctr")
+    ap.add_argument("--json", required=True, help="where to write the report")
+    ap.add_argument("--runs-dir", default=None, help="finished runs (default: beside --json)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--models", nargs="+", default=None, help="default: every model")
+    ap.add_argument("--max-events", type=int, default=None, help="a prefix of the stream")
+    ap.add_argument(
+        "--data-sizes",
+        type=int,
+        nargs="*",
+        default=None,
+        help="events for the data-size curve (default: 1/64 .. 1/2 of the stream; none: skip)",
+    )
+    ap.add_argument("--repeats", type=int, default=50, help="calls per latency measurement")
+    ap.add_argument("--report-only", action="store_true", help="run nothing; report what is stored")
+    ap.add_argument("--data-dir", default=None)
+    args = ap.parse_args(argv)
+
+    history = HISTORY[args.stream]
+    stream = STREAMS[args.stream](batch_size=BATCH, history=history, data_dir=args.data_dir)
+    names = args.models or model_names(history)
+    unknown = sorted(set(names) - set(model_names(history)))
+    if unknown:
+        ap.error(f"unknown models {unknown} for {args.stream}; expected {model_names(history)}")
+    batches = list(stream)
+    if args.max_events is not None:
+        batches = batches[: max(2, args.max_events // BATCH)]
+    schema = stream.schema
+    events = sum(len(b.y) for b in batches)
+    prefix = batches[
+        : max(2, int(np.searchsorted(np.cumsum([len(b.y) for b in batches]), PREFIX * events)) + 1)
+    ]
+    skip = sum(len(b.y) for b in prefix) - len(prefix[0].y)  # scored events in the prefix
+    window = max(1000, events // 20)
+    runs_dir = Path(args.runs_dir) if args.runs_dir else Path(args.json).with_suffix("") / "runs"
+    protocol = {"stream": args.stream, "events": events, "batch": BATCH, "history": history}
+    store = RunStore(runs_dir, protocol, read_only=args.report_only)
+    overall = time.perf_counter()
+
+    print(f"tuning on the first {sum(len(b.y) for b in prefix):,} of {events:,} events", flush=True)
+    tuned = tune(store, prefix, schema)
+    runs: dict[str, list[dict]] = {}
+    for name in names:
+        s = settings_for(name, tuned)
+        for seed in [0] if name == "counting" else args.seeds:
+
+            def run(name=name, seed=seed, s=s) -> dict:
+                out = {}
+                for got, (result, key, _, seconds) in run_models(
+                    batches, schema, seed, s, [name]
+                ).items():
+                    out[got] = {**summary(result, key, skip, window, seed == 0), "seconds": seconds}
+                return out
+
+            key = f"run-{name}-seed{seed}"
+            if args.report_only and not (runs_dir / f"{key}.json").exists():
+                continue
+            done = store.get_or_run(key, {"settings": asdict(s), "seed": seed}, run)
+            for got, row in done.items():
+                runs.setdefault(got, []).append({"seed": seed, **row})
+                print(
+                    f"seed {seed} {got:24s} AUC after prefix {row['auc_after_prefix']:.4f} "
+                    f"whole {row['auc']:.4f} ({row['seconds']:.0f} s)",
+                    flush=True,
+                )
+
+    user, candidates = serving_sample(batches)
+    models: dict[str, dict] = {}
+    for name, rows in runs.items():
+        serving = _serving_model(name, schema, tuned)
+        lat = latency(serving, user, candidates, args.repeats) if serving is not None else None
+        models[name] = {
+            **{
+                m: statistics.mean(r[m] for r in rows)
+                for m in ("auc", "logloss", "auc_after_prefix", "logloss_after_prefix")
+            },
+            "auc_after_prefix_std": statistics.pstdev(r["auc_after_prefix"] for r in rows),
+            "latency_ms_per_candidate": lat,
+            "params": params(serving.model if isinstance(serving, DINLearner) else serving)
+            if serving is not None
+            else 0,
+            "seeds": [{k: v for k, v in r.items() if k != "curve"} for r in rows],
+        }
+        if lat is not None:
+            print(
+                f"{name:24s} AUC after prefix {models[name]['auc_after_prefix']:.4f} ± "
+                f"{models[name]['auc_after_prefix_std']:.4f}; "
+                f"latency single {lat['single']:.3f} ms, "
+                f"parallel {lat['parallel']:.4f} ms/cand",
+                flush=True,
+            )
+
+    scaling: dict = {}
+    grades = [g for g in grades_for(history) if f"suan-{g}" in models]
+    if len(grades) >= 2:
+        grade_auc = [models[f"suan-{g}"]["auc_after_prefix"] for g in grades]
+        scaling["grade"] = {
+            "grades": grades,
+            "auc_after_prefix": grade_auc,
+            "power_law": fit_power_law(grades, grade_auc),
+        }
+    sizes = args.data_sizes
+    if sizes is None:
+        sizes = [int(events * (1 - PREFIX)) // 2**k for k in range(6, 0, -1)]
+    if sizes and not args.report_only:
+        scaling["data"] = data_scaling(
+            batches, schema, sizes, Settings(**tuned["settings"]["suan"]), store
+        )
+    curves = {n: rows[0]["curve"] for n, rows in runs.items() if "curve" in rows[0]}
+    out = {
+        "config": {
+            **protocol,
+            "prefix": PREFIX,
+            "seeds": args.seeds,
+            "teacher_grade": TEACHER_GRADE,
+            "grades": {g: vars(GRADES[g]) for g in grades_for(history)},
+            "threads": torch.get_num_threads(),
+        },
+        "tuning": tuned,
+        "models": models,
+        "scaling": scaling,
+        "checks": claim_checks(models, "auc_after_prefix"),
+        "curves": {"window": window, **curves},
+        "seconds": time.perf_counter() - overall,
+    }
+    write_json(args.json, out)
+    print({k: round(v, 4) for k, v in out["checks"].items()})
+    print(f"runs: {store.ran} ran, {store.reused} reused ({runs_dir})")
+    return out
+
+
+def _serving_model(name: str, schema, tuned: dict):
+    """A fresh model of ``name``'s architecture for the latency table (weights do not change
+    the cost); ``None`` for counting."""
+    if name == "counting":
+        return None
+    if name.startswith(f"suan-{TEACHER_GRADE}-teacher"):
+        return SUAN(schema, TEACHER_GRADE)
+    return make_learner(name, schema, 0, settings_for(name, tuned))[3]
 
 
 if __name__ == "__main__":
