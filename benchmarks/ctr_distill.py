@@ -385,8 +385,9 @@ def summary(result: Prequential, key: str, skip: int, window: int, curve: bool) 
     return out
 
 
-def tune(store: RunStore, prefix: list[Batch], schema) -> dict:
-    """Every setting chosen on ``prefix`` (seed 0): candidates' prefix AUCs and the picks."""
+def tune(store: RunStore, prefix: list[Batch], schema, names: list[str]) -> dict:
+    """Every setting the models ``names`` need, chosen on ``prefix`` (seed 0): each
+    candidate's prefix AUC and the picks."""
 
     def prefix_auc(name: str, s: Settings, tag: str) -> float:
         def run() -> dict:
@@ -407,27 +408,21 @@ def tune(store: RunStore, prefix: list[Batch], schema) -> dict:
         best = max(tried, key=lambda c: c["prefix_auc"])
         return replace(base, **{k: v for k, v in best.items() if k != "prefix_auc"}), tried
 
-    base = Settings()
-    counting, counting_tried = pick("counting", GRID["counting"], base)
-    suan, suan_tried = pick("suan-1", GRID["optimizer"], base)
-    din, din_tried = pick("din", GRID["optimizer"], base)
-    forms, forms_tried = {}, {}
+    base, settings, tried = Settings(), {}, {}
+    if "counting" in names:
+        settings["counting"], tried["counting"] = pick("counting", GRID["counting"], base)
+    if any(n.startswith(("suan", "lightsuan")) for n in names):
+        settings["suan"], tried["suan"] = pick("suan-1", GRID["optimizer"], base)
+    if "din" in names:
+        settings["din"], tried["din"] = pick("din", GRID["optimizer"], base)
     for form in FORMS:
-        forms[form], forms_tried[form] = pick(f"lightsuan-{form}", GRID["kd"], suan)
+        if f"lightsuan-{form}" in names:
+            name = f"lightsuan-{form}"
+            settings[name], tried[name] = pick(name, GRID["kd"], settings["suan"])
     return {
         "prefix_events": sum(len(b.y) for b in prefix),
-        "settings": {
-            "counting": asdict(counting),
-            "suan": asdict(suan),
-            "din": asdict(din),
-            **{f"lightsuan-{f}": asdict(v) for f, v in forms.items()},
-        },
-        "tried": {
-            "counting": counting_tried,
-            "suan-1 (the SUAN family's rates)": suan_tried,
-            "din": din_tried,
-            **{f"lightsuan-{f}": v for f, v in forms_tried.items()},
-        },
+        "settings": {k: asdict(v) for k, v in settings.items()},
+        "tried": tried,  # "suan": the SUAN family's rates, tried on SUAN-1
     }
 
 
@@ -550,7 +545,7 @@ def main(argv: list[str] | None = None) -> dict:
     overall = time.perf_counter()
 
     print(f"tuning on the first {sum(len(b.y) for b in prefix):,} of {events:,} events", flush=True)
-    tuned = tune(store, prefix, schema)
+    tuned = tune(store, prefix, schema, names)
     runs: dict[str, list[dict]] = {}
     for name in names:
         s = settings_for(name, tuned)
@@ -614,7 +609,7 @@ def main(argv: list[str] | None = None) -> dict:
     sizes = args.data_sizes
     if sizes is None:
         sizes = [int(events * (1 - PREFIX)) // 2**k for k in range(6, 0, -1)]
-    if sizes and not args.report_only:
+    if sizes and not args.report_only and "suan" in tuned["settings"]:
         scaling["data"] = data_scaling(
             batches, schema, sizes, Settings(**tuned["settings"]["suan"]), store
         )

@@ -48,7 +48,7 @@ def one_run(setting: str, loss: str, seed: int, samples: int, test: int, data_di
     model = make_model(stream, seed=seed, strategy="online_kd", nf=20)
     strategy = make_strategy(
         "online_kd", model, seed=seed, lr=0.05, memory=spec["memory"], distill=loss,
-        max_classes=10,
+        teacher_learns="labels", max_classes=10,
     )  # fmt: skip
     start = time.perf_counter()
     for batch in stream:
