@@ -3,15 +3,22 @@ better-calibrated student than forward KL, at equal or better accuracy.
 
     python benchmarks/online_kd.py --json results/online_kd.json
 
-CIFAR-10 (``split-cifar10``) as two streams: **i.i.d.** (one segment, the classes mixed) and
-**class-incremental** (5 x 2 classes, seeded order), ``--samples`` training images in all,
-batches of 10. A reduced ResNet18 student (``nf=20``) and a twice-as-wide teacher
-(``nf=40``) are co-trained by :class:`~streamkd.strategies.online_kd.OnlineKD` (SGD lr 0.05;
-replay of 10 from a 500-sample reservoir memory on the class-incremental stream, none on
-the i.i.d. one); the student distils with forward KL, reverse KL or BD-KD (lambda 1, T 1).
-The teacher learns from labels only, so it is the same run for every loss under a seed.
-After the stream: top-1 accuracy and expected calibration error (15 bins) of the student
-and the teacher on ``--test`` held-out test images of the classes seen. Seeds 0-2.
+CIFAR-10 (``split-cifar10``) as an **i.i.d.** stream (one segment, the classes mixed; the
+**class-incremental** one, 5 x 2 classes with replay, is ``--settings``' other choice),
+``--samples`` training images in all, batches of ``--batch-size``. A reduced ResNet18
+student (``nf=20``) and a twice-as-wide teacher (``nf=40``) are co-trained by
+:class:`~streamkd.strategies.online_kd.OnlineKD` (SGD at ``--lr``; on the class-incremental
+stream, replay of 10 from a 500-sample reservoir). Four variants (lambda 1, T 1):
+
+* ``forward_kl``, ``reverse_kl``, ``bd_kd`` -- one-way: the student distils, the teacher
+  learns from labels only (the same teacher for all three, under a seed);
+* ``bd_kd_two_way`` -- BD-KD on both losses: the teacher also distils from the student
+  (``teacher_learns="mutual"``).
+
+After the stream: top-1 accuracy, expected calibration error (15 bins) and NLL of the student
+and the teacher on ``--test`` held-out test images of the classes seen. Each (setting,
+variant, seed) is stored as it finishes (:class:`~streamkd.runstore.RunStore`, under
+``--runs-dir``): a re-invocation runs only what is missing.
 """
 
 from __future__ import annotations
@@ -20,26 +27,38 @@ import argparse
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from streamkd.evaluate import expected_calibration_error
 from streamkd.experiment import make_model, make_strategy, make_stream, write_json
+from streamkd.runstore import RunMismatchError, RunStore
 
-LOSSES = ("forward_kl", "reverse_kl", "bd_kd")
+VARIANTS = {  # name -> (the student's loss, how the teacher learns)
+    "forward_kl": ("forward_kl", "labels"),
+    "reverse_kl": ("reverse_kl", "labels"),
+    "bd_kd": ("bd_kd", "labels"),
+    "bd_kd_two_way": ("bd_kd", "mutual"),
+}
+SAMPLES, BATCH, LR = 10_000, 10, 0.05  # sized on seed 99 (not reported) to reach 40%
 STREAMS = {
     "iid": {"n_segments": 1, "memory": 0},
     "class_incremental": {"n_segments": 5, "memory": 500},
 }
 
 
-def one_run(setting: str, loss: str, seed: int, samples: int, test: int, data_dir) -> dict:
+def one_run(
+    setting: str, variant: str, seed: int, samples: int, test: int, batch: int, lr: float, data_dir
+) -> dict:
     spec = STREAMS[setting]
+    loss, teacher_learns = VARIANTS[variant]
     segments = spec["n_segments"]
     stream = make_stream(
         "split-cifar10",
         seed=seed,
-        batch_size=10,
+        batch_size=batch,
         data_dir=data_dir,
         n_segments=segments,
         max_per_segment=samples // segments,
@@ -47,8 +66,8 @@ def one_run(setting: str, loss: str, seed: int, samples: int, test: int, data_di
     )
     model = make_model(stream, seed=seed, strategy="online_kd", nf=20)
     strategy = make_strategy(
-        "online_kd", model, seed=seed, lr=0.05, memory=spec["memory"], distill=loss,
-        teacher_learns="labels", max_classes=10,
+        "online_kd", model, seed=seed, lr=lr, memory=spec["memory"], distill=loss,
+        teacher_learns=teacher_learns, max_classes=10,
     )  # fmt: skip
     start = time.perf_counter()
     for batch in stream:
@@ -63,6 +82,7 @@ def one_run(setting: str, loss: str, seed: int, samples: int, test: int, data_di
         out[who] = {
             "accuracy": float((scores.argmax(1) == y).float().mean()),
             "ece": expected_calibration_error(scores, y, bins=15),
+            "nll": float(F.cross_entropy(scores, y)),
         }
     return out
 
@@ -70,52 +90,74 @@ def one_run(setting: str, loss: str, seed: int, samples: int, test: int, data_di
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", required=True)
+    ap.add_argument("--runs-dir", default=None, help="finished runs (default: beside --json)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--samples", type=int, default=2500, help="training images per run")
+    ap.add_argument("--samples", type=int, default=SAMPLES, help="training images per run")
     ap.add_argument("--test", type=int, default=2000, help="held-out test images per run")
-    ap.add_argument("--settings", nargs="+", default=list(STREAMS), choices=list(STREAMS))
+    ap.add_argument("--batch-size", type=int, default=BATCH)
+    ap.add_argument("--lr", type=float, default=LR)
+    ap.add_argument("--settings", nargs="+", default=["iid"], choices=list(STREAMS))
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--data-dir", default=None)
     args = ap.parse_args(argv)
+    protocol = {
+        "samples": args.samples,
+        "test": args.test,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "student_nf": 20,
+        "teacher_nf": 40,
+    }
+    runs_dir = Path(args.runs_dir) if args.runs_dir else Path(args.json).with_suffix("") / "runs"
+    store = RunStore(runs_dir, protocol)
     results: dict = {}
     for setting in args.settings:
-        for loss in LOSSES:
+        for variant in args.variants:
             runs = []
             for seed in args.seeds:
-                r = one_run(setting, loss, seed, args.samples, args.test, args.data_dir)
+                r = store.get_or_run(
+                    f"{setting}-{variant}-seed{seed}",
+                    {"setting": setting, "variant": VARIANTS[variant], "seed": seed},
+                    lambda setting=setting, variant=variant, seed=seed: one_run(
+                        setting, variant, seed, args.samples, args.test, args.batch_size,
+                        args.lr, args.data_dir,
+                    ),
+                )  # fmt: skip
                 runs.append({"seed": seed, **r})
-                print(f"{setting:17s} {loss:10s} seed {seed}: student acc "
-                      f"{r['student']['accuracy']:.4f} ECE {r['student']['ece']:.4f} | teacher "
-                      f"acc {r['teacher']['accuracy']:.4f} ECE {r['teacher']['ece']:.4f} "
-                      f"({r['seconds']:.0f} s)", flush=True)  # fmt: skip
+                student, teacher = r["student"], r["teacher"]
+                print(f"{setting:17s} {variant:13s} seed {seed}: student acc "
+                      f"{student['accuracy']:.4f} ECE {student['ece']:.4f} NLL "
+                      f"{student['nll']:.4f} | teacher acc {teacher['accuracy']:.4f} "
+                      f"ECE {teacher['ece']:.4f} ({r['seconds']:.0f} s)", flush=True)  # fmt: skip
+            metrics = ("accuracy", "ece", "nll")
             summary = {
                 f"{who}_{metric}": statistics.mean(r[who][metric] for r in runs)
                 for who in ("student", "teacher")
-                for metric in ("accuracy", "ece")
+                for metric in metrics
             }
             summary.update(
                 {
                     f"student_{metric}_std": statistics.pstdev(r["student"][metric] for r in runs)
-                    for metric in ("accuracy", "ece")
+                    for metric in metrics
                 }
             )
-            results.setdefault(setting, {})[loss] = {**summary, "runs": runs}
+            results.setdefault(setting, {})[variant] = {**summary, "runs": runs}
     checks = {
         setting: {
-            "bd_kd_ece_minus_forward_kl": r["bd_kd"]["student_ece"]
-            - r["forward_kl"]["student_ece"],
-            "bd_kd_accuracy_minus_forward_kl": r["bd_kd"]["student_accuracy"]
-            - r["forward_kl"]["student_accuracy"],
+            f"{variant}_{metric}_minus_forward_kl": r[variant][f"student_{metric}"]
+            - r["forward_kl"][f"student_{metric}"]
+            for variant in ("bd_kd", "bd_kd_two_way")
+            if variant in r and "forward_kl" in r
+            for metric in ("ece", "accuracy", "nll")
         }
         for setting, r in results.items()
     }
     out = {
         "config": {
-            "samples": args.samples,
-            "test": args.test,
+            **protocol,
             "seeds": args.seeds,
-            "student_nf": 20,
-            "teacher_nf": 40,
             "streams": {k: STREAMS[k] for k in args.settings},
+            "variants": {k: VARIANTS[k] for k in args.variants},
             "threads": torch.get_num_threads(),
         },
         "results": results,
@@ -123,8 +165,12 @@ def main(argv: list[str] | None = None) -> dict:
     }
     write_json(args.json, out)
     print(checks)
+    print(f"runs: {store.ran} ran, {store.reused} reused ({runs_dir})")
     return out
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except RunMismatchError as refused:
+        sys.exit(f"online_kd: {refused}")

@@ -6,13 +6,14 @@ The networks (SUAN, LightSUAN, their blocks and grades) are in :mod:`streamkd.ne
 the student are trained simultaneously on the same batches, and the student serves. The
 paper's form (``teacher_learns="joint"``, the default) is one loss, a weighted sum of three
 binary cross-entropies, every term training both models:
-``BCE(y, student) + BCE(y, teacher) + kd_weight * T^2 * BCE(sigmoid(z_t/T), sigmoid(z_s/T))``
-(``T^2`` keeps the soft term's gradients the size of the hard ones'). ``teacher_learns=
-"labels"`` is the one-way form: the teacher's side of the soft term is detached, so the
-teacher learns from the labels only. The paper's full text was not reachable (its abstract,
-SUAN's repository and summaries were): whether its soft term reaches the teacher is our
-reading of "trained simultaneously ... a weighted sum", hence both forms, compared in
-``benchmarks/ctr_distill.py``.
+``BCE(y, student) + BCE(y, teacher) + kd_weight * T^2 * BCE(sigmoid(z_t/T), sigmoid(z_s/T))``.
+``T^2`` keeps the soft term's gradients the size of the hard ones'; on the teacher's side
+the soft term's entropy sharpens the teacher in the direction the student leans (see
+:func:`streamkd.distill.binary_kd`). ``teacher_learns="labels"`` is the one-way form: the
+teacher's side of the soft term is detached, so the teacher learns from the labels only.
+The paper's full text was not reachable (its abstract, SUAN's repository and summaries
+were): whether its soft term reaches the teacher is our reading of "trained simultaneously
+... a weighted sum", hence both forms, compared in ``benchmarks/ctr_distill.py``.
 
 Stated simplification against the code: one Adam optimizer for all weights (the code uses
 Adagrad at lr 10 for the embedding tables and LazyAdam at 3e-4 for the dense weights).
@@ -71,8 +72,8 @@ class LightSUANKD(OnlineDistillation):
         distill: binary_kd (LightSUAN's), binary_bd_kd, or a two-class forward_kl,
             reverse_kl, bd_kd
         teacher_learns: joint (the paper's form), labels (one-way) or mutual
-        kd_weight: lambda (0.1: the best of 0.1, 0.25 at T=2, 0.3 and 1 on the first 20,000
-            MovieLens events; the paper's value is not public)
+        kd_weight: lambda (the paper's value is not public; ``benchmarks/ctr_distill.py``
+            chooses it, with the temperature, on the first 10% of its stream)
         embedding_lr: learning rate of the id tables (0.1 against 1e-3: +0.08 AUC on the
             first 20,000 MovieLens events; the code trains them apart, with Adagrad)
         """

@@ -14,10 +14,11 @@
 * :func:`feature_distance` -- feature matching (cosine or squared L2) to a teacher's features
   (a previous copy of the student, in lifelong learning).
 
-Every teacher term takes logits, softens both sides by the temperature ``T`` and scales by
-``T**2`` so its gradients keep the size of the hard-label loss's (Hinton et al.). Nothing is
-detached here: pass ``teacher.detach()`` where the teacher must not learn from the term. Every loss
-returns per-sample values with ``reduction="none"``, else their mean.
+The KL terms and :func:`binary_kd` take logits, soften both sides by the temperature ``T``
+and scale by ``T**2`` so their gradients keep the size of the hard-label loss's (Hinton et
+al.). Nothing is detached here: pass ``teacher.detach()`` where the teacher must not learn
+from the term. Every loss returns per-sample values with ``reduction="none"``, else their
+mean.
 """
 
 from __future__ import annotations
@@ -116,6 +117,11 @@ def binary_kd(
     teacher's, scaled by the temperature's square: ``T^2 * BCE(sigmoid(z_t/T), sigmoid(z_s/T))``
     per sample (logits of shape ``(n,)``), LightSUAN's distillation term with its ``lambda *
     t^2`` weight.
+
+    It equals ``T^2 * [H(q_t) + KL(q_t || q_s)]``: on the student, the KL's gradient. Where
+    the teacher's side is not detached (``teacher_learns="joint"``), its gradient on the
+    teacher's logit is ``-z_s * q_t * (1 - q_t)`` per sample: it pushes the teacher the way
+    the student leans (sharpening it where they agree), not toward the student's probability.
 
     Examples:
         >>> import torch

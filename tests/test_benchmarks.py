@@ -232,27 +232,32 @@ def test_ctr_distill_benchmark_smoke(tmp_path):
 
 
 def test_online_kd_benchmark_smoke(tmp_path, data_dir):
-    """The BD-KD image benchmark runs end to end on a tiny CIFAR-10 slice."""
+    """The BD-KD image benchmark runs end to end on a tiny CIFAR-10 slice: four variants with
+    accuracy, ECE and NLL; the one-way variants share their teacher, the two-way one trains
+    another; a second invocation reuses every stored run."""
     out = tmp_path / "online_kd.json"
     args = ["--seeds", "0", "--samples", "100", "--test", "100", "--data-dir", str(data_dir)]
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "online_kd.py"), *args, "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    args += ["--settings", "iid", "class_incremental", "--json", str(out)]
+    command = [sys.executable, str(ROOT / "benchmarks" / "online_kd.py"), *args]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.read_text())
     assert set(data["results"]) == {"iid", "class_incremental"}
     for setting in data["results"].values():
-        assert set(setting) == {"forward_kl", "reverse_kl", "bd_kd"}
-        for loss in setting.values():
-            assert 0 <= loss["student_accuracy"] <= 1 and 0 <= loss["student_ece"] <= 1
-            assert len(loss["runs"]) == 1
+        assert set(setting) == {"forward_kl", "reverse_kl", "bd_kd", "bd_kd_two_way"}
+        for variant in setting.values():
+            assert 0 <= variant["student_accuracy"] <= 1 and 0 <= variant["student_ece"] <= 1
+            assert variant["student_nll"] > 0 and len(variant["runs"]) == 1
+        teachers = {k: v["runs"][0]["teacher"] for k, v in setting.items()}
+        assert teachers["forward_kl"] == teachers["reverse_kl"] == teachers["bd_kd"]
+        assert teachers["bd_kd_two_way"] != teachers["bd_kd"]
     assert set(data["checks"]["iid"]) == {
-        "bd_kd_ece_minus_forward_kl",
-        "bd_kd_accuracy_minus_forward_kl",
+        f"{v}_{m}_minus_forward_kl"
+        for v in ("bd_kd", "bd_kd_two_way")
+        for m in ("ece", "accuracy", "nll")
     }
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "runs: 0 ran, 8 reused" in again.stdout
 
 
 def test_social_nav_benchmark_smoke(tmp_path, data_dir):

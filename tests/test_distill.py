@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from streamkd.distill import (
     bd_kd,
@@ -79,6 +80,17 @@ def test_binary_kd_is_bce_against_the_teachers_probability():
     assert float(binary_kd(z_s, z_t)) == pytest.approx(expected, abs=1e-6)
     per = binary_kd(torch.tensor([0.0, 2.0]), torch.tensor([0.0, 2.0]), reduction="none")
     assert per.shape == (2,)
+
+
+def test_binary_kd_scales_by_t_squared_and_moves_an_attached_teacher_the_way_the_student_leans():
+    z_s = torch.tensor([1.5, -0.5, 2.0])
+    z_t = torch.tensor([0.3, 0.8, -1.0], requires_grad=True)
+    t = 2.0
+    plain = F.binary_cross_entropy_with_logits(z_s / t, torch.sigmoid(z_t.detach() / t))
+    assert float(binary_kd(z_s, z_t.detach(), t)) == pytest.approx(t**2 * float(plain))
+    binary_kd(z_s, z_t, t).backward()  # the joint form: the teacher is not detached
+    q_t = torch.sigmoid(z_t.detach() / t)
+    assert torch.allclose(z_t.grad, -z_s * q_t * (1 - q_t) / len(z_s), atol=1e-6)
 
 
 def test_symmetric_info_nce_on_matched_unit_pairs():
