@@ -42,7 +42,7 @@ VARIANTS = {  # name -> (the student's loss, how the teacher learns)
     "bd_kd": ("bd_kd", "labels"),
     "bd_kd_two_way": ("bd_kd", "mutual"),
 }
-SAMPLES, BATCH, LR = 10_000, 10, 0.05  # sized on seed 99 (not reported) to reach 40%
+SAMPLES, BATCH, LR = 12_000, 10, 0.05  # seed 99 (not reported), forward KL: 10,000 gave 42.1%
 STREAMS = {
     "iid": {"n_segments": 1, "memory": 0},
     "class_incremental": {"n_segments": 5, "memory": 500},
