@@ -135,7 +135,6 @@ def suan_run(model: SUAN, seed: int, s: Settings):
 
 
 def distilled_run(seed: int, schema, s: Settings, form: str):
-    torch.manual_seed(seed)
     student = LightSUAN(schema, 1, window=s.window, dilation=s.dilation)
     strategy = LightSUANKD(
         student,

