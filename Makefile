@@ -7,8 +7,8 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 
 .PHONY: demo test test-slow lint docs bench notebooks install install-full data redis clean
 
-# .core: what the demo needs; .full: + test, lint, docs, Avalanche, text-encoder and CTR-baseline
-# tools (one resolver run each)
+# .core: what the demo needs; .full: + test, lint, docs, Avalanche, text-encoder, CTR-baseline
+# and Ray tools (one resolver run each)
 # --no-compile keeps pip fast; compileall then writes the bytecode once (in parallel), so
 # each CLI process and test subprocess does not recompile torch's sources when the
 # environment sets PYTHONDONTWRITEBYTECODE (this machine does: ~7 s saved per process)
@@ -19,7 +19,7 @@ $(VENV)/.core: pyproject.toml setup.py
 	touch $@
 
 $(VENV)/.full: $(VENV)/.core
-	$(PIP) -e ".[dev,avalanche,text,ctr,docs]" $(TORCH)
+	$(PIP) -e ".[dev,avalanche,text,ctr,docs,ray]" $(TORCH)
 	$(PY) -m compileall -q -j 0 $(VENV)/lib >/dev/null 2>&1 || true
 	touch $@
 

@@ -23,9 +23,32 @@ def _seeds(text: str) -> list[int]:
         ) from None
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--stream", default="split-digits", help="stream name (see `streamkd streams`)")
-    p.add_argument("--memory", type=int, default=500, help="replay memory size (samples)")
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(t) for t in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def _common(p: argparse.ArgumentParser, grid: bool = False) -> None:
+    """The flags of one run; with ``grid`` (compare), streams and memory sizes take lists."""
+    if grid:
+        p.add_argument(
+            "--stream",
+            "--streams",
+            dest="stream",
+            type=_csv,
+            default=["split-digits"],
+            help="stream names, comma-separated (see `streamkd streams`)",
+        )
+        p.add_argument(
+            "--memory", type=_ints, default=[500], help="replay memory sizes, comma-separated"
+        )
+    else:
+        p.add_argument("--stream", default="split-digits", help="stream (see `streamkd streams`)")
+        p.add_argument("--memory", type=int, default=500, help="replay memory size (samples)")
     p.add_argument("--batch-size", type=int, default=10, help="stream batch size")
     p.add_argument("--replay-batch", type=int, default=None, help="replay batch size")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default per strategy)")
@@ -125,10 +148,45 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue from the newest valid checkpoint in --checkpoint-dir",
     )
     _common(p_run)
-    p_cmp = sub.add_parser("compare", help="compare strategies over seeds on one stream")
+    p_cmp = sub.add_parser(
+        "compare",
+        help="compare strategies over seeds (streams, memory sizes), serially or on Ray",
+        description="Every cell of stream x memory x strategy x seed; see docs/sweeps.md.",
+    )
     p_cmp.add_argument("--strategies", type=_csv, default=["naive", "er", "er_ace", "mir"])
     p_cmp.add_argument("--seeds", type=_seeds, default=[0])
-    _common(p_cmp)
+    _common(p_cmp, grid=True)
+    p_cmp.add_argument(
+        "--backend", default="serial", choices=("serial", "ray"), help="where the runs run"
+    )
+    p_cmp.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster: auto (started here with `ray start`), HOST:PORT or ray://HOST:PORT "
+        "(default: a local Ray on this machine)",
+    )
+    p_cmp.add_argument(
+        "--cpus-per-run",
+        type=float,
+        default=None,
+        help="CPUs (torch threads) per run (Ray's default 1; serial's: torch's own)",
+    )
+    p_cmp.add_argument(
+        "--gpus-per-run", type=float, default=0.0, help="Ray GPUs per run (0.25: four share one)"
+    )
+    p_cmp.add_argument(
+        "--max-retries", type=int, default=3, help="Ray retries of a run whose worker died"
+    )
+    p_cmp.add_argument(
+        "--sweep-dir",
+        default=None,
+        help="per-run results, checkpoints and logs (on storage every node sees); a "
+        "re-invocation skips finished runs and resumes unfinished ones "
+        "(default with Ray: results/sweeps/<grid hash>)",
+    )
+    p_cmp.add_argument(
+        "--checkpoint-every", type=int, default=1000, help="with a sweep folder: every N samples"
+    )
     p_list = sub.add_parser("strategies", help="list the available strategies")
     p_list.add_argument(
         "--verbose", "-v", action="store_true", help="each strategy's arguments and defaults"
@@ -308,6 +366,8 @@ def _tracker(args: argparse.Namespace):
 def _public(result: dict[str, Any]) -> dict[str, Any]:
     keys = (
         "strategy",
+        "stream",
+        "memory",
         "seed",
         "final_avg_acc",
         "avg_forgetting",
@@ -364,26 +424,34 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from streamkd.experiment import compare, format_table, write_json
+    from streamkd.experiment import format_table, write_json
+    from streamkd.sweep import compare
 
     _check_outputs(args)
+    kwargs = _run_kwargs(args)
     out = compare(
         args.strategies,
         args.stream,
         seeds=args.seeds,
         tracker=_tracker(args),
         strategy_args=_strategy_args(args),
-        **_run_kwargs(args),
+        backend=args.backend,
+        sweep_dir=args.sweep_dir,
+        address=args.address,
+        cpus_per_run=args.cpus_per_run,
+        gpus_per_run=args.gpus_per_run,
+        max_retries=args.max_retries,
+        checkpoint_every=args.checkpoint_every,
+        **kwargs,
     )
-    print(f"stream {args.stream}, memory {args.memory}, seeds {args.seeds}")
+    print(f"streams {','.join(out['streams'])}, memory {out['memory']}, seeds {out['seeds']}")
     print(format_table(out["summary"]))
     if out["mlflow_parent_run_id"]:
         print(f"MLflow parent run {out['mlflow_parent_run_id']}")
     write_json(
         args.json_out,
         {
-            "stream": out["stream"],
-            "mlflow_parent_run_id": out["mlflow_parent_run_id"],
+            **{k: out[k] for k in ("streams", "memory", "seeds", "mlflow_parent_run_id")},
             "summary": out["summary"],
             "runs": [_public(r) for r in out["runs"]],
         },

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from streamkd.evaluate import run
 from streamkd.models import Classifier, build_model
 from streamkd.registry import STRATEGIES
 from streamkd.strategy import MAX_CLASSES, Strategy, get_strategy, make_strategy, resolve_device
+from streamkd.tracking import IDENTITY_TAG
 
 MLP_HIDDEN = {"split-digits": (100, 100)}
 log = logging.getLogger(__name__)
@@ -289,9 +290,13 @@ def run_one(
     drift: str | None = None,
     drift_signal: str = "error",
     max_classes: int | None = None,
+    identity: str | None = None,
 ) -> dict[str, Any]:
     """One strategy x seed on one stream; returns the evaluation dict (plus run metadata and
     the strategy's ``hparams``).
+
+    ``identity`` (a sweep cell's config hash) tags the MLflow run, so a retry that finds no
+    checkpoint continues the run it began instead of starting a second one.
 
     Labels must lie below ``max_classes`` (default: the classes the stream declares; a cap
     below them is refused). A checkpoint records the run's configuration
@@ -353,19 +358,26 @@ def run_one(
             log.info("resuming from %s at sample %d", checkpoint_dir, int(state["step"]))
     logger = None
     if tracker is not None:
-        if state is not None and state.get("mlflow_run_id"):
-            logger = tracker.resume_run(state["mlflow_run_id"])
+        params = {
+            "strategy": strategy_name,
+            "stream": stream_name,
+            "device": str(dev),
+            "batch_size": batch_size,
+            **strategy.hparams,
+            **stream.describe(),
+            **(monitor.describe() if monitor is not None else {}),
+        }
+        known = state.get("mlflow_run_id") if state is not None else None
+        if not known and identity is not None:  # a retry that died before its first checkpoint
+            known = tracker.find_run(identity, parent.run_id if parent is not None else None)
+        if known:
+            logger = tracker.resume_run(known)
+            logger.log_params(params)  # the same values again: a no-op, or what a crash missed
         else:
-            params = {
-                "strategy": strategy_name,
-                "stream": stream_name,
-                "device": str(dev),
-                "batch_size": batch_size,
-                **strategy.hparams,
-                **stream.describe(),
-                **(monitor.describe() if monitor is not None else {}),
-            }
-            logger = tracker.start_run(f"{strategy_name}-seed{seed}", params, parent=parent)
+            tags = {IDENTITY_TAG: identity} if identity is not None else None
+            logger = tracker.start_run(
+                f"{strategy_name}-seed{seed}", params, parent=parent, tags=tags
+            )
     try:
         result = run(
             strategy,
@@ -391,6 +403,7 @@ def run_one(
         strategy=strategy_name,
         seed=seed,
         stream=stream_name,
+        memory=memory,
         mlflow_run_id=logger.run_id if logger is not None else None,
         resumed_from=int(state["step"]) if state is not None else None,
         hparams=dict(strategy.hparams),
@@ -464,75 +477,6 @@ def check_resumable(
         )
 
 
-def compare(
-    strategies: Sequence[str],
-    stream_name: str,
-    *,
-    seeds: Sequence[int] = (0,),
-    tracker=None,
-    strategy_args: dict[str, Any] | None = None,
-    **run_kwargs,
-) -> dict[str, Any]:
-    """Every strategy x seed on one stream, under one parent MLflow run.
-
-    ``strategy_args`` are parsed ``--strategy-args`` (shared keys and per-strategy objects);
-    every strategy's arguments are checked before the first run starts."""
-    if "strategy_kwargs" in run_kwargs:
-        raise ValueError("compare() takes strategy_args (per strategy), not strategy_kwargs")
-    if not strategies:
-        raise ValueError("--strategies names no strategy: give at least one, e.g. er,mir")
-    if not seeds:
-        raise ValueError("--seeds names no seed: give at least one, e.g. 0,1,2")
-    counts = ("max_samples", "eval_every", "checkpoint_every", "max_classes")
-    for seed in seeds:  # every run's arguments, before the first run starts
-        check_run_arguments(seed, **{k: run_kwargs.get(k) for k in counts})
-    kwargs_of = {name: strategy_kwargs(name, strategy_args) for name in strategies}
-    parent = None
-    if tracker is not None:
-        parent = tracker.start_run(
-            f"compare-{stream_name}",
-            {
-                "stream": stream_name,
-                "strategies": ",".join(strategies),
-                "seeds": ",".join(map(str, seeds)),
-                **{k: v for k, v in run_kwargs.items() if isinstance(v, int | float | str)},
-            },
-        )
-    runs = []
-    try:
-        for name in strategies:
-            for seed in seeds:
-                runs.append(
-                    run_one(
-                        name,
-                        stream_name,
-                        seed=seed,
-                        tracker=tracker,
-                        parent=parent,
-                        strategy_kwargs=kwargs_of[name],
-                        **run_kwargs,
-                    )
-                )
-    except BaseException:
-        if parent is not None:
-            parent.end("FAILED")
-        raise
-    summary = summarize_runs(runs)
-    if parent is not None:
-        for name, stats in summary.items():
-            parent.log_metrics(
-                {f"{name}.{k}": v["mean"] for k, v in stats.items() if v["mean"] is not None},
-                step=0,
-            )
-        parent.end()
-    return {
-        "stream": stream_name,
-        "mlflow_parent_run_id": parent.run_id if parent is not None else None,
-        "runs": runs,
-        "summary": summary,
-    }
-
-
 SUMMARY_KEYS = (
     "final_avg_acc",
     "avg_forgetting",
@@ -543,11 +487,15 @@ SUMMARY_KEYS = (
 )
 
 
-def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float | None]]]:
-    """Mean and standard deviation over seeds, per strategy."""
+def summarize_runs(
+    runs: list[dict[str, Any]], label: Callable[[dict[str, Any]], str] | None = None
+) -> dict[str, dict[str, dict[str, float | None]]]:
+    """Mean and standard deviation over seeds, per strategy (or per ``label(run)``: a
+    sweep's strategy, stream and memory), in the order the runs came."""
+    label = label or (lambda r: r["strategy"])
     out: dict[str, dict[str, dict[str, float | None]]] = {}
-    for name in dict.fromkeys(r["strategy"] for r in runs):
-        rows = [r for r in runs if r["strategy"] == name]
+    for name in dict.fromkeys(map(label, runs)):
+        rows = [r for r in runs if label(r) == name]
         out[name] = {}
         for key in SUMMARY_KEYS:
             vals = [r[key] for r in rows if r.get(key) is not None]

@@ -34,13 +34,13 @@ class RunStore:
     def __init__(self, folder: str | Path, protocol: dict[str, Any], read_only: bool = False):
         self.folder, self.protocol, self.read_only = Path(folder), protocol, read_only
         self.ran = self.reused = 0
-        self.folder.mkdir(parents=True, exist_ok=True)
 
     def path(self, key: str) -> Path:
         return self.folder / f"{key}.json"
 
     def get_or_run(self, key: str, config: dict[str, Any], run: Callable[[], Any]) -> Any:
-        """The stored result of ``key``, else ``run()``'s, stored (atomically) on return.
+        """The stored result of ``key``, else ``run()``'s, stored (atomically) on return and
+        returned as stored (strict JSON), so the first call and every later one agree.
         Raises :class:`RunMismatchError` if ``key`` was stored under other settings, or, when
         ``read_only``, is missing."""
         path = self.path(key)
@@ -56,7 +56,8 @@ class RunStore:
             return stored["result"]
         if self.read_only:
             raise RunMismatchError(f"{path} is missing: run it first (read-only report)")
-        result = run()
+        text = json_text({"config": want, "result": run()})
         self.ran += 1
-        atomic_write(path, json_text({"config": want, "result": result}))
-        return result
+        self.folder.mkdir(parents=True, exist_ok=True)  # made by the first result, not before
+        atomic_write(path, text)
+        return json.loads(text)["result"]  # as a later call reads it back (NaN: None)

@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ FLUSH_AT = 1000
 SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 PLAIN = ("databricks", "databricks-uc", "uc")  # MLflow's bare store names
 PROBE_SECONDS = 5.0
+IDENTITY_TAG = "streamkd.identity"  # a run's config hash: one MLflow run per sweep cell
 
 
 def check_tracking_uri(uri: str) -> Path | None:
@@ -87,6 +89,7 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         self.tracking_uri = tracking_uri or DEFAULT_TRACKING_URI
+        self.experiment = experiment
         db = check_tracking_uri(self.tracking_uri)
         # the first connection creates and migrates a new sqlite store; one process at a time
         lock = FileLock(f"{db}.lock") if db is not None else contextlib.nullcontext()
@@ -120,17 +123,47 @@ class Tracker:
         return logger
 
     def resume_run(self, run_id: str) -> RunLogger:
-        """Reopen a run (e.g. after a restart from a checkpoint) to keep logging into it."""
+        """Reopen a run (e.g. after a restart from a checkpoint) to keep logging into it.
+
+        A replay from a checkpoint logs again what the run logged after that checkpoint;
+        the returned logger drops, per metric and step, as many points as the run already
+        holds there, so a resumed run's histories equal an uninterrupted one's."""
         self.client.update_run(run_id, status="RUNNING")
-        return RunLogger(self.client, run_id)
+        logged: Counter = Counter()
+        for key in self.client.get_run(run_id).data.metrics:
+            logged.update((key, m.step) for m in self.client.get_metric_history(run_id, key))
+        return RunLogger(self.client, run_id, logged=logged)
+
+    def find_run(self, identity: str, parent_run_id: str | None = None) -> str | None:
+        """The id of the run tagged ``streamkd.identity = identity`` (under ``parent_run_id``
+        when given), else ``None``: how a retried or re-invoked sweep cell finds its run
+        instead of making a second one."""
+        query = f"tags.`{IDENTITY_TAG}` = '{identity}'"
+        if parent_run_id is not None:
+            query += f" and tags.`mlflow.parentRunId` = '{parent_run_id}'"
+        found = self.client.search_runs([self.experiment_id], query, max_results=2)
+        if len(found) > 1:
+            raise ValueError(f"two MLflow runs carry {IDENTITY_TAG}={identity}: {found}")
+        return found[0].info.run_id if found else None
+
+    def portable_uri(self) -> str:
+        """The tracking URI as another process in another folder reads it (a sqlite path
+        made absolute)."""
+        db = (
+            check_tracking_uri(self.tracking_uri)
+            if self.tracking_uri.startswith("sqlite")
+            else None
+        )
+        return f"sqlite:///{db.resolve()}" if db is not None else self.tracking_uri
 
 
 class RunLogger:
     """Logs params, buffered metrics and artifacts into one MLflow run."""
 
-    def __init__(self, client, run_id: str) -> None:
+    def __init__(self, client, run_id: str, logged: Counter | None = None) -> None:
         self.client, self.run_id = client, run_id
         self._pending: list = []
+        self._logged = logged or Counter()  # (key, step): points the run holds already
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         for key, value in tags.items():
@@ -148,8 +181,12 @@ class RunLogger:
 
         now = int(time.time() * 1000)
         for key, value in metrics.items():
-            if value is not None:
-                self._pending.append(Metric(key, float(value), now, int(step)))
+            if value is None:
+                continue
+            if self._logged[key, int(step)]:  # logged before a restart: not twice
+                self._logged[key, int(step)] -= 1
+                continue
+            self._pending.append(Metric(key, float(value), now, int(step)))
         if len(self._pending) >= FLUSH_AT:
             self.flush()
 

@@ -33,7 +33,14 @@ OPTION_FLAGS = {
 }
 """The CLI flag of each stream option that has one (named in refusals)."""
 
-__all__ = ["OPTION_FLAGS", "STREAMS", "SegmentedStream", "get_stream", "stream_options"]
+__all__ = [
+    "OPTION_FLAGS",
+    "STREAMS",
+    "SegmentedStream",
+    "check_stream",
+    "get_stream",
+    "stream_options",
+]
 
 
 def stream_options(factory: Callable[..., SegmentedStream], skip: int = 0) -> list[str]:
@@ -52,6 +59,13 @@ def get_stream(name: str, **options: Any) -> SegmentedStream:
 
     Raises ``ValueError`` for an unknown name or an option the stream cannot honour.
     """
+    factory, args = check_stream(name, options)
+    return factory(*args, **options)
+
+
+def check_stream(name: str, options: dict[str, Any]) -> tuple[Any, tuple[Any, ...]]:
+    """The factory of stream ``name`` and its leading arguments, once the name and every
+    option are known good (no data is loaded): a grid is checked before its first run."""
     args: tuple[Any, ...] = ()
     prefix, colon, rest = name.partition(":")
     if colon and rest and f"{prefix}:<Name>" in STREAMS:
@@ -67,4 +81,4 @@ def get_stream(name: str, **options: Any) -> SegmentedStream:
             f"stream {name!r} does not accept {', '.join(map(_named, refused))}; "
             f"it accepts: {', '.join(map(_named, accepted))}"
         )
-    return factory(*args, **options)
+    return factory, args

@@ -368,6 +368,7 @@ def _refused(capsys, argv, words) -> str:
 
 
 RUN = ["run", "--stream", "split-digits", "--no-track", "--quiet"]
+RAY = ["compare", "--backend", "ray", "--quiet", "--no-track"]
 
 REFUSED_COMMANDS: list[tuple[str, list[str], str | list[str]]] = [
     ("lr nan", [*RUN, "--lr", "nan"], "lr must be a finite number"),
@@ -416,6 +417,22 @@ REFUSED_COMMANDS: list[tuple[str, list[str], str | list[str]]] = [
         ["compare", "--seeds", "0,-1", "--no-track", "--quiet"],
         "seed must be an integer in",
     ),
+    (
+        "ray: nothing at --address",
+        [*RAY, "--address", "127.0.0.1:1"],
+        ["--address 127.0.0.1:1", "nothing answers"],
+    ),
+    ("ray: --address not HOST:PORT", [*RAY, "--address", "head"], "expected auto, HOST:PORT"),
+    (
+        "ray: tracking server down",
+        [*RAY[:-1], "--tracking-uri", "http://127.0.0.1:1"],
+        ["http://127.0.0.1:1", "cannot reach"],
+    ),
+    ("ray: unknown strategy", [*RAY, "--strategies", "er,gdumb"], "unknown strategy 'gdumb'"),
+    ("ray: unknown stream", [*RAY, "--stream", "split-digits,nope"], "unknown stream 'nope'"),
+    ("ray: cpus per run 0", [*RAY, "--cpus-per-run", "0"], "--cpus-per-run must be > 0"),
+    ("ray: memory 0 in the grid", [*RAY, "--memory", "50,0"], "memory must be a positive"),
+    ("--address without ray", ["compare", "--address", "auto", "--no-track"], "needs --backend"),
     ("tracking garbage", [*RUN[:-2], "--tracking-uri", "garbage"], "--tracking-uri 'garbage'"),
     ("tracking foo://", [*RUN[:-2], "--tracking-uri", "foo://bar"], "--tracking-uri 'foo://bar'"),
     (
@@ -438,6 +455,7 @@ def test_refused_commands_exit_2_in_one_line_before_training(capsys, no_training
     _refused(capsys, argv, words)
     assert not Path("/nonexistent").exists()
     assert not list(Path.cwd().rglob("*.tmp"))
+    assert not Path("results").exists()  # no sweep folder for a refused grid
 
 
 def test_output_locations_are_checked_before_training(tmp_path, capsys, no_training):

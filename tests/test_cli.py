@@ -69,7 +69,7 @@ def test_compare_writes_json_and_mlflow_runs(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "| naive |" in table and "±" in table
     data = json.loads(out.read_text())
-    assert data["stream"] == "split-digits" and len(data["runs"]) == 4
+    assert data["streams"] == ["split-digits"] and len(data["runs"]) == 4
     for r in data["runs"]:
         for key in (
             "strategy",
