@@ -2,8 +2,8 @@
 
 5 segments of 2 classes, one pass, stream batch 10, accuracy matrix on the full 10k test set
 after each segment; final average accuracy and average forgetting as mean +- std over seeds.
-Writes the ``streamkd compare`` JSON schema (``{"stream", "runs": [...]}``, each run with
-its ``memory``) after every run, so a long benchmark keeps what it finished, and a markdown
+Writes JSON shaped like ``streamkd compare``'s runs (``{"stream", "runs": [...]}``, each run
+with its ``memory``) after every run, so a long benchmark keeps what it finished, and a markdown
 table (``--markdown``).
 
     python benchmarks/cifar10_ocl.py --strategies pcr,hpcr --memory 200 --seeds 0,1,2 \\

@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--address",
         default=None,
         help="Ray cluster: auto (started here with `ray start`), HOST:PORT or ray://HOST:PORT "
-        "(default: a local Ray on this machine)",
+        "(default: a new local Ray on this machine); needs --sweep-dir",
     )
     p_cmp.add_argument(
         "--cpus-per-run",
@@ -560,6 +560,7 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     from streamkd.checkpoint import CheckpointError
     from streamkd.data import DataNotFoundError
+    from streamkd.sweep import SweepError
     from streamkd.types import InvalidBatchError
 
     args = build_parser().parse_args(argv)
@@ -576,6 +577,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, DataNotFoundError, CheckpointError, InvalidBatchError) as err:
         print(f"streamkd: error: {err}", file=sys.stderr)
         return 2
+    except SweepError as err:  # not bad input: the engine lost a run past its retries
+        print(f"streamkd: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("streamkd: interrupted", file=sys.stderr)
         return 130

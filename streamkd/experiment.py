@@ -372,7 +372,8 @@ def run_one(
             known = tracker.find_run(identity, parent.run_id if parent is not None else None)
         if known:
             logger = tracker.resume_run(known)
-            logger.log_params(params)  # the same values again: a no-op, or what a crash missed
+            held = tracker.client.get_run(known).data.params  # MLflow refuses a changed value
+            logger.log_params({k: v for k, v in params.items() if k not in held})
         else:
             tags = {IDENTITY_TAG: identity} if identity is not None else None
             logger = tracker.start_run(

@@ -34,6 +34,8 @@ class RunStore:
     def __init__(self, folder: str | Path, protocol: dict[str, Any], read_only: bool = False):
         self.folder, self.protocol, self.read_only = Path(folder), protocol, read_only
         self.ran = self.reused = 0
+        if not read_only:  # an unwritable folder fails now, not after the first long run
+            self.folder.mkdir(parents=True, exist_ok=True)
 
     def path(self, key: str) -> Path:
         return self.folder / f"{key}.json"
@@ -58,6 +60,5 @@ class RunStore:
             raise RunMismatchError(f"{path} is missing: run it first (read-only report)")
         text = json_text({"config": want, "result": run()})
         self.ran += 1
-        self.folder.mkdir(parents=True, exist_ok=True)  # made by the first result, not before
         atomic_write(path, text)
         return json.loads(text)["result"]  # as a later call reads it back (NaN: None)

@@ -171,7 +171,7 @@ def _run_cell(cell: Cell, setup: Setup) -> dict[str, Any]:
     def attempt() -> dict[str, Any]:
         resume = any(checkpoints.glob("ckpt-*.pt"))
         with _cell_log(root / "logs" / f"{key}.log") as note:
-            note(f"attempt on {socket.gethostname()} pid {os.getpid()}: {cell_config(cell)}")
+            note(f"attempt on {_where()} pid {os.getpid()}: {cell_config(cell)}")
             result = run_one(
                 cell.strategy,
                 cell.stream,
@@ -186,29 +186,50 @@ def _run_cell(cell: Cell, setup: Setup) -> dict[str, Any]:
     return _results(root).get_or_run(key, cell_config(cell), attempt)
 
 
+def _where() -> str:
+    """This host, and the Ray node when the attempt runs in a Ray task."""
+    where = socket.gethostname()
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            where += f" node {ray.get_runtime_context().get_node_id()[:12]}"
+    return where
+
+
 class _cell_log:
-    """streamkd's log lines (``resuming from ... at sample N``) and the attempt's own notes,
-    appended to the cell's log file for the attempt's duration."""
+    """streamkd's log lines (``resuming from ... at sample N``) and the attempt's own notes
+    (to the file only), appended to the cell's log file for the attempt's duration."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.handler = logging.FileHandler(path)
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         self.logger = logging.getLogger("streamkd")
+        self.notes = logging.getLogger("streamkd_cell")  # outside streamkd: not on stderr
+        self.notes.propagate = False
 
     def __enter__(self):
         self.level = self.logger.level
         self.logger.addHandler(self.handler)
+        self.notes.addHandler(self.handler)
+        self.notes.setLevel(logging.INFO)
         if self.logger.getEffectiveLevel() > logging.INFO:
             self.logger.setLevel(logging.INFO)
-        return lambda text: log.info("%s", text)
+        return lambda text: self.notes.info("%s", text)
 
     def __exit__(self, kind, error, trace) -> None:
         if error is not None:
-            log.info("attempt failed: %s: %s", kind.__name__, error)
+            self.notes.info("attempt failed: %s: %s", kind.__name__, error)
         self.logger.removeHandler(self.handler)
+        self.notes.removeHandler(self.handler)
         self.logger.setLevel(self.level)
         self.handler.close()
+
+
+class SweepError(RuntimeError):
+    """A sweep stopped by its engine (a worker lost more often than retried, a node gone),
+    not by a run's own error; re-invoking it resumes what was cut short."""
 
 
 def compare(
@@ -233,11 +254,13 @@ def compare(
     """Every cell of stream x memory x strategy x seed, under one parent MLflow run; the
     results in that order, whichever the backend.
 
-    Everything is checked before the first cell starts: the strategies and their
-    ``strategy_args`` (per strategy), the streams and their options, seeds and counts, the
-    backend and, for Ray, the cluster at ``address`` (``None``: a local Ray on this
-    machine; ``auto``: the cluster ``ray start`` made here; ``HOST:PORT`` or
-    ``ray://HOST:PORT``). ``run_kwargs`` are :func:`~streamkd.experiment.run_one`'s.
+    Checked before the first cell starts: the strategies and their ``strategy_args`` (per
+    strategy), the streams' names and options, seeds and counts (each value once), the
+    sweep folder (one grid, logged one way) and, for Ray, the cluster at ``address``
+    (``None``: a new local Ray on this machine; ``auto``: the cluster ``ray start`` made
+    here; ``HOST:PORT`` or ``ray://HOST:PORT``; with an address, name a ``sweep_dir`` every
+    node sees) and a node large enough for one run. Missing data shows when a stream's
+    first run starts. ``run_kwargs`` are :func:`~streamkd.experiment.run_one`'s.
 
     Each run gets ``int(cpus_per_run)`` torch threads (Ray's default: 1; serial's: torch's
     own). The backends give identical results for the same thread count; another count sums
@@ -269,8 +292,27 @@ def compare(
     if max_retries < 0:
         raise ValueError(f"--max-retries must be >= 0, got {max_retries}")
     positive_int("checkpoint_every", checkpoint_every)
+    for flag, values in (
+        ("--strategies", strategies),
+        ("--seeds", seeds),
+        ("--stream", streams),
+        ("--memory", memories),
+    ):
+        twice = sorted({str(v) for v in values if list(values).count(v) > 1})
+        if twice:
+            raise ValueError(f"{flag} names {', '.join(twice)} more than once: give each once")
     for m in memories:
-        positive_int("memory", m)
+        if not isinstance(m, int) or m < 0:
+            raise ValueError(f"--memory sizes must be integers >= 0, got {m!r}")
+    if backend == "ray" and address is not None and sweep_dir is None:
+        raise ValueError(
+            "--address names a cluster: give --sweep-dir on storage every node sees (the "
+            "runs' results and checkpoints live there)"
+        )
+    run_kwargs = {
+        **run_kwargs,
+        "device": _device(run_kwargs.get("device", "cpu"), backend, gpus_per_run),
+    }
     counts = ("max_samples", "eval_every", "max_classes")
     for seed in seeds:  # every run's arguments, before the first run starts
         check_run_arguments(seed, **{k: run_kwargs.get(k) for k in counts})
@@ -285,17 +327,19 @@ def compare(
         for seed in seeds
     ]
     if backend == "ray" and sweep_dir is None:  # retries resume from here: always a folder
-        grid = hashlib.sha256("".join(map(cell_key, cells)).encode()).hexdigest()[:12]
-        sweep_dir = DEFAULT_SWEEPS / grid
+        sweep_dir = DEFAULT_SWEEPS / _grid_key(cells)
     if sweep_dir is not None:
-        sweep_dir = Path(sweep_dir).resolve()
+        sweep_dir = Path(sweep_dir).expanduser().resolve()
         check_writable(sweep_dir, what="--sweep-dir", directory=True)
+        _check_grid(sweep_dir, cells)
     unfinished = [c for c in cells if not _finished(sweep_dir, c)]
     if backend == "ray" and unfinished:  # reached before anything is written, logged or run
-        connect_ray(address, cpus_per_run)
+        connect_ray(address, cpus_per_run, gpus_per_run)
     if sweep_dir is not None:
         sweep_dir.mkdir(parents=True, exist_ok=True)
-    parent = _parent_run(tracker, sweep_dir, streams, strategies, seeds, memories, run_kwargs)
+    parent = _parent_run(
+        tracker, sweep_dir, cells, streams, strategies, seeds, memories, run_kwargs
+    )
     setup = Setup(
         sweep_dir=str(sweep_dir) if sweep_dir is not None else None,
         tracking_uri=tracker.portable_uri() if tracker is not None else None,
@@ -346,44 +390,101 @@ def compare(
     }
 
 
-def _results(sweep_dir: str | Path) -> RunStore:
+def _results(sweep_dir: str | Path, read_only: bool = False) -> RunStore:
     """The sweep's finished runs, one file each."""
-    return RunStore(Path(sweep_dir) / "runs", {})
+    return RunStore(Path(sweep_dir) / "runs", {}, read_only=read_only)
 
 
 def _finished(sweep_dir: str | Path | None, cell: Cell) -> bool:
-    return sweep_dir is not None and _results(sweep_dir).path(cell_key(cell)).exists()
+    return sweep_dir is not None and _results(sweep_dir, True).path(cell_key(cell)).exists()
 
 
-def _parent_run(tracker, sweep_dir, streams, strategies, seeds, memories, run_kwargs):
+def _device(device: str, backend: str, gpus_per_run: float) -> str:
+    """The device a run will get, as its key records it: ``auto`` is decided here (Ray
+    shows a task the GPUs it asked for, none without ``--gpus-per-run``)."""
+    from streamkd.strategy import resolve_device
+
+    if device != "auto":
+        return device
+    if backend == "ray":
+        return "cuda" if gpus_per_run > 0 else "cpu"
+    return str(resolve_device("auto"))
+
+
+def _grid_key(cells: list[Cell]) -> str:
+    return hashlib.sha256("".join(sorted(map(cell_key, cells))).encode()).hexdigest()[:12]
+
+
+def _check_grid(sweep_dir: Path, cells: list[Cell]) -> None:
+    """A sweep folder holds one grid: another one is refused (its parent run, summary and
+    sweep.json describe the first)."""
+    record = sweep_dir / "sweep.json"
+    if record.exists():
+        stored = json.loads(record.read_text()).get("grid")
+        if stored is not None and stored != _grid_key(cells):
+            raise ValueError(
+                f"{sweep_dir} holds another grid (other strategies, seeds, streams, memory "
+                "sizes or settings, or another streamkd version); give a fresh --sweep-dir"
+            )
+
+
+def _parent_run(tracker, sweep_dir, cells, streams, strategies, seeds, memories, run_kwargs):
     """The sweep's parent MLflow run: made once, and found again by a re-invocation of the
-    same sweep folder (which refuses another store: its cells' runs live in the first)."""
-    if tracker is None:
-        return None
+    same sweep folder, which must log where the first did (its cells' runs live there)."""
     record = Path(sweep_dir) / "sweep.json" if sweep_dir is not None else None
-    where = {"tracking_uri": tracker.portable_uri(), "experiment": tracker.experiment}
+    where = {
+        "tracking_uri": tracker.portable_uri() if tracker is not None else None,
+        "experiment": tracker.experiment if tracker is not None else None,
+    }
     if record is not None and record.exists():
         stored = json.loads(record.read_text())
-        if stored.get("tracking_uri") is not None:
-            if {k: stored.get(k) for k in where} != where:
-                raise ValueError(
-                    f"the sweep in {sweep_dir} logs to {stored['tracking_uri']} "
-                    f"(experiment {stored['experiment']!r}); re-invoke it with that "
-                    "--tracking-uri and --experiment, or give a fresh --sweep-dir"
-                )
+        if {k: stored.get(k) for k in where} != where:
+            said = (
+                f"logs to {stored['tracking_uri']} (experiment {stored['experiment']!r})"
+                if stored.get("tracking_uri")
+                else "ran without MLflow"
+            )
+            raise ValueError(
+                f"the sweep in {sweep_dir} {said}; re-invoke it the same way "
+                "(--tracking-uri, --experiment, --no-track), or give a fresh --sweep-dir"
+            )
+        if tracker is None:
+            return None
+        from mlflow.exceptions import MlflowException
+
+        try:
             return tracker.resume_run(stored["parent_run_id"])
-    parent = tracker.start_run(
-        f"compare-{'+'.join(streams)}",
-        {
-            "streams": ",".join(streams),
-            "strategies": ",".join(strategies),
-            "seeds": ",".join(map(str, seeds)),
-            "memory": ",".join(map(str, memories)),
-            **{k: v for k, v in run_kwargs.items() if isinstance(v, int | float | str)},
-        },
+        except MlflowException:
+            raise ValueError(
+                f"the sweep in {sweep_dir} logged under parent run {stored['parent_run_id']}, "
+                f"which {stored['tracking_uri']} no longer holds; give a fresh --sweep-dir"
+            ) from None
+    parent = (
+        None
+        if tracker is None
+        else tracker.start_run(
+            f"compare-{'+'.join(streams)}",
+            {
+                "streams": ",".join(streams),
+                "strategies": ",".join(strategies),
+                "seeds": ",".join(map(str, seeds)),
+                "memory": ",".join(map(str, memories)),
+                **{k: v for k, v in run_kwargs.items() if isinstance(v, int | float | str)},
+            },
+        )
     )
     if record is not None:
-        atomic_write(record, json_text({**where, "parent_run_id": parent.run_id}))
+        record.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(
+            record,
+            json_text(
+                {
+                    **where,
+                    "parent_run_id": parent.run_id if parent is not None else None,
+                    "grid": _grid_key(cells),
+                }
+            ),
+        )
     return parent
 
 
@@ -400,9 +501,10 @@ def _host_port(address: str) -> tuple[str, int] | None:
     return parsed.hostname, parsed.port
 
 
-def connect_ray(address: str | None, cpus_per_run: float) -> None:
-    """Reach the Ray cluster at ``address`` (``None``: start one on this machine), or raise
-    ``ValueError`` in one line: Ray missing, nothing listening there, no cluster found."""
+def connect_ray(address: str | None, cpus_per_run: float, gpus_per_run: float = 0.0) -> None:
+    """Reach the Ray cluster at ``address`` (``None``: start a new one on this machine), or
+    raise ``ValueError`` in one line: Ray missing, nothing listening there, no cluster
+    found, no node large enough for one run."""
     try:
         import ray
     except ImportError:
@@ -422,7 +524,7 @@ def connect_ray(address: str | None, cpus_per_run: float) -> None:
                 ) from None
     env = {var: str(Path(os.environ[var]).resolve()) for var in DATA_VARS if var in os.environ}
     options: dict[str, Any] = {
-        "address": address,
+        "address": address or "local",
         "runtime_env": {"env_vars": env} if env else None,
         "logging_level": logging.WARNING,
         "log_to_driver": False,  # a run's own lines go to its cell log, not into the table
@@ -431,15 +533,21 @@ def connect_ray(address: str | None, cpus_per_run: float) -> None:
         options["include_dashboard"] = False
     try:
         ray.init(**options)
-    except (ConnectionError, RuntimeError, ValueError) as err:
+    except Exception as err:  # ConnectionError, AuthenticationError...: all end the same way
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"--address {address}: no Ray cluster reached ({first})") from None
-    cpus = ray.cluster_resources().get("CPU", 0)
-    if cpus < cpus_per_run:
-        raise ValueError(
-            f"--cpus-per-run {cpus_per_run}: the Ray cluster has {cpus:g} CPUs in all, so no "
-            "run could ever be scheduled"
-        )
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    for flag, resource, wanted in (
+        ("--cpus-per-run", "CPU", cpus_per_run),
+        ("--gpus-per-run", "GPU", gpus_per_run),
+    ):
+        largest = max((n.get(resource, 0) for n in nodes), default=0)
+        if wanted > largest:
+            ray.shutdown()
+            raise ValueError(
+                f"{flag} {wanted:g}: the largest node of the Ray cluster has {largest:g} "
+                f"{resource}s, so no run could ever be scheduled"
+            )
 
 
 def run_on_ray(
@@ -452,20 +560,24 @@ def run_on_ray(
 ) -> list[dict[str, Any]]:
     """Each cell not finished yet as one Ray task (retried up to ``max_retries`` times when
     its worker dies; a retry resumes from the cell's checkpoint); results in cell order."""
-    import ray
     from tqdm.auto import tqdm
 
-    task = ray.remote(run_cell).options(
-        num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=max_retries
-    )
     results: list[dict[str, Any] | None] = [None] * len(cells)
-    pending: dict[Any, int] = {}
+    todo = []
     for i, cell in enumerate(cells):
         if _finished(setup.sweep_dir, cell):  # by an earlier invocation: read back
             results[i] = run_cell(cell, setup)
         else:
-            pending[task.remote(cell, setup)] = i
-    done = len(cells) - len(pending)
+            todo.append(i)
+    done = len(cells) - len(todo)
+    pending: dict[Any, int] = {}
+    if todo:
+        import ray
+
+        task = ray.remote(run_cell).options(
+            num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=max_retries
+        )
+        pending = {task.remote(cells[i], setup): i for i in todo}
     log.info("%d of %d runs finished before; %d sent to Ray", done, len(cells), len(pending))
     bar = tqdm(total=len(cells), initial=done, unit="run", disable=not progress)
     started = time.perf_counter()
@@ -473,17 +585,20 @@ def run_on_ray(
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             i = pending.pop(ready[0])
+            cell = cells[i]
             try:
                 results[i] = ray.get(ready[0])
             except ray.exceptions.RayTaskError as err:  # the run's own error, not Ray's wrapper
+                log.debug("%s", err.traceback_str)
                 raise err.cause if isinstance(err.cause, Exception) else err from None
-            except ray.exceptions.WorkerCrashedError:
-                raise RuntimeError(
-                    f"{cells[i].strategy} {cells[i].stream} seed {cells[i].seed}: its worker "
-                    f"died {max_retries + 1} times (--max-retries {max_retries}); re-invoke the "
-                    "sweep to resume it from its checkpoint"
+            except ray.exceptions.RayError as err:  # a lost worker or node, past its retries
+                first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                raise SweepError(
+                    f"{cell.strategy} {cell.stream} m{cell.memory} seed {cell.seed}: "
+                    f"{type(err).__name__} after {max_retries} retries ({first}); re-invoke "
+                    "the sweep to resume it from its checkpoint"
                 ) from None
-            cell, r = cells[i], results[i]
+            r = results[i]
             resumed = f", resumed from sample {r['resumed_from']}" if r.get("resumed_from") else ""
             acc = r.get("final_avg_acc")
             tqdm.write(

@@ -45,7 +45,7 @@ WHEN = {  # on which machine each reason applies (DATA: never where `make test` 
     NOT_GPU: torch.cuda.is_available,
     ROOT: lambda: os.geteuid() == 0,
     LINUX: lambda: not sys.platform.startswith("linux"),
-    NETNS: lambda: os.geteuid() != 0 or shutil.which("unshare") is None,
+    NETNS: lambda: os.geteuid() != 0 or not all(map(shutil.which, ("unshare", "nsenter", "ip"))),
     REDIS: lambda: shutil.which("redis-server") is None,
     DATA: lambda: False,
 }

@@ -419,10 +419,16 @@ REFUSED_COMMANDS: list[tuple[str, list[str], str | list[str]]] = [
     ),
     (
         "ray: nothing at --address",
-        [*RAY, "--address", "127.0.0.1:1"],
+        [*RAY, "--address", "127.0.0.1:1", "--sweep-dir", "sweep"],
         ["--address 127.0.0.1:1", "nothing answers"],
     ),
-    ("ray: --address not HOST:PORT", [*RAY, "--address", "head"], "expected auto, HOST:PORT"),
+    (
+        "ray: --address not HOST:PORT",
+        [*RAY, "--address", "head", "--sweep-dir", "sweep"],
+        "expected auto, HOST:PORT",
+    ),
+    ("ray: --address, no --sweep-dir", [*RAY, "--address", "auto"], "give --sweep-dir"),
+    ("ray: a seed twice", [*RAY, "--seeds", "0,1,0"], "--seeds names 0 more than once"),
     (
         "ray: tracking server down",
         [*RAY[:-1], "--tracking-uri", "http://127.0.0.1:1"],
@@ -431,7 +437,7 @@ REFUSED_COMMANDS: list[tuple[str, list[str], str | list[str]]] = [
     ("ray: unknown strategy", [*RAY, "--strategies", "er,gdumb"], "unknown strategy 'gdumb'"),
     ("ray: unknown stream", [*RAY, "--stream", "split-digits,nope"], "unknown stream 'nope'"),
     ("ray: cpus per run 0", [*RAY, "--cpus-per-run", "0"], "--cpus-per-run must be > 0"),
-    ("ray: memory 0 in the grid", [*RAY, "--memory", "50,0"], "memory must be a positive"),
+    ("ray: memory -1 in the grid", [*RAY, "--memory", "50,-1"], "--memory sizes must be"),
     ("--address without ray", ["compare", "--address", "auto", "--no-track"], "needs --backend"),
     ("tracking garbage", [*RUN[:-2], "--tracking-uri", "garbage"], "--tracking-uri 'garbage'"),
     ("tracking foo://", [*RUN[:-2], "--tracking-uri", "foo://bar"], "--tracking-uri 'foo://bar'"),
@@ -455,7 +461,7 @@ def test_refused_commands_exit_2_in_one_line_before_training(capsys, no_training
     _refused(capsys, argv, words)
     assert not Path("/nonexistent").exists()
     assert not list(Path.cwd().rglob("*.tmp"))
-    assert not Path("results").exists()  # no sweep folder for a refused grid
+    assert not Path("results").exists() and not Path("sweep").exists()  # nothing made
 
 
 def test_output_locations_are_checked_before_training(tmp_path, capsys, no_training):

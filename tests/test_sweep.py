@@ -116,7 +116,7 @@ def test_one_mlflow_run_per_cell_however_often_it_is_started(tmp_path):
     for run_id, history in before.items():
         assert _histories(client, run_id) == history  # no point twice, none missing
 
-    with pytest.raises(ValueError, match="logs to sqlite:///.*re-invoke it with that"):
+    with pytest.raises(ValueError, match="logs to sqlite:///.*re-invoke it the same way"):
         compare(
             ["er"],
             "split-digits",
@@ -159,3 +159,52 @@ def test_the_cli_grid_writes_stream_and_memory_per_run(tmp_path, capsys):
         ("split-digits", 20),
         ("split-digits", 40),
     ]
+
+
+def test_a_sweep_folder_holds_one_grid_logged_one_way(tmp_path):
+    sweep = tmp_path / "sweep"
+    compare(["naive"], "split-digits", sweep_dir=sweep, **GRID)
+    with pytest.raises(ValueError, match="holds another grid"):
+        compare(["naive"], "split-digits", sweep_dir=sweep, **{**GRID, "seeds": [0, 1, 2]})
+    with pytest.raises(ValueError, match="ran without MLflow; re-invoke it the same way"):
+        compare(
+            ["naive"],
+            "split-digits",
+            tracker=Tracker(f"sqlite:///{tmp_path / 'm.db'}"),
+            sweep_dir=sweep,
+            **GRID,
+        )
+
+
+@pytest.mark.parametrize(
+    ("grid", "flag"),
+    [
+        (dict(seeds=[0, 0]), "--seeds names 0 more than once"),
+        (dict(memory=[50, 50]), "--memory names 50 more than once"),
+    ],
+)
+def test_a_cell_named_twice_is_refused(grid, flag):
+    with pytest.raises(ValueError, match=flag):
+        compare(["naive"], "split-digits", **{**GRID, **grid})
+
+
+def test_a_retried_cell_keeps_the_params_its_run_holds(tmp_path):
+    """A cell whose run holds a param of another value (it began on another device) is
+    continued, not refused by MLflow's rule against changing a param."""
+    tracker = Tracker(f"sqlite:///{tmp_path / 'm.db'}")
+    sweep = tmp_path / "sweep"
+    first = compare(["naive"], "split-digits", tracker=tracker, sweep_dir=sweep, **GRID)
+    key, parent = first["cells"][0], first["mlflow_parent_run_id"]
+    (sweep / "runs" / f"{key}.json").unlink()
+    shutil.rmtree(sweep / "checkpoints" / key)
+    tracker.client.delete_run(first["runs"][0]["mlflow_run_id"])
+    began = tracker.start_run(  # as an attempt on a GPU node left it
+        "naive-seed0",
+        {"device": "cuda:0"},
+        parent=tracker.resume_run(parent),
+        tags={IDENTITY_TAG: key},
+    )
+    again = compare(["naive"], "split-digits", tracker=tracker, sweep_dir=sweep, **GRID)
+    assert again["runs"][0]["mlflow_run_id"] == began.run_id
+    params = tracker.client.get_run(began.run_id).data.params
+    assert params["device"] == "cuda:0" and params["strategy"] == "naive"

@@ -32,7 +32,7 @@ from streamkd.tracking import IDENTITY_TAG, Tracker
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
-HEAD_PORT, MLFLOW_PORT = 6390, 5055
+HEAD_PORT, CLIENT_PORT, MLFLOW_PORT = 6390, 10001, 5055
 MEASURED = ("train_seconds", "samples_per_s", "peak_mem_mb", "mlflow_run_id", "resumed_from")
 TIMING_METRICS = ("train_seconds", "samples_per_s", "peak_mem_mb")
 
@@ -59,7 +59,7 @@ def _run(cmd: list[str], env: dict[str, str], timeout: float = 120) -> None:
 
 @pytest.fixture(scope="module")
 def cluster():
-    if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("nsenter")):
+    if skips.WHEN[skips.NETNS]():
         skips.skip(skips.NETNS)
     root = Path(tempfile.mkdtemp(prefix="rk", dir="/tmp"))  # short: Ray's socket paths
     token = root / "token"
@@ -83,6 +83,7 @@ def cluster():
         node = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1"]
         node += ["--object-store-memory", str(10**8), "--disable-usage-stats"]
         head = [ray, "start", "--head", "--port", str(HEAD_PORT), "--include-dashboard", "false"]
+        head += ["--ray-client-server-port", str(CLIENT_PORT)]
         _run([*enter, *head, "--temp-dir", str(root / "ray"), *node], env)
         _run([*enter, ray, "start", "--address", f"127.0.0.1:{HEAD_PORT}", *node], env)
         store = root / "mlflow.db"
@@ -177,8 +178,8 @@ def test_a_grid_on_two_nodes_equals_serial_one_mlflow_run_per_cell(cluster, tmp_
     data = json.loads(out.read_text())
     assert results(data["runs"]) == results(serial["runs"])
     assert "0 of 8 runs finished before; 8 sent to Ray" in err
-    pids = {line.split(" pid ")[1].split(":")[0] for line in _logs(sweep)}
-    assert len(pids) >= 2, pids  # both nodes' workers took runs
+    nodes = {line.split(" node ")[1].split(" ")[0] for line in _logs(sweep)}
+    assert len(nodes) == 2, nodes  # both nodes took runs
     nested = nested_runs(cluster.store, data["mlflow_parent_run_id"])
     assert len(nested) == 8
     assert {r.info.run_id for r in nested} == {r["mlflow_run_id"] for r in data["runs"]}
@@ -188,13 +189,25 @@ def test_a_grid_on_two_nodes_equals_serial_one_mlflow_run_per_cell(cluster, tmp_
     again, err = finish(cluster.streamkd("compare", *args))
     assert again == table and "8 of 8 runs finished before" in err
     # half finished: only the missing cells run, into the runs they began
+    before = {r.info.run_id: histories(cluster.store, r.info.run_id) for r in nested}
     gone = sorted((sweep / "runs").glob("*.json"))[:3]
     for path in gone:
         path.unlink()
     third, err = finish(cluster.streamkd("compare", *args))
     assert "5 of 8 runs finished before; 3 sent to Ray" in err
     assert results(json.loads(out.read_text())["runs"]) == results(serial["runs"])
-    assert len(nested_runs(cluster.store, data["mlflow_parent_run_id"])) == 8
+    nested = nested_runs(cluster.store, data["mlflow_parent_run_id"])
+    assert {r.info.run_id: histories(cluster.store, r.info.run_id) for r in nested} == before
+
+
+def test_a_grid_through_ray_client(cluster, tmp_path):
+    """``--address ray://HOST:PORT``: the driver is a Ray Client of the head node."""
+    serial = compare(["naive"], "split-digits", seeds=[0, 1], memory=50, cpus_per_run=1)
+    out = tmp_path / "client.json"
+    args = ["--strategies", "naive", "--seeds", "0,1", "--memory", "50", "--quiet", "--no-track"]
+    args += ["--backend", "ray", "--address", f"ray://127.0.0.1:{CLIENT_PORT}"]
+    finish(cluster.streamkd("compare", *args, "--sweep-dir", str(tmp_path), "--json", str(out)))
+    assert results(json.loads(out.read_text())["runs"]) == results(serial["runs"])
 
 
 def _logs(sweep: Path) -> list[str]:
@@ -217,12 +230,13 @@ def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(cluster, tmp
     args = [*grid, "--backend", "ray", "--address", cluster.address, "--json", str(out)]
     args += ["--tracking-uri", cluster.tracking_uri, "--sweep-dir", str(sweep)]
     driver = cluster.streamkd("compare", *args)
-    victim = _kill_mid_run(sweep, driver)
+    victim = _kill_mid_run(sweep, driver, last=6000)  # of 7,500 samples
     finish(driver)
     log = (sweep / "logs" / f"{victim}.log").read_text()
     assert log.count(" attempt on ") == 2 and "resuming from" in log, log
     data = json.loads(out.read_text())
-    assert any(r["resumed_from"] for r in data["runs"])
+    resumed = [r for r in data["runs"] if r["resumed_from"]]
+    assert len(resumed) == 1 and 0 < resumed[0]["resumed_from"] < resumed[0]["samples"]
 
     # the same grid, uninterrupted, serially, into its own store
     uri = f"sqlite:///{tmp_path / 'plain.db'}"
@@ -246,16 +260,22 @@ def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(cluster, tmp
         )
 
 
-def _kill_mid_run(sweep: Path, driver: subprocess.Popen) -> str:
-    """Wait until a cell has checkpointed but not finished, kill -9 its worker; its key."""
+def _kill_mid_run(sweep: Path, driver: subprocess.Popen, last: int) -> str:
+    """Wait until a cell has checkpointed before sample ``last`` and not finished, kill -9
+    its worker; its key."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         assert driver.poll() is None, driver.communicate()[1][-3000:]
         for log in sorted((sweep / "logs").glob("*.log")) if (sweep / "logs").exists() else []:
             key = log.stem
             started = [line for line in log.read_text().splitlines() if " attempt on " in line]
-            checkpoints = list((sweep / "checkpoints" / key).glob("ckpt-*.pt"))
-            if started and checkpoints and not (sweep / "runs" / f"{key}.json").exists():
+            steps = [int(p.stem[5:]) for p in (sweep / "checkpoints" / key).glob("ckpt-*.pt")]
+            if (
+                started
+                and steps
+                and max(steps) < last
+                and not (sweep / "runs" / f"{key}.json").exists()
+            ):
                 pid = int(started[-1].split(" pid ")[1].split(":")[0])
                 os.kill(pid, signal.SIGKILL)
                 return key
@@ -266,7 +286,7 @@ def _kill_mid_run(sweep: Path, driver: subprocess.Popen) -> str:
 def test_the_sweep_benchmark_runs_and_checks_ray_against_serial(tmp_path, data_dir):
     """benchmarks/sweep_ray.py on a tiny grid, its local Ray inside a loopback-only
     namespace of its own: the Ray results must equal the serial ones (it exits 1 if not)."""
-    if os.geteuid() != 0 or not shutil.which("unshare"):
+    if skips.WHEN[skips.NETNS]():
         skips.skip(skips.NETNS)
     out = tmp_path / "sweep_ray.json"
     cmd = [sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "sweep_ray.py")]
