@@ -57,7 +57,7 @@ test: $(VENV)/.full data redis
 
 # The heavy checks (notebooks, kill-and-resume, benchmark smoke runs): CI runs them after `test`
 test-slow: $(VENV)/.full data redis
-	$(PY) -m pytest -m slow -q
+	$(PY) -m pytest -m slow -q --durations=30
 
 lint: $(VENV)/.full
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

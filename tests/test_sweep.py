@@ -89,6 +89,7 @@ def _histories(client, run_id: str) -> dict[str, list[tuple[int, float]]]:
     }
 
 
+@pytest.mark.slow  # MLflow stores: the fast tier keeps under 4 minutes
 def test_one_mlflow_run_per_cell_however_often_it_is_started(tmp_path):
     """A re-invoked sweep reuses its parent run; a cell started again (a retry after a lost
     worker) continues its run, and nothing it had logged is logged twice."""
@@ -161,6 +162,7 @@ def test_the_cli_grid_writes_stream_and_memory_per_run(tmp_path, capsys):
     ]
 
 
+@pytest.mark.slow  # MLflow stores: the fast tier keeps under 4 minutes
 def test_a_sweep_folder_holds_one_grid_logged_one_way(tmp_path):
     sweep = tmp_path / "sweep"
     compare(["naive"], "split-digits", sweep_dir=sweep, **GRID)
@@ -188,6 +190,7 @@ def test_a_cell_named_twice_is_refused(grid, flag):
         compare(["naive"], "split-digits", **{**GRID, **grid})
 
 
+@pytest.mark.slow  # MLflow stores: the fast tier keeps under 4 minutes
 def test_a_retried_cell_keeps_the_params_its_run_holds(tmp_path):
     """A cell whose run holds a param of another value (it began on another device) is
     continued, not refused by MLflow's rule against changing a param."""
