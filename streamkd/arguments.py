@@ -19,6 +19,13 @@ def positive_int(name: str, value: Any, *, optional: bool = True) -> int | None:
     return int(value)
 
 
+def first_line(err: BaseException) -> str:
+    """An error's first line (its type's name when it says nothing): for one-line refusals
+    of a library's multi-line messages."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def check_seed(value: Any) -> int:
     """A seed every random source here accepts: an integer in ``[0, 2**32 - 1]``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

@@ -14,22 +14,21 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def _seeds(text: str) -> list[int]:
-    try:
-        return [int(t) for t in _csv(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"seeds must be comma-separated integers, got {text!r}"
-        ) from None
+def _ints(what: str):
+    """An argparse type for a comma-separated list of integers (``what``: its name)."""
+
+    def parse(text: str) -> list[int]:
+        try:
+            return [int(t) for t in _csv(text)]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{what} must be comma-separated integers, got {text!r}"
+            ) from None
+
+    return parse
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(t) for t in _csv(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
+_seeds = _ints("seeds")
 
 
 def _common(p: argparse.ArgumentParser, grid: bool = False) -> None:
@@ -44,7 +43,10 @@ def _common(p: argparse.ArgumentParser, grid: bool = False) -> None:
             help="stream names, comma-separated (see `streamkd streams`)",
         )
         p.add_argument(
-            "--memory", type=_ints, default=[500], help="replay memory sizes, comma-separated"
+            "--memory",
+            type=_ints("memory sizes"),
+            default=[500],
+            help="replay memory sizes, comma-separated",
         )
     else:
         p.add_argument("--stream", default="split-digits", help="stream (see `streamkd streams`)")

@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streamkd.arguments import positive_int
+from streamkd.arguments import first_line, positive_int
 from streamkd.atomic import atomic_write, check_writable, json_text
 from streamkd.experiment import (
     check_run_arguments,
@@ -534,8 +534,9 @@ def connect_ray(address: str | None, cpus_per_run: float, gpus_per_run: float = 
     try:
         ray.init(**options)
     except Exception as err:  # ConnectionError, AuthenticationError...: all end the same way
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"--address {address}: no Ray cluster reached ({first})") from None
+        raise ValueError(
+            f"--address {address}: no Ray cluster reached ({first_line(err)})"
+        ) from None
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     for flag, resource, wanted in (
         ("--cpus-per-run", "CPU", cpus_per_run),
@@ -592,11 +593,10 @@ def run_on_ray(
                 log.debug("%s", err.traceback_str)
                 raise err.cause if isinstance(err.cause, Exception) else err from None
             except ray.exceptions.RayError as err:  # a lost worker or node, past its retries
-                first = str(err).strip().splitlines()[0] if str(err).strip() else ""
                 raise SweepError(
                     f"{cell.strategy} {cell.stream} m{cell.memory} seed {cell.seed}: "
-                    f"{type(err).__name__} after {max_retries} retries ({first}); re-invoke "
-                    "the sweep to resume it from its checkpoint"
+                    f"{type(err).__name__} after {max_retries} retries ({first_line(err)}); "
+                    "re-invoke the sweep to resume it from its checkpoint"
                 ) from None
             r = results[i]
             resumed = f", resumed from sample {r['resumed_from']}" if r.get("resumed_from") else ""

@@ -22,6 +22,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from streamkd.arguments import first_line
 from streamkd.atomic import json_text
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -103,8 +104,7 @@ class Tracker:
                     else self.client.create_experiment(experiment)
                 )
         except MlflowException as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ValueError(f"--tracking-uri {self.tracking_uri!r}: {first}") from None
+            raise ValueError(f"--tracking-uri {self.tracking_uri!r}: {first_line(err)}") from None
 
     def start_run(
         self,
