@@ -70,6 +70,9 @@ def cluster():
         "RAY_AUTH_TOKEN_PATH": str(token),
         "RAY_USAGE_STATS_ENABLED": "0",
         "OMP_NUM_THREADS": "1",
+        # the Ray Client proxy starts a server per client; on 2 busy cores it can take longer
+        # than Ray's 30 s default, and the client then gets "Initialization failure"
+        "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "120",
     }
     holder = subprocess.Popen(["unshare", "-n", "sh", "-c", "ip link set lo up && exec sleep 3600"])
     enter = ["nsenter", f"--net=/proc/{holder.pid}/ns/net", "--"]
@@ -206,7 +209,15 @@ def test_a_grid_through_ray_client(cluster, tmp_path):
     out = tmp_path / "client.json"
     args = ["--strategies", "naive", "--seeds", "0,1", "--memory", "50", "--quiet", "--no-track"]
     args += ["--backend", "ray", "--address", f"ray://127.0.0.1:{CLIENT_PORT}"]
-    finish(cluster.streamkd("compare", *args, "--sweep-dir", str(tmp_path), "--json", str(out)))
+    command = ["compare", *args, "--sweep-dir", str(tmp_path), "--json", str(out)]
+    driver = cluster.streamkd(*command)
+    _, err = driver.communicate(timeout=400)
+    if driver.returncode == 2 and "Initialization failure from server" in err:
+        # Ray's client proxy failed to start this client's server in time (seen once on a
+        # loaded 2-core machine): connect again, as a user would, once
+        driver = cluster.streamkd(*command)
+        _, err = driver.communicate(timeout=400)
+    assert driver.returncode == 0, err[-3000:]
     assert results(json.loads(out.read_text())["runs"]) == results(serial["runs"])
 
 
